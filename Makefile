@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` (the job on a bundled example) and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo
+
+.PHONY: venv demo test test-fast bench lock clean help
+
+help:
+	@echo "make demo   build a small real example (digits) and run the job on it"
+	@echo "make test   run the test suite (real TensorFlow and MCT)"
+	@echo "make bench  measure start-up, validate and job timings"
+	@echo "make lock   re-pin requirements*.lock from requirements*.in"
+
+venv: $(VENV)/.installed
+
+# The venv is made from the lock files only; rebuilt when they change.
+$(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $@
+
+demo: venv
+	@test -f $(DEMO)/configuration.json || $(BIN)/python examples/digits.py $(DEMO)
+	cd $(DEMO) && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
+	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json"
+
+test: venv
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not container"
+
+bench: venv
+	$(BIN)/python bench/run.py
+
+lock:
+	PYTHON=$(PYTHON) scripts/lock.sh
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache bench-results

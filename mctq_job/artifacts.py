@@ -1,0 +1,133 @@
+"""Stage ``artifacts``: files appear under their final names only when complete.
+
+Every artifact is first written to a temporary name in its final folder (same file system,
+so the rename is atomic), flushed to disk, and published by :meth:`Staging.commit` after the
+whole run succeeded: models, then results.json, then manifest.json last. An interrupted or
+failed run removes its temporary files and leaves the previous artifacts untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_live: set["Staging"] = set()
+_lock = threading.RLock()  # held while committing or aborting, so the two never interleave
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    size: int
+    sha256: str
+
+    def record(self) -> dict[str, Any]:
+        return {"path": str(self.path), "name": self.path.name, "size": self.size, "sha256": self.sha256}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(path: Path) -> Artifact:
+    return Artifact(path, path.stat().st_size, sha256_file(path))
+
+
+def json_bytes(document: Any) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def ensure_folder(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+class Staging:
+    """Temporary files of one run, published together or removed together."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.pending: dict[Path, Path] = {}  # final -> temporary, in publication order
+        self.aborted = False
+        with _lock:
+            _live.add(self)
+
+    def temp_path(self, final: Path) -> Path:
+        """A temporary name beside ``final`` that keeps its suffix (tools check extensions)."""
+        with _lock:
+            if self.aborted:
+                raise RuntimeError("staging was aborted")
+            temp = final.with_name(f".{final.stem}.{self.run_id}.tmp{final.suffix}")
+            self.pending[final] = temp
+            return temp
+
+    def write_bytes(self, final: Path, data: bytes) -> Path:
+        temp = self.temp_path(final)
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return temp
+
+    def staged(self, final: Path) -> Artifact:
+        """Size and digest of a staged file, reported under its final name."""
+        temp = self.pending[final]
+        return Artifact(final, temp.stat().st_size, sha256_file(temp))
+
+    def commit(self) -> list[Path]:
+        with _lock:
+            if self.aborted:
+                raise RuntimeError("staging was aborted")
+            for final, temp in list(self.pending.items()):
+                if temp.exists():  # a tool may have fsynced nothing: make sure the bytes are on disk
+                    _fsync_file(temp)
+                os.replace(temp, final)
+            for folder in {final.parent for final in self.pending}:
+                _fsync_dir(folder)
+            published = list(self.pending)
+            self.pending.clear()
+            _live.discard(self)
+            return published
+
+    def abort(self) -> list[Path]:
+        with _lock:
+            self.aborted = True
+            removed = []
+            for temp in self.pending.values():
+                try:
+                    temp.unlink()
+                    removed.append(temp)
+                except FileNotFoundError:
+                    pass
+            self.pending.clear()
+            _live.discard(self)
+            return removed
+
+
+def abort_all() -> list[Path]:
+    """Remove the temporary files of every live staging (signal handler, failure path)."""
+    with _lock:
+        return [p for staging in list(_live) for p in staging.abort()]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename itself is still atomic

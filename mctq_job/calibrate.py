@@ -1,0 +1,44 @@
+"""Stage ``calibrate``: the representative dataset MCT reads.
+
+``iteration_count`` batches of ``batch_size`` images are drawn with the configured seed,
+without replacement until every image has been used once, then from a fresh shuffle.
+Batches are decoded when MCT asks for them: the folder is never held in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import images
+from .config import Config
+
+
+def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int) -> list[np.ndarray]:
+    """Indices of each calibration batch: successive slices of a stream of seeded shuffles.
+
+    No index repeats until all ``n_images`` have been drawn; within one batch an index can
+    repeat only where the batch spans the end of one shuffle and the start of the next.
+    """
+    if not 1 <= batch_size <= n_images:
+        raise ValueError(f"batch_size must be in 1..{n_images}, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    needed = batch_size * iteration_count
+    stream = np.concatenate([rng.permutation(n_images) for _ in range(-(-needed // n_images))])
+    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(iteration_count)]
+
+
+def representative_dataset(paths: Sequence[Path], batches: list[np.ndarray], config: Config,
+                           on_batch: Callable[[], None] = lambda: None,
+                           ) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """MCT's ``representative_data_gen``: each call yields the same batches, each as ``[array]``."""
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        for indices in batches:
+            chosen = [paths[i] for i in indices]
+            yield [images.load_batch(chosen, config.input_tensor_size, config.preprocessing)]
+            on_batch()
+
+    return generate

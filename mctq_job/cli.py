@@ -1,0 +1,163 @@
+"""The command line: ``run`` (the default), ``validate``, ``schema``, ``version``.
+
+The only place that sets up logging, turns errors into exit codes and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .errors import MctqError
+from .events import LOG_FORMATS, LOG_LEVELS, Event
+
+TERMINATION_LOG_ENV = "MCTQ_TERMINATION_LOG"
+TERMINATION_LOG_DEFAULT = "/dev/termination-log"
+TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes
+
+
+class _RunByDefault(click.Group):
+    """``mctq-job [OPTIONS]`` means ``mctq-job run [OPTIONS]``, as the container's plain
+    ``docker run`` does."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _job_options(command: Any) -> Any:
+    command = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
+                           envvar="MCTQ_LOG_LEVEL", show_default=True, show_envvar=True,
+                           help="Least severe level written.")(command)
+    command = click.option("--log-format", type=click.Choice(LOG_FORMATS), default="json",
+                           envvar="MCTQ_LOG_FORMAT", show_default=True, show_envvar=True,
+                           help="json: one JSON event per stdout line; console: readable lines and bars.")(command)
+    command = click.option("--config", "config_path", type=click.Path(path_type=Path), default="configuration.json",
+                           envvar="MCTQ_CONFIG", show_default=True, show_envvar=True,
+                           help="configuration.json; relative paths inside it resolve against its folder.")(command)
+    return command
+
+
+@click.group(cls=_RunByDefault, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Quantize a Keras image classifier with MCT, export TFLite models and measure the
+    top-1 accuracy of all of them, driven by configuration.json.
+
+    Without a command, runs the job ('run').
+    """
+
+
+@main.command()
+@_job_options
+def run(config_path: Path, log_format: str, log_level: str) -> None:
+    """Run the whole job (the default command)."""
+    from . import events, interrupts
+
+    stream = events.guard_stdout()
+    events.quiet_libraries()
+    log = events.configure(log_format, log_level.lower(), stream)
+    log.info(Event.RUN_START.value, command="run", version=__version__, config=str(config_path), pid=os.getpid())
+    interrupts.install(lambda signum: _interrupted(log, signum))
+    began = time.monotonic()
+    try:
+        from . import pipeline
+
+        result = pipeline.run(config_path, log)
+    except MctqError as exc:
+        _fail(log, exc)
+    except Exception as exc:  # a bug of ours: say so, keep the traceback
+        _fail(log, MctqError(f"internal error: {type(exc).__name__}: {exc}"), exc_info=exc)
+    accuracy = {k: v for k, v in result.results.items() if k.startswith("top_1_accuracy_")}
+    log.info(Event.RUN_FINISH.value, outcome="success", exit_code=0, duration_s=round(time.monotonic() - began, 2),
+             artifacts=[str(p) for p in result.published], **accuracy)
+    _termination_message("success: " + ", ".join(f"{k.removeprefix('top_1_accuracy_')}={v:.4f}"
+                                                  for k, v in accuracy.items()))
+
+
+@main.command()
+@_job_options
+def validate(config_path: Path, log_format: str, log_level: str) -> None:
+    """Check configuration.json and everything it names, without TensorFlow."""
+    from . import events, pipeline
+
+    log = events.configure(log_format, log_level.lower())
+    try:
+        checked = pipeline.validate(config_path, log)
+    except MctqError as exc:
+        _fail(log, exc, command="validate")
+    log.info(Event.CONFIG_VALID.value, config=str(config_path), exit_code=0, **checked.summary())
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of configuration.json."""
+    from .config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+def version() -> None:
+    """Print the versions of mctq-job, Python, TensorFlow and MCT as JSON."""
+    import platform
+    from importlib import metadata
+
+    def installed(*names: str) -> str | None:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    click.echo(json.dumps({
+        "mctq_job": __version__, "python": platform.python_version(),
+        "tensorflow": installed("tensorflow-cpu", "tensorflow"),
+        "model_compression_toolkit": installed("model-compression-toolkit"),
+        "numpy": installed("numpy"),
+    }))
+
+
+def _fail(log: Any, exc: MctqError, exc_info: BaseException | None = None, **fields: Any) -> NoReturn:
+    from . import artifacts
+
+    artifacts.abort_all()
+    original = getattr(exc, "original", None)
+    log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields,
+              exc_info=exc_info or original)
+    _termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+    sys.exit(exc.exit_code)
+
+
+def _interrupted(log: Any, signum: int) -> NoReturn:
+    """Runs on the signal watcher thread: clean up, report, and end the process now."""
+    from . import artifacts
+    from .errors import Interrupted
+
+    removed = artifacts.abort_all()
+    exc = Interrupted(signum)
+    log.error(Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=len(removed),
+              **exc.event_fields())
+    _termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(exc.exit_code)
+
+
+def _termination_message(text: str) -> None:
+    """One line for Kubernetes' terminationMessagePath, where that file exists."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_DEFAULT))
+    if not path.exists():
+        return
+    try:
+        path.write_text(text[:TERMINATION_LOG_LIMIT] + "\n", encoding="utf-8")
+    except OSError:
+        pass  # the message is a courtesy; the JSON event already said it

@@ -1,0 +1,276 @@
+"""configuration.json: its schema (the one source, also printed by ``mctq-job schema``),
+loading, and the messages that name the key at fault and what it accepts.
+
+The ten keys of the AITRIOS notebook are required and keep their names, so an existing
+configuration.json runs unchanged. Relative paths resolve against the folder of the
+configuration file (the notebook's run directory). Optional keys add what a container
+cannot get by editing code: preprocessing, seed and target platform.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationError, ValidationInfo, model_validator)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "configuration.json"
+PATH_KEYS = ("source_keras_model", "dataset_image_dir", "output_dir", "evaluate_image_dir",
+             "evaluate_label_file", "evaluate_result_dir")
+#: Normalization presets: per-channel (mean, std) applied to RGB pixels in 0..255.
+NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mobilenet": ((127.5,) * 3, (127.5,) * 3),           # -> [-1, 1], the notebook's default
+    "unit": ((0.0,) * 3, (255.0,) * 3),                  # -> [0, 1]
+    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    "none": ((0.0,) * 3, (1.0,) * 3),                    # raw 0..255
+}
+TARGET_PLATFORMS = ("imx500", "tflite", "qnnpack")
+
+
+def _path_string(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty path string")
+    return Path(value)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+def _strip_dot(value: str) -> str:
+    return value[1:] if value.startswith(".") else value
+
+
+PathValue = Annotated[Path, BeforeValidator(_path_string), AfterValidator(_resolve)]
+
+
+def _path_field(description: str) -> Any:
+    return Field(description=description + " Absolute, or relative to the folder of configuration.json.",
+                 json_schema_extra={"type": "string", "minLength": 1})
+
+
+class Preprocessing(BaseModel):
+    """How an image becomes the model's input; applied identically for calibration and
+    for all four evaluated models."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    resize: Literal["shorter_side_center_crop", "stretch"] = Field(
+        "shorter_side_center_crop",
+        description="'shorter_side_center_crop': scale the shorter side to input_tensor_size / crop_fraction, "
+                    "then crop the centre square (the notebook's way); 'stretch': resize straight to the square.")
+    crop_fraction: float = Field(
+        224 / 256, gt=0, le=1,
+        description="Fraction of the resized shorter side kept by the centre crop, a number in (0, 1]; "
+                    "0.875 (=224/256) as in the notebook.")
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
+        "bilinear", description="Resampling filter: one of nearest, bilinear, bicubic, lanczos.")
+    channel_order: Literal["rgb", "bgr"] = Field("rgb", description="Channel order fed to the model: rgb or bgr.")
+    preset: Literal["mobilenet", "unit", "imagenet", "none"] | None = Field(
+        None, description="Normalization preset: mobilenet ((x-127.5)/127.5, the default), unit (x/255), "
+                          "imagenet (ImageNet mean/std on 0..255), none (raw 0..255). Not together with mean/std.")
+    mean: list[float] | None = Field(
+        None, min_length=3, max_length=3, description="Per-channel mean subtracted from 0..255 pixels: three numbers.")
+    std: list[float] | None = Field(
+        None, min_length=3, max_length=3, description="Per-channel divisor after the mean: three numbers, none zero.")
+
+    @model_validator(mode="after")
+    def _one_normalization(self) -> "Preprocessing":
+        if self.preset is not None and (self.mean is not None or self.std is not None):
+            raise ValueError("give either 'preset' or 'mean'/'std', not both")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("'std' must not contain 0")
+        return self
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) in effect: explicit values, else the preset, else mobilenet."""
+        preset_mean, preset_std = NORMALIZATION_PRESETS[self.preset or "mobilenet"]
+        mean = tuple(self.mean) if self.mean is not None else preset_mean
+        std = tuple(self.std) if self.std is not None else preset_std
+        return mean, std
+
+
+class Config(BaseModel):
+    """configuration.json. The first ten keys are the AITRIOS notebook's, all required."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              title="mctq-job configuration.json")
+
+    source_keras_model: PathValue = _path_field(
+        "Keras model to quantize: a SavedModel folder, or a .h5 / .keras file.")
+    dataset_image_dir: PathValue = _path_field(
+        "Folder of calibration images (jpg, jpeg, png, bmp, any case), searched recursively.")
+    batch_size: int = Field(
+        ..., ge=1, description="Images per calibration batch: an integer >= 1 and at most the number of "
+                               "images in dataset_image_dir.")
+    input_tensor_size: int = Field(
+        ..., ge=1, le=8192, description="Side of the model's square input in pixels: an integer >= 1 "
+                                        "equal to the model's input height and width.")
+    iteration_count: int = Field(..., ge=1, le=1_000_000,
+                                 description="Number of calibration batches given to MCT: an integer >= 1.")
+    output_dir: PathValue = _path_field(
+        "Folder for model.tflite, model_quantized.tflite and manifest.json; created if missing.")
+    evaluate_image_dir: PathValue = _path_field(
+        "Evaluation images in ImageNet layout: <class name>/<any sub-folders>/<image>.")
+    evaluate_image_extension: Annotated[str, AfterValidator(_strip_dot)] = Field(
+        ..., pattern=r"^\.?[A-Za-z0-9]{1,10}$",
+        description="Extension of evaluation images, matched case-insensitively: e.g. \"jpg\" or \".png\".")
+    evaluate_label_file: PathValue = _path_field(
+        "JSON file mapping each class folder name to the model's output index: {\"daisy\": 0, ...}.")
+    evaluate_result_dir: PathValue = _path_field("Folder for results.json; created if missing.")
+
+    preprocessing: Preprocessing = Field(
+        default_factory=Preprocessing,
+        description="Optional. Preprocessing for calibration and evaluation; default: the notebook's MobileNet one.")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="Optional. Seed for drawing calibration images and for TensorFlow: "
+                                  "an integer in 0..4294967295; default 0.")
+    target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
+        "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack.")
+
+    def to_document(self) -> dict[str, Any]:
+        """The resolved configuration, every default filled in, as JSON-ready data."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def load(path: Path) -> Config:
+    """Read, parse and validate a configuration file; raise one ConfigError naming every problem."""
+    data = _read_json(path)
+    try:
+        return Config.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        problems = [describe(err) for err in _dedupe(exc.errors())]
+        raise ConfigError(_summary(path, problems), problems=problems, file=str(path)) from None
+
+
+def _summary(path: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    return f"{path}: {len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"configuration file not found: {path}; pass --config PATH or run where "
+                          f"{DEFAULT_CONFIG_NAME} is", file=str(path))
+    if not path.is_file():
+        raise ConfigError(f"configuration path is not a file: {path}; pass the path of a JSON file with --config",
+                          file=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path} as UTF-8 text: {exc}", file=str(path)) from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                          file=str(path), line=exc.lineno, column=exc.colno) from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: key '{exc.args[0]}' appears more than once; keep one",
+                          file=str(path), key=exc.args[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object {{\"key\": value, ...}} at the top level, "
+                          f"got {_json_kind(data)}", file=str(path))
+    return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _dedupe(errors: list[dict]) -> list[dict]:
+    """One message per key: unions and nested models can report a key several times."""
+    seen, kept = set(), []
+    for err in errors:
+        key = _key_name(err["loc"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(err)
+    return kept
+
+
+def _key_name(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc if not isinstance(part, int)) or "(top level)"
+
+
+def _field_for(loc: tuple) -> Any:
+    model: Any = Config
+    field = None
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+    return field
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model = Preprocessing if loc and loc[0] == "preprocessing" else Config
+    return list(model.model_fields)
+
+
+def describe(err: dict) -> str:
+    """One sentence naming the key, the value given and what would be accepted."""
+    loc, kind = err["loc"], err["type"]
+    key = _key_name(loc)
+    if kind == "missing":
+        field = _field_for(loc)
+        return f"required key '{key}' is missing: {field.description if field else ''}".rstrip(": ")
+    if kind == "extra_forbidden":
+        return _unknown_key_message(loc)
+    given = f"got {_render(err.get('input'))} ({_json_kind(err.get('input'))})"
+    if kind == "value_error" and loc[-1:] != () and _field_for(loc) is None:
+        return f"key '{key}': {err['msg'].removeprefix('Value error, ')}"
+    field = _field_for(loc)
+    accepted = field.description if field is not None and field.description else err["msg"]
+    reason = err["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {reason[0].lower() + reason[1:]}, {given}. Accepted: {accepted}"
+
+
+def _unknown_key_message(loc: tuple) -> str:
+    name = str(loc[-1])
+    allowed = _allowed_keys(loc)
+    near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or \
+        [k for k in allowed if k.lower() == name.lower()]
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    where = "preprocessing." if loc[0] == "preprocessing" else ""
+    return f"unknown key '{where}{name}'{hint} Accepted keys: {', '.join(allowed)} (names are case sensitive)"
+
+
+def _render(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,113 @@
+"""Stage ``evaluate``: top-1 accuracy of the four models on the same preprocessed pixels.
+
+Each evaluation image is decoded and preprocessed once per run; every batch is then fed to
+the Keras float model, MCT's quantized Keras model, model.tflite and model_quantized.tflite.
+Only per-image predictions are kept, so memory does not grow with image size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from . import images
+from .config import Config
+from .inputs import Sample
+
+EVAL_BATCH_SIZE = 32
+#: Evaluated models in report order: (results.json key suffix, description).
+MODELS = {
+    "keras": "Keras model (float)",
+    "keras_quantized": "MCT's quantized Keras model",
+    "tflite": "model.tflite (TensorFlow converter, float)",
+    "tflite_quantized": "model_quantized.tflite (MCT exporter, INT8)",
+}
+
+
+class KerasPredictor:
+    def __init__(self, model: Any):
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model(batch, training=False))
+
+
+class TFLitePredictor:
+    """A tf.lite.Interpreter resized to each batch; (de)quantizes integer inputs/outputs."""
+
+    def __init__(self, path: Path):
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.batch != batch.shape[0]:
+            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self.batch = batch.shape[0]
+        self.interpreter.set_tensor(self.input["index"], _quantize_input(batch, self.input))
+        self.interpreter.invoke()
+        return _dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def _quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return batch.astype(np.float32, copy=False)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(dtype)
+
+
+def _dequantize_output(values: np.ndarray, detail: dict) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values
+    scale, zero = detail["quantization"]
+    return (values.astype(np.float32) - zero) * scale
+
+
+@dataclass
+class ModelScore:
+    correct: int = 0
+    seconds: float = 0.0
+    predictions: list[np.ndarray] = field(default_factory=list)
+
+    def predicted(self) -> np.ndarray:
+        return np.concatenate(self.predictions) if self.predictions else np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    image_count: int
+    labels: np.ndarray
+    scores: dict[str, ModelScore]
+
+    def accuracy(self, name: str) -> float:
+        return self.scores[name].correct / self.image_count
+
+
+def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples: Sequence[Sample],
+             config: Config, on_images: Callable[[int], None] = lambda n: None) -> Evaluation:
+    if not samples:
+        raise ValueError("no evaluation images")
+    paths = [s.path for s in samples]
+    labels = np.asarray([s.label for s in samples], dtype=np.int64)
+    scores = {name: ModelScore() for name in predictors}
+    for start, batch in images.iter_batches(paths, EVAL_BATCH_SIZE, config.input_tensor_size, config.preprocessing):
+        truth = labels[start:start + len(batch)]
+        for name, predict in predictors.items():
+            began = time.perf_counter()
+            predicted = np.argmax(predict(batch), axis=-1)
+            score = scores[name]
+            score.seconds += time.perf_counter() - began
+            score.correct += int(np.sum(predicted == truth))
+            score.predictions.append(predicted)
+        on_images(len(batch))
+    return Evaluation(len(samples), labels, scores)

@@ -1,0 +1,140 @@
+"""Finding images on disk, decoding them to RGB, and the one preprocessing every model sees.
+
+Discovery never follows symbolic links (the spec refuses them) and matches extensions
+case-insensitively. Decoding and preprocessing use PIL and numpy only, so ``validate``
+stays free of TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+from .errors import InputDataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .config import Preprocessing
+
+CALIBRATION_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp"})
+
+
+@dataclass
+class Scan:
+    """What a recursive walk found: matching files, symbolic links met, other files skipped."""
+
+    files: list[Path] = field(default_factory=list)
+    links: list[Path] = field(default_factory=list)
+    others: int = 0
+    other_extensions: dict[str, int] = field(default_factory=dict)
+
+
+def scan(root: Path, extensions: Iterable[str]) -> Scan:
+    """Every file under ``root`` whose extension (any case) is in ``extensions``, sorted."""
+    wanted = {e.lower() for e in extensions}
+    found = Scan()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    found.links.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                elif _extension(path) in wanted:
+                    found.files.append(path)
+                else:
+                    found.others += 1
+                    ext = _extension(path) or "(none)"
+                    found.other_extensions[ext] = found.other_extensions.get(ext, 0) + 1
+    found.files.sort()
+    found.links.sort()
+    return found
+
+
+def _extension(path: Path) -> str:
+    return path.suffix[1:].lower()
+
+
+def load_rgb(path: Path):
+    """Decode one image fully and return it as an RGB PIL image; name the file if it cannot be."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: truncated data fails here, not later inside a model
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputDataError(f"cannot decode image {path}: {exc}; expected a readable "
+                             f"JPEG, PNG or BMP file", file=str(path)) from None
+
+
+def _resample(name: str) -> int:
+    from PIL import Image
+
+    return {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[name]
+
+
+def resize(img, size: int, spec: "Preprocessing"):
+    """Resize (and crop) an RGB image to ``size`` x ``size`` as ``spec`` says."""
+    resample = _resample(spec.interpolation)
+    if spec.resize == "stretch":
+        return img.resize((size, size), resample)
+    short = max(size, round(size / spec.crop_fraction))
+    width, height = img.size
+    scale = short / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    img = img.resize((new_w, new_h), resample)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_array(img, spec: "Preprocessing") -> "np.ndarray":
+    """RGB image -> float32 HxWx3 normalized as configured."""
+    import numpy as np
+
+    pixels = np.asarray(img, dtype=np.float32)
+    if spec.channel_order == "bgr":
+        pixels = pixels[..., ::-1]
+    mean, std = spec.normalization()
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def preprocess_file(path: Path, size: int, spec: "Preprocessing") -> "np.ndarray":
+    return to_array(resize(load_rgb(path), size, spec), spec)
+
+
+def load_batch(paths: Sequence[Path], size: int, spec: "Preprocessing",
+               pool: ThreadPoolExecutor | None = None) -> "np.ndarray":
+    """Preprocess ``paths`` into one float32 batch (N, size, size, 3); PIL decodes outside
+    the GIL, so a thread pool uses every core."""
+    import numpy as np
+
+    arrays = pool.map(lambda p: preprocess_file(p, size, spec), paths) if pool else \
+        (preprocess_file(p, size, spec) for p in paths)
+    return np.stack(list(arrays))
+
+
+def iter_batches(paths: Sequence[Path], batch_size: int, size: int, spec: "Preprocessing",
+                 ) -> Iterator[tuple[int, "np.ndarray"]]:
+    """Yield (start index, batch) over ``paths``: at most two batches in memory, the next
+    one decoded (on every core) while the caller works on the current one."""
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as decode, \
+            ThreadPoolExecutor(max_workers=1) as ahead:
+        def submit(start: int):
+            return ahead.submit(load_batch, paths[start:start + batch_size], size, spec, decode)
+
+        pending = submit(starts[0]) if starts else None
+        for i, start in enumerate(starts):
+            batch = pending.result()
+            if i + 1 < len(starts):
+                pending = submit(starts[i + 1])
+            yield start, batch

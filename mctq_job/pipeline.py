@@ -1,0 +1,213 @@
+"""The job, stage by stage: config -> inputs -> calibrate -> quantize -> export -> evaluate
+-> report/artifacts. It returns a :class:`RunResult` or raises an :class:`MctqError`; it never
+prints and never exits (the CLI does both).
+
+TensorFlow and MCT are imported inside :func:`run`, after the first events are out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import structlog
+
+from . import __version__, artifacts, config as config_mod, inputs as inputs_mod
+from .errors import MctqError, OutputError, StageError
+from .events import Event, native_output
+from .progress import Heartbeat, Progress
+
+MODEL_FILE = "model.tflite"
+QUANTIZED_FILE = "model_quantized.tflite"
+RESULTS_FILE = "results.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class RunResult:
+    results: dict[str, Any]
+    manifest: dict[str, Any]
+    published: list[Path]
+
+
+@dataclass
+class _Stages:
+    """Times each stage, binds its name into every event, wraps library failures."""
+
+    log: Any
+    heartbeat: Heartbeat | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        if self.heartbeat:
+            self.heartbeat.enter(name)
+        self.log.info(Event.STAGE_START.value, stage=name, **fields)
+        began = time.perf_counter()
+        summary: dict[str, Any] = {}
+        try:
+            with structlog.contextvars.bound_contextvars(stage=name), native_output(self.log):
+                yield summary
+        except MctqError:
+            raise
+        except Exception as exc:
+            raise StageError(name, exc) from exc
+        finally:
+            if self.heartbeat:
+                self.heartbeat.enter(None)
+        self.seconds[name] = round(time.perf_counter() - began, 3)
+        self.log.info(Event.STAGE_FINISH.value, stage=name, duration_s=self.seconds[name], **summary)
+
+
+def validate(config_path: Path, log: Any) -> inputs_mod.Inputs:
+    """Check the configuration and everything it names, without TensorFlow."""
+    stages = _Stages(log)
+    with stages("config"):
+        config = config_mod.load(config_path)
+    with stages("inputs") as summary:
+        checked = inputs_mod.check(config, config_path.parent)
+        summary.update(checked.summary())
+    _log_ignored(log, checked)
+    return checked
+
+
+def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
+    for path, reason in checked.ignored:
+        log.warning(Event.INPUT_IGNORED.value, path=path, reason=reason)
+
+
+def run(config_path: Path, log: Any) -> RunResult:
+    started_at = _now()
+    with Heartbeat(log) as heartbeat:
+        stages = _Stages(log, heartbeat)
+        with stages("config") as summary:
+            config = config_mod.load(config_path)
+            summary["config_sha256"] = config.digest()
+        with stages("inputs") as summary:
+            checked = inputs_mod.check(config, config_path.parent)
+            summary.update(checked.summary())
+        _log_ignored(log, checked)
+        with stages("model") as summary:
+            _seed_everything(config.seed)
+            model, info = inputs_mod.load_model(checked)
+            summary.update(input_shape=list(info.input_shape), output_width=info.output_width,
+                           parameters=info.parameters)
+        staging = artifacts.Staging(uuid.uuid4().hex[:12])
+        try:
+            return _quantize_and_evaluate(config, config_path, checked, model, stages, staging, started_at, log)
+        finally:
+            if staging.pending:  # not committed: a stage failed
+                staging.abort()
+
+
+def _quantize_and_evaluate(config, config_path, checked, model, stages, staging, started_at, log) -> RunResult:
+    with stages("calibrate", batches=config.iteration_count, batch_size=config.batch_size) as summary:
+        from . import calibrate
+
+        batches = calibrate.draw_batches(len(checked.calibration_images), config.batch_size,
+                                         config.iteration_count, config.seed)
+        summary["distinct_images"] = len({int(i) for b in batches for i in b})
+    with stages("quantize", target_platform=config.target_platform) as summary:
+        from . import quantize  # imports MCT
+
+        progress = Progress(log, "quantize", config.iteration_count, "calibration batch")
+        data_gen = calibrate.representative_dataset(checked.calibration_images, batches, config,
+                                                    on_batch=progress.advance)
+        quantized = quantize.quantize(model, data_gen, config.target_platform)
+        progress.close()
+    output_dir, result_dir = config.output_dir, config.evaluate_result_dir
+    with stages("export") as summary:
+        from . import export
+
+        _make_folders(output_dir, result_dir)
+        quantized_temp = staging.temp_path(output_dir / QUANTIZED_FILE)
+        export.export_quantized(quantized.model, quantized_temp)
+        float_temp = _write(staging, output_dir / MODEL_FILE, export.convert_float(model))
+        summary.update(model_tflite_bytes=float_temp.stat().st_size,
+                       model_quantized_tflite_bytes=quantized_temp.stat().st_size)
+    with stages("evaluate", images=len(checked.samples)) as summary:
+        from . import evaluate
+
+        progress = Progress(log, "evaluate", len(checked.samples), "image")
+        predictors = {
+            "keras": evaluate.KerasPredictor(model),
+            "keras_quantized": evaluate.KerasPredictor(quantized.model),
+            "tflite": evaluate.TFLitePredictor(float_temp),
+            "tflite_quantized": evaluate.TFLitePredictor(quantized_temp),
+        }
+        evaluation = evaluate.evaluate(predictors, checked.samples, config, on_images=progress.advance)
+        progress.close()
+        summary.update({f"top_1_accuracy_{name}": round(evaluation.accuracy(name), 4) for name in predictors})
+    with stages("report") as summary:
+        files = {"tflite": str(output_dir / MODEL_FILE), "tflite_quantized": str(output_dir / QUANTIZED_FILE)}
+        results = _results(evaluation, files, config, checked)
+        _write_json(staging, result_dir / RESULTS_FILE, results)
+        manifest = _manifest(config, config_path, staging, stages, started_at)
+        _write_json(staging, output_dir / MANIFEST_FILE, manifest)
+        published = staging.commit()
+        for path in published:
+            log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
+        summary["artifacts"] = len(published)
+    return RunResult(results, manifest, published)
+
+
+def _results(evaluation, files, config, checked) -> dict[str, Any]:
+    from . import report
+
+    extra = {"target_platform": config.target_platform, "seed": config.seed,
+             "calibration_images": len(checked.calibration_images)}
+    return report.results(evaluation, files, extra)
+
+
+def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _Stages, started_at: str) -> dict:
+    from . import quantize, report
+    import numpy
+    import tensorflow as tf
+
+    records = [staging.staged(final).record() for final in staging.pending]
+    versions = {"mctq_job": __version__, "tensorflow": tf.__version__, "numpy": numpy.__version__,
+                **quantize.versions()}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return report.manifest(
+        run_id=staging.run_id, started_at=started_at, finished_at=_now(), config_file=str(config_path),
+        config_doc=config.to_document(), config_sha256=config.digest(), versions=versions,
+        stage_seconds=dict(stages.seconds), peak_memory_bytes=peak, artifacts=records, outcome="success")
+
+
+def _make_folders(*folders: Path) -> None:
+    for folder in folders:
+        try:
+            artifacts.ensure_folder(folder)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {folder}: {exc.strerror}; expected a writable "
+                              f"location", folder=str(folder)) from exc
+
+
+def _write(staging: artifacts.Staging, final: Path, data: bytes) -> Path:
+    """Stage ``data``; a full disk or a read-only folder becomes an OutputError naming it."""
+    try:
+        return staging.write_bytes(final, data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {final.name} in {final.parent}: {exc.strerror}; expected a writable "
+                          f"folder with free space", folder=str(final.parent)) from exc
+
+
+def _write_json(staging: artifacts.Staging, final: Path, document: Any) -> Path:
+    return _write(staging, final, artifacts.json_bytes(document))
+
+
+def _seed_everything(seed: int) -> None:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

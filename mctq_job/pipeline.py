@@ -67,6 +67,7 @@ class _Stages:
 
 def validate(config_path: Path, log: Any) -> inputs_mod.Inputs:
     """Check the configuration and everything it names, without TensorFlow."""
+    config_path = config_path.absolute()  # not resolve(): a ConfigMap's file is a link
     stages = _Stages(log)
     with stages("config"):
         config = config_mod.load(config_path)
@@ -84,6 +85,7 @@ def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
 
 def run(config_path: Path, log: Any) -> RunResult:
     started_at = _now()
+    config_path = config_path.absolute()
     with Heartbeat(log) as heartbeat:
         stages = _Stages(log, heartbeat)
         with stages("config") as summary:

@@ -1,0 +1,123 @@
+"""Shared fixtures: a small real example project (digits, a trained Keras CNN) built once per
+session, fresh copies of it per test, and a runner for the real command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRYPOINT = ROOT / "entrypoint.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+digits = _load_example()
+
+
+@dataclass
+class JobRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    cwd: Path
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line.strip()]
+
+    @property
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines]
+
+    def named(self, name: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == name]
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> JobRun:
+    """Run ``entrypoint.py`` in a fresh interpreter, as users and the container do."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ENTRYPOINT), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    return JobRun(proc.returncode, proc.stdout, proc.stderr, Path(cwd))
+
+
+@pytest.fixture(scope="session")
+def digits_template(tmp_path_factory) -> Path:
+    """An AITRIOS-style project: SavedModel, calibration and validation images, labels, config."""
+    dest = tmp_path_factory.mktemp("digits-template")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    digits.build(dest, model_format="savedmodel", limit=700, epochs=15, batch_size=16, iteration_count=6)
+    return dest
+
+
+@pytest.fixture
+def project(digits_template, tmp_path) -> Path:
+    """A private copy of the example project, free to modify."""
+    dest = tmp_path / "project"
+    shutil.copytree(digits_template, dest)
+    return dest
+
+
+def read_config(project: Path) -> dict:
+    return json.loads((project / "configuration.json").read_text())
+
+
+def write_config(project: Path, config: dict) -> None:
+    (project / "configuration.json").write_text(json.dumps(config, indent=2))
+
+
+@pytest.fixture(scope="session")
+def finished_run(digits_template, tmp_path_factory) -> JobRun:
+    """One real end-to-end run (TensorFlow + MCT) that many tests inspect."""
+    dest = tmp_path_factory.mktemp("finished") / "project"
+    shutil.copytree(digits_template, dest)
+    termination = dest / "termination-log"
+    termination.touch()
+    return run_cli(cwd=dest, env={"MCTQ_TERMINATION_LOG": str(termination)})
+
+
+def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10), color=None) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fill = color if color is not None else {"RGB": (200, 30, 60), "L": 128, "RGBA": (10, 20, 30, 40),
+                                            "CMYK": (0, 255, 0, 0), "P": 3}[mode]
+    img = Image.new(mode, size, fill)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[path.suffix.lower()]
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def tiny_project(tmp_path) -> Path:
+    """A project whose files are all real but whose model is only a placeholder
+    saved_model.pb: enough for everything ``validate`` checks, without TensorFlow."""
+    root = tmp_path / "tiny"
+    (root / "model" / "saved_model").mkdir(parents=True)
+    (root / "model" / "saved_model" / "saved_model.pb").write_bytes(b"placeholder")
+    for i, suffix in enumerate([".png", ".JPG", ".jpeg", ".bmp"]):
+        save_image(root / "data" / "train" / f"sub{i % 2}" / f"img{i}{suffix}")
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            save_image(root / "data" / "val" / cls / f"{cls}{i}.jpg")
+    (root / "data" / "labels.json").write_text(json.dumps({"cat": 0, "dog": 1}))
+    write_config(root, {
+        "source_keras_model": "model/saved_model", "dataset_image_dir": "data/train", "batch_size": 2,
+        "input_tensor_size": 8, "iteration_count": 3, "output_dir": "out", "evaluate_image_dir": "data/val",
+        "evaluate_image_extension": "jpg", "evaluate_label_file": "data/labels.json", "evaluate_result_dir": "res",
+    })
+    return root

@@ -1,0 +1,48 @@
+"""Artifacts appear under their final names only when complete, all at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from mctq_job import artifacts
+
+
+def test_staged_files_are_invisible_until_commit(tmp_path):
+    staging = artifacts.Staging("run1")
+    final = tmp_path / "model.tflite"
+    temp = staging.write_bytes(final, b"abc")
+    assert temp.parent == tmp_path and temp.name.startswith(".model.run1.tmp") and temp.suffix == ".tflite"
+    assert not final.exists()
+    assert staging.staged(final).sha256 == hashlib.sha256(b"abc").hexdigest()
+    assert staging.commit() == [final]
+    assert final.read_bytes() == b"abc" and not temp.exists()
+
+
+def test_abort_removes_temporary_files_and_keeps_older_artifacts(tmp_path):
+    final = tmp_path / "results.json"
+    final.write_text("old")
+    staging = artifacts.Staging("run2")
+    staging.write_bytes(final, artifacts.json_bytes({"new": 1}))
+    staging.write_bytes(tmp_path / "other.bin", b"x")
+    removed = artifacts.abort_all()
+    assert len(removed) == 2
+    assert final.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_commit_replaces_older_artifacts_whole(tmp_path):
+    final = tmp_path / "results.json"
+    final.write_text("old")
+    staging = artifacts.Staging("run3")
+    staging.write_bytes(final, artifacts.json_bytes({"new": 1}))
+    staging.commit()
+    assert json.loads(final.read_text()) == {"new": 1}
+
+
+def test_describe_matches_the_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 3_000_000)
+    record = artifacts.describe(path).record()
+    assert record["size"] == 3_000_000
+    assert record["sha256"] == hashlib.sha256(b"x" * 3_000_000).hexdigest()

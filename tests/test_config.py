@@ -1,0 +1,164 @@
+"""configuration.json: the AITRIOS keys load unchanged; every bad value gets one message
+naming the key, the value and what is accepted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mctq_job import config as config_mod
+from mctq_job.errors import ConfigError
+
+AITRIOS = {
+    "source_keras_model": "../model/saved_model",
+    "dataset_image_dir": "./dataset/training",
+    "batch_size": 50,
+    "input_tensor_size": 224,
+    "iteration_count": 10,
+    "output_dir": "./output",
+    "evaluate_image_dir": "./dataset/validation",
+    "evaluate_image_extension": "jpg",
+    "evaluate_label_file": "./dataset/labels.json",
+    "evaluate_result_dir": "./evaluate/results",
+}
+
+
+def write(tmp_path: Path, document) -> Path:
+    path = tmp_path / "configuration.json"
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+def problems_of(tmp_path: Path, document) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(write(tmp_path, document))
+    return info.value.problems
+
+
+def test_aitrios_configuration_loads_unchanged_with_paths_resolved_against_its_folder(tmp_path):
+    """The notebook's configuration.json, byte for byte, loads; relative paths are taken from
+    the config file's folder, absolute ones kept."""
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "output_dir": "/abs/out"}))
+    assert cfg.source_keras_model == tmp_path / "../model/saved_model"
+    assert cfg.dataset_image_dir == tmp_path / "dataset/training"
+    assert cfg.output_dir == Path("/abs/out")
+    assert (cfg.batch_size, cfg.input_tensor_size, cfg.iteration_count) == (50, 224, 10)
+    assert cfg.evaluate_image_extension == "jpg"
+
+
+def test_defaults_are_the_notebooks_preprocessing_seed_zero_and_imx500(tmp_path):
+    cfg = config_mod.load(write(tmp_path, AITRIOS))
+    assert cfg.preprocessing.resize == "shorter_side_center_crop"
+    assert cfg.preprocessing.crop_fraction == pytest.approx(224 / 256)
+    assert cfg.preprocessing.normalization() == ((127.5,) * 3, (127.5,) * 3)
+    assert cfg.seed == 0 and cfg.target_platform == "imx500"
+
+
+def test_extension_with_leading_dot_is_accepted(tmp_path):
+    assert config_mod.load(write(tmp_path, {**AITRIOS, "evaluate_image_extension": ".JPG"})) \
+        .evaluate_image_extension == "JPG"
+
+
+def test_malformed_json_names_line_and_column(tmp_path):
+    problems = problems_of(tmp_path, '{\n  "batch_size": 50,\n  "input_tensor_size": ,\n}')
+    assert "line 3, column 24" in problems[0] and "not valid JSON" in problems[0]
+
+
+def test_array_at_top_level_is_refused(tmp_path):
+    assert "expected a JSON object" in problems_of(tmp_path, [AITRIOS])[0]
+    assert "got an array" in problems_of(tmp_path, [AITRIOS])[0]
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    text = json.dumps(AITRIOS)[:-1] + ', "batch_size": 5}'
+    assert "'batch_size' appears more than once" in problems_of(tmp_path, text)[0]
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(tmp_path / "nope.json")
+    assert "not found" in info.value.message and "--config" in info.value.message
+
+
+@pytest.mark.parametrize("key", sorted(AITRIOS))
+def test_each_required_key_missing_is_named(tmp_path, key):
+    doc = {k: v for k, v in AITRIOS.items() if k != key}
+    (problem,) = problems_of(tmp_path, doc)
+    assert f"required key '{key}' is missing" in problem
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("batch_size", "50", 'got "50" (a string)'),
+    ("batch_size", 50.0, "got 50.0 (a number)"),
+    ("batch_size", True, "got true (a boolean)"),
+    ("batch_size", 0, "greater than or equal to 1"),
+    ("iteration_count", -3, "greater than or equal to 1"),
+    ("input_tensor_size", 22.5, "valid integer"),
+    ("output_dir", "", "non-empty path string"),
+    ("dataset_image_dir", 7, "non-empty path string"),
+    ("evaluate_image_extension", "j/pg", "should match pattern"),
+    ("target_platform", "imx", "'imx500', 'tflite' or 'qnnpack'"),
+    ("seed", -1, "greater than or equal to 0"),
+])
+def test_wrong_values_name_the_key_the_value_and_what_is_accepted(tmp_path, key, value, expect):
+    (problem,) = problems_of(tmp_path, {**AITRIOS, key: value})
+    assert problem.startswith(f"key '{key}'")
+    assert expect in problem
+    assert "Accepted:" in problem
+
+
+def test_unknown_key_suggests_the_near_miss(tmp_path):
+    doc = {**AITRIOS, "batchsize": 3}
+    (problem,) = problems_of(tmp_path, doc)
+    assert "unknown key 'batchsize'" in problem and "did you mean 'batch_size'?" in problem
+
+
+def test_wrong_case_key_is_refused_with_the_right_spelling(tmp_path):
+    doc = {**{k: v for k, v in AITRIOS.items() if k != "output_dir"}, "Output_Dir": "./o"}
+    problems = problems_of(tmp_path, doc)
+    assert any("unknown key 'Output_Dir'" in p and "'output_dir'" in p for p in problems)
+    assert any("required key 'output_dir' is missing" in p for p in problems)
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    problems = problems_of(tmp_path, {**AITRIOS, "batch_size": "x", "iteration_count": 0, "extra": 1})
+    assert len(problems) == 3
+
+
+def test_preprocessing_options_are_validated(tmp_path):
+    (problem,) = problems_of(tmp_path, {**AITRIOS, "preprocessing": {"preset": "unit", "mean": [1, 2, 3]}})
+    assert "either 'preset' or 'mean'/'std'" in problem
+    (problem,) = problems_of(tmp_path, {**AITRIOS, "preprocessing": {"mean": [1, 2]}})
+    assert problem.startswith("key 'preprocessing.mean'")
+    (problem,) = problems_of(tmp_path, {**AITRIOS, "preprocessing": {"rezise": "stretch"}})
+    assert "did you mean 'resize'?" in problem
+
+
+def test_explicit_mean_std_override_the_default(tmp_path):
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "preprocessing": {"mean": [1, 2, 3], "std": [4, 5, 6],
+                                                                        "resize": "stretch"}}))
+    assert cfg.preprocessing.normalization() == ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+
+
+def test_schema_is_the_model_and_lists_the_ten_required_keys():
+    schema = config_mod.json_schema()
+    assert sorted(schema["required"]) == sorted(AITRIOS)
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["batch_size"]["minimum"] == 1
+
+
+def test_schema_accepts_what_load_accepts(tmp_path):
+    """The published schema and the loader agree on a valid document (checked with the
+    schema's own types)."""
+    schema = config_mod.json_schema()
+    for key, value in AITRIOS.items():
+        expected = schema["properties"][key]["type"]
+        assert {"string": str, "integer": int}[expected] is type(value)
+
+
+def test_digest_is_stable_and_changes_with_content(tmp_path):
+    a = config_mod.load(write(tmp_path, AITRIOS)).digest()
+    assert a == config_mod.load(write(tmp_path, AITRIOS)).digest()
+    assert a != config_mod.load(write(tmp_path, {**AITRIOS, "seed": 1})).digest()

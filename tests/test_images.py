@@ -1,0 +1,86 @@
+"""Decoding and the one preprocessing every model sees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import save_image
+from mctq_job.config import Preprocessing
+from mctq_job.errors import InputDataError
+from mctq_job import images
+
+
+def test_shorter_side_resize_then_centre_crop_matches_the_notebook_geometry():
+    """224 input: shorter side to 256, centre 224 crop; the crop keeps the middle."""
+    img = Image.new("RGB", (400, 300))
+    img.paste((255, 0, 0), (0, 0, 400, 300))
+    img.paste((0, 255, 0), (150, 100, 250, 200))  # a green square in the centre
+    out = images.resize(img, 224, Preprocessing())
+    assert out.size == (224, 224)
+    # 300 -> 256 (scale 0.8533): width 341; crop offsets (58, 16); the green square lands in the middle
+    arr = np.asarray(out)
+    assert tuple(arr[112, 112]) == (0, 255, 0)
+    assert tuple(arr[2, 2]) == (255, 0, 0)
+
+
+def test_stretch_ignores_the_aspect_ratio():
+    out = images.resize(Image.new("RGB", (400, 100)), 32, Preprocessing(resize="stretch"))
+    assert out.size == (32, 32)
+
+
+@pytest.mark.parametrize("spec,pixel,expected", [
+    (Preprocessing(), 255, 1.0),
+    (Preprocessing(), 0, -1.0),
+    (Preprocessing(preset="unit"), 255, 1.0),
+    (Preprocessing(preset="none"), 17, 17.0),
+    (Preprocessing(mean=[10, 10, 10], std=[2, 2, 2]), 30, 10.0),
+])
+def test_normalization(spec, pixel, expected):
+    arr = images.to_array(Image.new("RGB", (2, 2), (pixel,) * 3), spec)
+    assert arr.dtype == np.float32 and arr.shape == (2, 2, 3)
+    assert np.allclose(arr, expected)
+
+
+def test_bgr_swaps_channels():
+    arr = images.to_array(Image.new("RGB", (1, 1), (255, 0, 0)), Preprocessing(channel_order="bgr", preset="none"))
+    assert arr[0, 0].tolist() == [0.0, 0.0, 255.0]
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg"), ("P", ".bmp")])
+def test_grey_rgba_cmyk_and_palette_images_are_converted_to_rgb(tmp_path, mode, suffix):
+    path = save_image(tmp_path / f"img{suffix}", mode=mode)
+    batch = images.load_batch([path], 8, Preprocessing())
+    assert batch.shape == (1, 8, 8, 3)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
+def test_undecodable_image_names_the_file(tmp_path, content):
+    path = tmp_path / "bad.png"
+    if content == "truncated":
+        good = save_image(tmp_path / "good.png", size=(64, 64), color=(1, 2, 3))
+        path.write_bytes(good.read_bytes()[:60])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputDataError) as info:
+        images.load_batch([path], 8, Preprocessing())
+    assert str(path) in info.value.message and "expected a readable JPEG, PNG or BMP" in info.value.message
+
+
+def test_iter_batches_keeps_order_and_covers_every_image(tmp_path):
+    paths = [save_image(tmp_path / f"{i}.png", color=(i, i, i), size=(4, 4)) for i in range(7)]
+    got = list(images.iter_batches(paths, 3, 4, Preprocessing(preset="none")))
+    assert [start for start, _ in got] == [0, 3, 6]
+    values = np.concatenate([b[:, 0, 0, 0] for _, b in got])
+    assert values.tolist() == list(range(7))
+
+
+def test_scan_reports_links_and_other_files(tmp_path):
+    save_image(tmp_path / "a" / "x.PNG")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "ln.png").symlink_to(tmp_path / "a" / "x.PNG")
+    found = images.scan(tmp_path, images.CALIBRATION_EXTENSIONS)
+    assert [p.name for p in found.files] == ["x.PNG"]
+    assert [p.name for p in found.links] == ["ln.png"]
+    assert found.other_extensions == {"txt": 1}

@@ -1,0 +1,203 @@
+"""The real job end to end: real TensorFlow, real MCT, a small trained model.
+
+One finished run (session fixture) serves most assertions; failure cases run the job again
+only as far as they need to."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
+from mctq_job import artifacts, config as config_mod
+from mctq_job.errors import ConfigError, InputDataError
+from mctq_job.events import Event
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOK_KEYS = ("top_1_accuracy_keras", "top_1_accuracy_keras_quantized",
+                 "top_1_accuracy_tflite", "top_1_accuracy_tflite_quantized")
+STAGES = ["config", "inputs", "model", "calibrate", "quantize", "export", "evaluate", "report"]
+
+
+def outputs(project: Path) -> dict[str, Path]:
+    return {"model": project / "output" / "model.tflite", "quantized": project / "output" / "model_quantized.tflite",
+            "manifest": project / "output" / "manifest.json", "results": project / "evaluate" / "results" / "results.json"}
+
+
+def test_job_succeeds_and_stdout_is_only_json_lines(finished_run: JobRun):
+    assert finished_run.returncode == 0, finished_run.stdout[-3000:] + finished_run.stderr[-3000:]
+    for line in finished_run.lines:
+        event = json.loads(line)
+        assert list(event)[:3] == ["timestamp", "level", "event"]
+        assert event["event"] in {e.value for e in Event}
+        assert event["timestamp"].endswith("Z")
+    assert finished_run.stderr == ""  # native library output is captured into library.log events
+
+
+def test_stages_run_in_order_each_started_and_finished(finished_run: JobRun):
+    started = [e["stage"] for e in finished_run.named("stage.start")]
+    finished = [e["stage"] for e in finished_run.named("stage.finish")]
+    assert started == STAGES and finished == STAGES
+    assert finished_run.events[0]["event"] == "run.start"
+    assert finished_run.events[-1]["event"] == "run.finish"
+
+
+def test_progress_events_for_calibration_and_evaluation_reach_their_totals(finished_run: JobRun):
+    progress = finished_run.named("progress")
+    for stage, total in (("quantize", 6), ("evaluate", 140)):
+        mine = [p for p in progress if p["stage"] == stage]
+        assert mine[0]["current"] == 0 and mine[-1]["current"] == mine[-1]["total"] == total
+        assert mine[-1]["percent"] == 100.0 and {"elapsed_s", "eta_s", "unit"} <= set(mine[-1])
+
+
+def test_no_gap_over_five_seconds_between_lines(finished_run: JobRun):
+    """The spec: successive updates at least every 5 s, heartbeats inside library calls."""
+    stamps = [dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in finished_run.events]
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) < 5.0
+
+
+def test_results_json_has_the_notebook_keys_and_details(finished_run: JobRun):
+    results = json.loads(outputs(finished_run.cwd)["results"].read_text())
+    assert list(results)[:4] == list(NOTEBOOK_KEYS)
+    assert all(0.0 <= results[k] <= 1.0 for k in NOTEBOOK_KEYS)
+    assert results["image_count"] == 140 and results["class_count"] == 10
+    assert results["models"]["tflite_quantized"]["file"] == str(outputs(finished_run.cwd)["quantized"])
+    assert results["top_1_accuracy_keras"] >= 0.8  # the example model is really trained
+    for key in NOTEBOOK_KEYS[1:]:  # quantization costs at most a few points here
+        assert abs(results[key] - results["top_1_accuracy_keras"]) <= 0.05
+
+
+def _accuracy_one_image_at_a_time(model_path: Path, project: Path) -> float:
+    """An independent re-count: the notebook's way, one image per invoke."""
+    import tensorflow as tf
+
+    from mctq_job import images
+    from mctq_job.inputs import check
+
+    cfg = config_mod.load(project / "configuration.json")
+    samples = check(cfg, project).samples
+    interpreter = tf.lite.Interpreter(model_path=str(model_path))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.float32 and out["dtype"] == np.float32  # float interface, as MCT documents
+    correct = 0
+    for sample in samples:
+        x = images.preprocess_file(sample.path, cfg.input_tensor_size, cfg.preprocessing)[None]
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        correct += int(np.argmax(interpreter.get_tensor(out["index"])) == sample.label)
+    return correct / len(samples)
+
+
+@pytest.mark.parametrize("which,key", [("model", "top_1_accuracy_tflite"), ("quantized", "top_1_accuracy_tflite_quantized")])
+def test_tflite_files_load_and_give_the_reported_accuracy(finished_run: JobRun, which, key):
+    results = json.loads(outputs(finished_run.cwd)["results"].read_text())
+    recount = _accuracy_one_image_at_a_time(outputs(finished_run.cwd)[which], finished_run.cwd)
+    assert recount == pytest.approx(results[key], abs=1 / 140 + 1e-9)
+
+
+def test_quantized_tflite_really_holds_int8_weights(finished_run: JobRun):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(outputs(finished_run.cwd)["quantized"]))
+    dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
+    assert np.int8 in dtypes
+
+
+def test_manifest_hashes_match_the_files_and_record_the_run(finished_run: JobRun):
+    files = outputs(finished_run.cwd)
+    manifest = json.loads(files["manifest"].read_text())
+    assert manifest["outcome"] == "success"
+    recorded = {Path(a["path"]).name: a for a in manifest["artifacts"]}
+    assert set(recorded) == {"model.tflite", "model_quantized.tflite", "results.json"}
+    for artifact in manifest["artifacts"]:
+        actual = artifacts.describe(Path(artifact["path"]))
+        assert (actual.size, actual.sha256) == (artifact["size"], artifact["sha256"])
+    cfg = config_mod.load(finished_run.cwd / "configuration.json")
+    assert manifest["config"] == cfg.to_document() and manifest["config_sha256"] == cfg.digest()
+    assert manifest["versions"]["tensorflow"] == "2.15.1"
+    assert manifest["versions"]["model_compression_toolkit"] == "2.6.1"
+    assert set(manifest["stage_seconds"]) == set(STAGES) - {"report"}
+    assert manifest["peak_memory_bytes"] > 100 * 2**20 and manifest["seed"] == 0
+
+
+def test_no_temporary_file_is_left_and_termination_message_says_success(finished_run: JobRun):
+    for folder in (finished_run.cwd / "output", finished_run.cwd / "evaluate" / "results"):
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+    message = (finished_run.cwd / "termination-log").read_text()
+    assert message.startswith("success: keras=") and message.count("\n") == 1
+
+
+def test_h5_model_runs_too(project: Path):
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(str(project / "model" / "saved_model"), compile=False)
+    model.save(str(project / "model" / "model.h5"))
+    cfg = read_config(project)
+    write_config(project, {**cfg, "source_keras_model": "./model/model.h5", "target_platform": "qnnpack"})
+    result = run_cli(cwd=project)
+    assert result.returncode == 0, result.stdout[-2000:]
+    results = json.loads(outputs(project)["results"].read_text())
+    assert results["target_platform"] == "qnnpack" and results["top_1_accuracy_tflite_quantized"] >= 0.75
+
+
+def test_input_size_that_contradicts_the_model(project: Path):
+    cfg = read_config(project)
+    write_config(project, {**cfg, "input_tensor_size": 28})
+    result = run_cli(cwd=project)
+    assert result.returncode == ConfigError.exit_code
+    assert "key 'input_tensor_size': 28 does not match the model's input 32x32" in result.events[-1]["message"]
+    assert not any(p.exists() for p in outputs(project).values())
+
+
+def test_label_id_beyond_the_models_outputs(project: Path):
+    labels = json.loads((project / "dataset" / "labels.json").read_text())
+    (project / "dataset" / "labels.json").write_text(json.dumps({**labels, "nine": 12}))
+    result = run_cli(cwd=project)
+    assert result.returncode == InputDataError.exit_code
+    assert "id 12 of 'nine' is beyond the model's 10 outputs" in result.events[-1]["message"]
+
+
+def test_folder_with_saved_model_pb_that_is_not_a_model(project: Path):
+    fake = project / "model" / "fake"
+    fake.mkdir()
+    (fake / "saved_model.pb").write_bytes(b"\x00garbage")
+    cfg = read_config(project)
+    write_config(project, {**cfg, "source_keras_model": "model/fake"})
+    result = run_cli(cwd=project)
+    assert result.returncode == InputDataError.exit_code
+    assert "key 'source_keras_model': cannot load a Keras model" in result.events[-1]["message"]
+
+
+def test_sigterm_mid_run_removes_temporary_files_and_keeps_older_artifacts(project: Path):
+    """Stopped during evaluation (after both models were staged): exit 143, no partial file,
+    the previous run's artifacts as they were."""
+    out = project / "output"
+    out.mkdir()
+    (out / "model.tflite").write_bytes(b"previous run")
+    proc = subprocess.Popen([sys.executable, str(ENTRYPOINT)], cwd=project, stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == "stage.start" and seen[-1].get("stage") == "evaluate":
+            assert [p.name for p in out.iterdir() if p.name.startswith(".")]  # staged, not yet published
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143
+    last = json.loads(rest.strip().splitlines()[-1])
+    assert last["event"] == "run.failed" and last["error"] == "interrupted" and last["signal"] == "SIGTERM"
+    assert sorted(p.name for p in out.iterdir()) == ["model.tflite"]
+    assert (out / "model.tflite").read_bytes() == b"previous run"
+    assert not (project / "evaluate" / "results" / "results.json").exists()

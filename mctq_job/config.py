@@ -274,3 +274,27 @@ def _unknown_key_message(loc: tuple) -> str:
 def _render(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def keys_table_markdown() -> str:
+    """The README's table of configuration keys, generated from the schema."""
+    rows = ["| key | required | type | accepted |", "| --- | --- | --- | --- |"]
+    for model, prefix in ((Config, ""), (Preprocessing, "preprocessing.")):
+        schema = model.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, prop in schema["properties"].items():
+            rows.append(f"| `{prefix}{name}` | {'yes' if name in required else 'no'} | {_kind(prop)} | "
+                        f"{prop.get('description', '')} |")
+    return "\n".join(rows)
+
+
+def _kind(prop: dict[str, Any]) -> str:
+    """A schema property's accepted type in words, for the docs."""
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "anyOf" in prop:
+        kinds = [_kind(p) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " \\| ".join(kinds) + (" or null" if len(kinds) < len(prop["anyOf"]) else "")
+    if prop.get("type") == "array":
+        return f"array of {prop.get('minItems', '')} {_kind(prop.get('items', {}))}s".replace("  ", " ")
+    return prop.get("type") or "object"

@@ -37,6 +37,28 @@ class Event(str, enum.Enum):
         return self.value
 
 
+EVENT_MEANINGS: dict[Event, str] = {
+    Event.RUN_START: "First line, before TensorFlow is imported: version, config path, pid.",
+    Event.RUN_FINISH: "Last line of a successful run: the four top-1 accuracies, artifacts, duration.",
+    Event.RUN_FAILED: "Last line of a failed run: `error`, `exit_code`, `message` naming the culprit (and `problems`).",
+    Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
+    Event.STAGE_START: "A stage begins (`stage`: config, inputs, model, calibrate, quantize, export, evaluate, report).",
+    Event.STAGE_FINISH: "A stage ended: `duration_s` and the stage's own summary.",
+    Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
+    Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
+    Event.ARTIFACT_WRITTEN: "A file was published: `path`, `size`, `sha256`.",
+    Event.INPUT_IGNORED: "A harmless file was skipped (e.g. a README beside the class folders).",
+    Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
+}
+
+
+def event_table_markdown() -> str:
+    """The README's event table, generated here so it cannot drift."""
+    rows = ["| event | meaning |", "| --- | --- |"]
+    rows += [f"| `{event.value}` | {EVENT_MEANINGS[event]} |" for event in Event]
+    return "\n".join(rows)
+
+
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Loggers of the libraries the job drives; their records become library.log events.

@@ -118,7 +118,7 @@ def _quantize_and_evaluate(config, config_path, checked, model, stages, staging,
     with stages("quantize", target_platform=config.target_platform) as summary:
         from . import quantize  # imports MCT
 
-        progress = Progress(log, "quantize", config.iteration_count, "calibration batch")
+        progress = Progress(log, "quantize", config.iteration_count, "batch", task="calibration")
         data_gen = calibrate.representative_dataset(checked.calibration_images, batches, config,
                                                     on_batch=progress.advance)
         quantized = quantize.quantize(model, data_gen, config.target_platform)
@@ -136,7 +136,7 @@ def _quantize_and_evaluate(config, config_path, checked, model, stages, staging,
     with stages("evaluate", images=len(checked.samples)) as summary:
         from . import evaluate
 
-        progress = Progress(log, "evaluate", len(checked.samples), "image")
+        progress = Progress(log, "evaluate", len(checked.samples), "image", task="evaluation")
         predictors = {
             "keras": evaluate.KerasPredictor(model),
             "keras_quantized": evaluate.KerasPredictor(quantized.model),

@@ -22,12 +22,12 @@ class Progress:
     """Counts work done in one stage; in JSON mode emits rate-limited ``progress`` events,
     in console mode draws a tqdm bar on stderr."""
 
-    def __init__(self, log: Any, stage: str, total: int, unit: str):
-        self.log, self.stage, self.total, self.unit = log, stage, total, unit
+    def __init__(self, log: Any, stage: str, total: int, unit: str, task: str):
+        self.log, self.stage, self.total, self.unit, self.task = log, stage, total, unit, task
         self.current = 0
         self.started = time.monotonic()
         self._last_emit = 0.0
-        self._bar = _console_bar(stage, total, unit) if state.format == "console" else None
+        self._bar = _console_bar(task, total, unit) if state.format == "console" else None
         if self._bar is None:
             self._emit()
 
@@ -51,7 +51,7 @@ class Progress:
         done = min(self.current, self.total)
         eta = elapsed / done * (self.total - done) if done else None
         return {
-            "current": self.current, "total": self.total, "unit": self.unit,
+            "task": self.task, "current": self.current, "total": self.total, "unit": self.unit,
             "percent": round(100.0 * done / self.total, 1) if self.total else 100.0,
             "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2),
         }
@@ -61,10 +61,11 @@ class Progress:
         self.log.info(Event.PROGRESS.value, stage=self.stage, **self.fields())
 
 
-def _console_bar(stage: str, total: int, unit: str):
+def _console_bar(task: str, total: int, unit: str):
     from tqdm import tqdm  # people's bars; the JSON stream never needs tqdm
 
-    return tqdm(total=total, desc=stage, unit=unit, disable=False, dynamic_ncols=True)
+    # Drawn on the console stream itself: fd 2 is captured while libraries run.
+    return tqdm(total=total, desc=task, unit=unit, disable=False, dynamic_ncols=True, file=state.stream)
 
 
 class Heartbeat:

@@ -54,8 +54,9 @@ def test_stages_run_in_order_each_started_and_finished(finished_run: JobRun):
 
 def test_progress_events_for_calibration_and_evaluation_reach_their_totals(finished_run: JobRun):
     progress = finished_run.named("progress")
-    for stage, total in (("quantize", 6), ("evaluate", 140)):
+    for stage, task, total in (("quantize", "calibration", 6), ("evaluate", "evaluation", 140)):
         mine = [p for p in progress if p["stage"] == stage]
+        assert {p["task"] for p in mine} == {task}
         assert mine[0]["current"] == 0 and mine[-1]["current"] == mine[-1]["total"] == total
         assert mine[-1]["percent"] == 100.0 and {"elapsed_s", "eta_s", "unit"} <= set(mine[-1])
 

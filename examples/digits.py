@@ -68,7 +68,7 @@ def train_model(files: list[Path], labels: list[int], epochs: int = 12, seed: in
     from mctq_job.images import load_batch
 
     tf.keras.utils.set_random_seed(seed)
-    x = load_batch(files, INPUT_SIZE, Preprocessing())
+    x = load_batch(files, INPUT_SIZE, Preprocessing()).pixels
     y = np.asarray(labels)
     inputs = tf.keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
     h = tf.keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)

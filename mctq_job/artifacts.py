@@ -8,13 +8,18 @@ failed run removes its temporary files and leaves the previous artifacts untouch
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+from .errors import OutputLockedError
 
 _live: set["Staging"] = set()
 _lock = threading.RLock()  # held while committing or aborting, so the two never interleave
@@ -48,6 +53,34 @@ def json_bytes(document: Any) -> bytes:
 
 def ensure_folder(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def locked_folders(folders: Iterable[Path]) -> Iterator[None]:
+    """Hold an exclusive lock on each output folder for the whole run, so two runs pointed at
+    the same folder cannot interleave their files: the second one stops before any work.
+
+    The lock is flock(2) on the folder itself (no lock file is left behind); it is released by
+    the kernel when the process ends, however it ends. File systems without flock support
+    run unlocked."""
+    fds = []
+    try:
+        for folder in sorted({Path(f).absolute() for f in folders}):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OutputLockedError(f"another mctq-job run is writing to {folder}; wait for it to finish or "
+                                        f"give this run its own output_dir / evaluate_result_dir",
+                                        folder=str(folder)) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 class Staging:

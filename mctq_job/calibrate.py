@@ -14,6 +14,7 @@ import numpy as np
 
 from . import images
 from .config import Config
+from .errors import InputDataError
 
 
 def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int) -> list[np.ndarray]:
@@ -32,13 +33,27 @@ def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int
 
 def representative_dataset(paths: Sequence[Path], batches: list[np.ndarray], config: Config,
                            on_batch: Callable[[], None] = lambda: None,
+                           on_skip: Callable[[Path, str], None] = lambda path, reason: None,
                            ) -> Callable[[], Iterator[list[np.ndarray]]]:
-    """MCT's ``representative_data_gen``: each call yields the same batches, each as ``[array]``."""
+    """MCT's ``representative_data_gen``: each call yields the same batches, each as ``[array]``.
+
+    With ``on_corrupt_image: skip`` an undecodable image is left out of its batch (reported
+    through ``on_skip`` once); a batch of which nothing decodes is an error either way."""
+    skip = config.on_corrupt_image == "skip"
+    reported: set[Path] = set()
 
     def generate() -> Iterator[list[np.ndarray]]:
-        for indices in batches:
-            chosen = [paths[i] for i in indices]
-            yield [images.load_batch(chosen, config.input_tensor_size, config.preprocessing)]
+        for number, indices in enumerate(batches, 1):
+            batch = images.load_batch([paths[i] for i in indices], config.input_tensor_size,
+                                      config.preprocessing, skip_corrupt=skip)
+            for path, reason in batch.skipped:
+                if path not in reported:
+                    reported.add(path)
+                    on_skip(path, reason)
+            if batch.pixels is None:
+                raise InputDataError(f"key 'dataset_image_dir': no image of calibration batch {number} could be "
+                                     f"decoded ({batch.skipped[0][1]}); expected readable JPEG, PNG or BMP files")
+            yield [batch.pixels]
             on_batch()
 
     return generate

@@ -132,6 +132,9 @@ class Config(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1,
                       description="Optional. Seed for drawing calibration images and for TensorFlow: "
                                   "an integer in 0..4294967295; default 0.")
+    on_corrupt_image: Literal["fail", "skip"] = Field(
+        "fail", description="Optional. What an image that cannot be decoded does: 'fail' (default) stops the "
+                            "run naming the file; 'skip' leaves it out, logs it and lists it in results.json.")
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
         "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack.")
 

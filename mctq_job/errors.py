@@ -75,6 +75,13 @@ class OutputError(MctqError):
     kind = "output_not_writable"
 
 
+class OutputLockedError(MctqError):
+    """Another run is writing to the same output folder; this one wrote nothing."""
+
+    exit_code = 7
+    kind = "output_locked"
+
+
 class Interrupted(MctqError):
     """SIGINT or SIGTERM arrived; the run stopped and removed its temporary files."""
 
@@ -96,6 +103,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(InputDataError.exit_code, InputDataError.kind, "The model, an image, the label file or a data folder cannot be used.", True),
     ExitCode(StageError.exit_code, StageError.kind, "TensorFlow or MCT failed inside a stage (named in the error event).", False),
     ExitCode(OutputError.exit_code, OutputError.kind, "An output folder cannot be created or written (permissions, read-only, full).", False),
+    ExitCode(OutputLockedError.exit_code, OutputLockedError.kind, "Another run is writing to the same output folder; this one wrote nothing.", False),
     ExitCode(130, "interrupted_sigint", "Stopped by SIGINT (Ctrl-C); temporary files removed.", False),
     ExitCode(143, "interrupted_sigterm", "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.", False),
 )

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from . import images
 from .config import Config
+from .errors import InputDataError
 from .inputs import Sample
 
 EVAL_BATCH_SIZE = 32
@@ -85,29 +86,46 @@ class ModelScore:
 
 @dataclass(frozen=True)
 class Evaluation:
-    image_count: int
-    labels: np.ndarray
+    image_count: int                      # images evaluated (skipped ones excluded)
+    labels: np.ndarray                    # their labels, in evaluation order
     scores: dict[str, ModelScore]
+    skipped: list[tuple[Path, str]]       # undecodable images left out (on_corrupt_image: skip)
 
     def accuracy(self, name: str) -> float:
         return self.scores[name].correct / self.image_count
 
 
 def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples: Sequence[Sample],
-             config: Config, on_images: Callable[[int], None] = lambda n: None) -> Evaluation:
-    if not samples:
-        raise ValueError("no evaluation images")
+             config: Config, on_images: Callable[[int], None] = lambda n: None,
+             on_skip: Callable[[Path, str], None] = lambda path, reason: None) -> Evaluation:
     paths = [s.path for s in samples]
-    labels = np.asarray([s.label for s in samples], dtype=np.int64)
+    all_labels = np.asarray([s.label for s in samples], dtype=np.int64)
     scores = {name: ModelScore() for name in predictors}
-    for start, batch in images.iter_batches(paths, EVAL_BATCH_SIZE, config.input_tensor_size, config.preprocessing):
-        truth = labels[start:start + len(batch)]
-        for name, predict in predictors.items():
-            began = time.perf_counter()
-            predicted = np.argmax(predict(batch), axis=-1)
-            score = scores[name]
-            score.seconds += time.perf_counter() - began
-            score.correct += int(np.sum(predicted == truth))
-            score.predictions.append(predicted)
-        on_images(len(batch))
-    return Evaluation(len(samples), labels, scores)
+    evaluated, skipped = [], []
+    batches = images.iter_batches(paths, EVAL_BATCH_SIZE, config.input_tensor_size, config.preprocessing,
+                                  skip_corrupt=config.on_corrupt_image == "skip")
+    for start, batch in batches:
+        for path, reason in batch.skipped:
+            skipped.append((path, reason))
+            on_skip(path, reason)
+        if batch.pixels is not None:
+            truth = all_labels[start:start + EVAL_BATCH_SIZE][batch.kept]
+            evaluated.append(truth)
+            _score_batch(predictors, scores, batch.pixels, truth)
+        on_images(len(batch.kept) + len(batch.skipped))
+    labels = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
+    if not len(labels):
+        raise InputDataError(f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
+                             f"decoded; expected readable JPEG, PNG or BMP files")
+    return Evaluation(len(labels), labels, scores, skipped)
+
+
+def _score_batch(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], scores: dict[str, ModelScore],
+                 pixels: np.ndarray, truth: np.ndarray) -> None:
+    for name, predict in predictors.items():
+        began = time.perf_counter()
+        predicted = np.argmax(predict(pixels), axis=-1)
+        score = scores[name]
+        score.seconds += time.perf_counter() - began
+        score.correct += int(np.sum(predicted == truth))
+        score.predictions.append(predicted)

@@ -58,6 +58,25 @@ def scan(root: Path, extensions: Iterable[str]) -> Scan:
     return found
 
 
+#: Leading bytes of the formats the job reads.
+MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"))
+
+
+def sniff(path: Path) -> str | None:
+    """Why ``path`` cannot be an image the job reads, judged from its first bytes (cheap:
+    ten thousand files in a fraction of a second), or None when it looks like one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not head:
+        return "is empty (0 bytes)"
+    if not any(head.startswith(magic) for magic, _ in MAGIC):
+        return "is not a JPEG, PNG or BMP file (its first bytes say otherwise)"
+    return None
+
+
 def _extension(path: Path) -> str:
     return path.suffix[1:].lower()
 
@@ -111,26 +130,46 @@ def preprocess_file(path: Path, size: int, spec: "Preprocessing") -> "np.ndarray
     return to_array(resize(load_rgb(path), size, spec), spec)
 
 
+@dataclass
+class Batch:
+    """Preprocessed pixels of the images that decoded, and which ones did not."""
+
+    pixels: "np.ndarray | None"
+    kept: list[int]                      # positions (in the requested paths) present in pixels
+    skipped: list[tuple[Path, str]]      # (file, reason) of images left out
+
+
 def load_batch(paths: Sequence[Path], size: int, spec: "Preprocessing",
-               pool: ThreadPoolExecutor | None = None) -> "np.ndarray":
-    """Preprocess ``paths`` into one float32 batch (N, size, size, 3); PIL decodes outside
-    the GIL, so a thread pool uses every core."""
+               pool: ThreadPoolExecutor | None = None, skip_corrupt: bool = False) -> Batch:
+    """Preprocess ``paths`` into one float32 batch (N, size, size, 3). PIL decodes outside
+    the GIL, so a thread pool uses every core. An undecodable image raises InputDataError,
+    or with ``skip_corrupt`` is left out and reported."""
     import numpy as np
 
-    arrays = pool.map(lambda p: preprocess_file(p, size, spec), paths) if pool else \
-        (preprocess_file(p, size, spec) for p in paths)
-    return np.stack(list(arrays))
+    def one(path: Path):
+        try:
+            return preprocess_file(path, size, spec)
+        except InputDataError as exc:
+            if not skip_corrupt:
+                raise
+            return exc
+
+    results = list(pool.map(one, paths) if pool else map(one, paths))
+    kept = [i for i, r in enumerate(results) if not isinstance(r, InputDataError)]
+    skipped = [(paths[i], r.message) for i, r in enumerate(results) if isinstance(r, InputDataError)]
+    pixels = np.stack([results[i] for i in kept]) if kept else None
+    return Batch(pixels, kept, skipped)
 
 
 def iter_batches(paths: Sequence[Path], batch_size: int, size: int, spec: "Preprocessing",
-                 ) -> Iterator[tuple[int, "np.ndarray"]]:
+                 skip_corrupt: bool = False) -> Iterator[tuple[int, Batch]]:
     """Yield (start index, batch) over ``paths``: at most two batches in memory, the next
     one decoded (on every core) while the caller works on the current one."""
     starts = range(0, len(paths), batch_size)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as decode, \
             ThreadPoolExecutor(max_workers=1) as ahead:
         def submit(start: int):
-            return ahead.submit(load_batch, paths[start:start + batch_size], size, spec, decode)
+            return ahead.submit(load_batch, paths[start:start + batch_size], size, spec, decode, skip_corrupt)
 
         pending = submit(starts[0]) if starts else None
         for i, start in enumerate(starts):

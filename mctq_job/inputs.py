@@ -36,12 +36,14 @@ class Inputs:
     calibration_images: tuple[Path, ...]
     samples: tuple[Sample, ...]
     labels: dict[str, int]
-    ignored: tuple[tuple[str, str], ...] = ()  # (path, reason): harmless things skipped
+    ignored: tuple[tuple[str, str], ...] = ()  # (path, reason): harmless files that are not inputs
+    skipped: tuple[tuple[Path, str], ...] = ()  # (image, reason): unreadable, left out (on_corrupt_image: skip)
 
     def summary(self) -> dict[str, object]:
         classes = {s.class_name for s in self.samples}
         return {"calibration_images": len(self.calibration_images), "evaluation_images": len(self.samples),
-                "classes": len(classes), "labels": len(self.labels), "ignored": len(self.ignored)}
+                "classes": len(classes), "labels": len(self.labels), "ignored": len(self.ignored),
+                "skipped": len(self.skipped)}
 
 
 @dataclass
@@ -78,10 +80,35 @@ def check(config: Config, base_dir: Path) -> Inputs:
     calibration = _calibration_images(config, problems)
     labels = _labels(config.evaluate_label_file, problems)
     samples, ignored = _samples(config, labels, problems)
+    calibration, samples, skipped = _unreadable_images(config, calibration, samples, problems)
     for key in ("output_dir", "evaluate_result_dir"):
         _check_writable(key, getattr(config, key), problems)
     problems.raise_any()
-    return Inputs(config, tuple(calibration), tuple(samples), labels or {}, tuple(ignored))
+    return Inputs(config, tuple(calibration), tuple(samples), labels or {}, tuple(ignored), tuple(skipped))
+
+
+def _unreadable_images(config: Config, calibration: list[Path], samples: list[Sample], problems: _Problems,
+                       ) -> tuple[list[Path], list[Sample], list[tuple[Path, str]]]:
+    """Empty and non-image files, found from their first bytes before any heavy work: an
+    error naming them, or (on_corrupt_image: skip) left out and reported."""
+    bad = {path: reason for path in [*calibration, *(s.path for s in samples)]
+           if (reason := images.sniff(path)) is not None}
+    if not bad:
+        return calibration, samples, []
+    if config.on_corrupt_image == "fail":
+        named = [f"{path} {reason}" for path, reason in bad.items()]
+        problems.data.append(f"{len(bad)} unreadable image file(s): {_listed(named)}; replace or remove them, "
+                             f"or set \"on_corrupt_image\": \"skip\" to leave them out")
+        return calibration, samples, []
+    calibration = [p for p in calibration if p not in bad]
+    samples = [s for s in samples if s.path not in bad]
+    if calibration and config.batch_size > len(calibration):
+        problems.config.append(f"key 'batch_size': {config.batch_size} is more than the {len(calibration)} "
+                               f"readable images in {config.dataset_image_dir}; accepted: 1 to {len(calibration)}")
+    if not calibration or not samples:
+        which = "dataset_image_dir" if not calibration else "evaluate_image_dir"
+        problems.data.append(f"key '{which}': every image there is unreadable; expected JPEG, PNG or BMP files")
+    return calibration, samples, [(p, f"{p} {r}") for p, r in bad.items()]
 
 
 def _check_links(key: str, path: Path, base_dir: Path, problems: _Problems) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import resource
 import time
 import uuid
@@ -27,6 +28,8 @@ MODEL_FILE = "model.tflite"
 QUANTIZED_FILE = "model_quantized.tflite"
 RESULTS_FILE = "results.json"
 MANIFEST_FILE = "manifest.json"
+#: OSError numbers that mean "this output location cannot take the file".
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 @dataclass
@@ -81,6 +84,8 @@ def validate(config_path: Path, log: Any) -> inputs_mod.Inputs:
 def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
     for path, reason in checked.ignored:
         log.warning(Event.INPUT_IGNORED.value, path=path, reason=reason)
+    for path, reason in checked.skipped:
+        log.warning(Event.INPUT_SKIPPED.value, path=str(path), reason=reason)
 
 
 def run(config_path: Path, log: Any) -> RunResult:
@@ -95,76 +100,121 @@ def run(config_path: Path, log: Any) -> RunResult:
             checked = inputs_mod.check(config, config_path.parent)
             summary.update(checked.summary())
         _log_ignored(log, checked)
-        with stages("model") as summary:
-            _seed_everything(config.seed)
-            model, info = inputs_mod.load_model(checked)
+        _make_folders(config.output_dir, config.evaluate_result_dir)
+        with artifacts.locked_folders([config.output_dir, config.evaluate_result_dir]):
+            job = _Job(config, config_path, checked, stages, artifacts.Staging(uuid.uuid4().hex[:12]), log)
+            try:
+                return job.run(started_at)
+            finally:
+                if job.staging.pending:  # not committed: a stage failed
+                    job.staging.abort()
+
+
+@dataclass
+class _Job:
+    """The heavy stages of one run, sharing the checked inputs and the staging area."""
+
+    config: config_mod.Config
+    config_path: Path
+    checked: inputs_mod.Inputs
+    stages: _Stages
+    staging: artifacts.Staging
+    log: Any
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def run(self, started_at: str) -> RunResult:
+        model = self.load_model()
+        batches = self.calibrate()
+        quantized = self.quantize(model, batches)
+        model_file, quantized_file = self.export(model, quantized)
+        evaluation = self.evaluate(model, quantized, model_file, quantized_file)
+        return self.report(evaluation, started_at)
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append((path, reason))
+        self.log.warning(Event.INPUT_SKIPPED.value, path=str(path), reason=reason)
+
+    def load_model(self):
+        with self.stages("model") as summary:
+            _seed_everything(self.config.seed)
+            model, info = inputs_mod.load_model(self.checked)
             summary.update(input_shape=list(info.input_shape), output_width=info.output_width,
                            parameters=info.parameters)
-        staging = artifacts.Staging(uuid.uuid4().hex[:12])
-        try:
-            return _quantize_and_evaluate(config, config_path, checked, model, stages, staging, started_at, log)
-        finally:
-            if staging.pending:  # not committed: a stage failed
-                staging.abort()
+        return model
 
+    def calibrate(self):
+        config = self.config
+        with self.stages("calibrate", batches=config.iteration_count, batch_size=config.batch_size) as summary:
+            from . import calibrate
 
-def _quantize_and_evaluate(config, config_path, checked, model, stages, staging, started_at, log) -> RunResult:
-    with stages("calibrate", batches=config.iteration_count, batch_size=config.batch_size) as summary:
-        from . import calibrate
+            batches = calibrate.draw_batches(len(self.checked.calibration_images), config.batch_size,
+                                             config.iteration_count, config.seed)
+            summary["distinct_images"] = len({int(i) for b in batches for i in b})
+        return batches
 
-        batches = calibrate.draw_batches(len(checked.calibration_images), config.batch_size,
-                                         config.iteration_count, config.seed)
-        summary["distinct_images"] = len({int(i) for b in batches for i in b})
-    with stages("quantize", target_platform=config.target_platform) as summary:
-        from . import quantize  # imports MCT
+    def quantize(self, model, batches):
+        config = self.config
+        with self.stages("quantize", target_platform=config.target_platform):
+            from . import calibrate, quantize  # imports MCT
 
-        progress = Progress(log, "quantize", config.iteration_count, "batch", task="calibration")
-        data_gen = calibrate.representative_dataset(checked.calibration_images, batches, config,
-                                                    on_batch=progress.advance)
-        quantized = quantize.quantize(model, data_gen, config.target_platform)
-        progress.close()
-    output_dir, result_dir = config.output_dir, config.evaluate_result_dir
-    with stages("export") as summary:
-        from . import export
+            progress = Progress(self.log, "quantize", config.iteration_count, "batch", task="calibration")
+            data_gen = calibrate.representative_dataset(self.checked.calibration_images, batches, config,
+                                                        on_batch=progress.advance, on_skip=self.skip)
+            quantized = quantize.quantize(model, data_gen, config.target_platform)
+            progress.close()
+        return quantized
 
-        _make_folders(output_dir, result_dir)
-        quantized_temp = staging.temp_path(output_dir / QUANTIZED_FILE)
-        export.export_quantized(quantized.model, quantized_temp)
-        float_temp = _write(staging, output_dir / MODEL_FILE, export.convert_float(model))
-        summary.update(model_tflite_bytes=float_temp.stat().st_size,
-                       model_quantized_tflite_bytes=quantized_temp.stat().st_size)
-    with stages("evaluate", images=len(checked.samples)) as summary:
-        from . import evaluate
+    def export(self, model, quantized) -> tuple[Path, Path]:
+        output_dir = self.config.output_dir
+        with self.stages("export") as summary:
+            from . import export
 
-        progress = Progress(log, "evaluate", len(checked.samples), "image", task="evaluation")
-        predictors = {
-            "keras": evaluate.KerasPredictor(model),
-            "keras_quantized": evaluate.KerasPredictor(quantized.model),
-            "tflite": evaluate.TFLitePredictor(float_temp),
-            "tflite_quantized": evaluate.TFLitePredictor(quantized_temp),
-        }
-        evaluation = evaluate.evaluate(predictors, checked.samples, config, on_images=progress.advance)
-        progress.close()
-        summary.update({f"top_1_accuracy_{name}": round(evaluation.accuracy(name), 4) for name in predictors})
-    with stages("report") as summary:
-        files = {"tflite": str(output_dir / MODEL_FILE), "tflite_quantized": str(output_dir / QUANTIZED_FILE)}
-        results = _results(evaluation, files, config, checked)
-        _write_json(staging, result_dir / RESULTS_FILE, results)
-        manifest = _manifest(config, config_path, staging, stages, started_at)
-        _write_json(staging, output_dir / MANIFEST_FILE, manifest)
-        published = staging.commit()
-        for path in published:
-            log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
-        summary["artifacts"] = len(published)
-    return RunResult(results, manifest, published)
+            quantized_temp = self.staging.temp_path(output_dir / QUANTIZED_FILE)
+            with _output_errors(output_dir):
+                export.export_quantized(quantized.model, quantized_temp)
+            float_temp = _write(self.staging, output_dir / MODEL_FILE, export.convert_float(model))
+            summary.update(model_tflite_bytes=float_temp.stat().st_size,
+                           model_quantized_tflite_bytes=quantized_temp.stat().st_size)
+        return float_temp, quantized_temp
 
+    def evaluate(self, model, quantized, model_file: Path, quantized_file: Path):
+        samples = self.checked.samples
+        with self.stages("evaluate", images=len(samples)) as summary:
+            from . import evaluate
 
-def _results(evaluation, files, config, checked) -> dict[str, Any]:
-    from . import report
+            progress = Progress(self.log, "evaluate", len(samples), "image", task="evaluation")
+            predictors = {
+                "keras": evaluate.KerasPredictor(model),
+                "keras_quantized": evaluate.KerasPredictor(quantized.model),
+                "tflite": evaluate.TFLitePredictor(model_file),
+                "tflite_quantized": evaluate.TFLitePredictor(quantized_file),
+            }
+            evaluation = evaluate.evaluate(predictors, samples, self.config, on_images=progress.advance,
+                                           on_skip=self.skip)
+            progress.close()
+            summary.update({f"top_1_accuracy_{name}": round(evaluation.accuracy(name), 4) for name in predictors})
+        return evaluation
 
-    extra = {"target_platform": config.target_platform, "seed": config.seed,
-             "calibration_images": len(checked.calibration_images)}
-    return report.results(evaluation, files, extra)
+    def report(self, evaluation, started_at: str) -> RunResult:
+        config, staging = self.config, self.staging
+        with self.stages("report") as summary:
+            from . import report
+
+            files = {"tflite": str(config.output_dir / MODEL_FILE),
+                     "tflite_quantized": str(config.output_dir / QUANTIZED_FILE)}
+            skipped = [*self.checked.skipped, *self.skipped]
+            extra = {"target_platform": config.target_platform, "seed": config.seed,
+                     "calibration_images": len(self.checked.calibration_images),
+                     "skipped_images": [{"path": str(p), "reason": r} for p, r in skipped]}
+            results = report.results(evaluation, files, extra)
+            _write_json(staging, config.evaluate_result_dir / RESULTS_FILE, results)
+            manifest = _manifest(config, self.config_path, staging, self.stages, started_at)
+            _write_json(staging, config.output_dir / MANIFEST_FILE, manifest)
+            published = staging.commit()
+            for path in published:
+                self.log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
+            summary["artifacts"] = len(published)
+        return RunResult(results, manifest, published)
 
 
 def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _Stages, started_at: str) -> dict:
@@ -184,20 +234,25 @@ def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _St
 
 def _make_folders(*folders: Path) -> None:
     for folder in folders:
-        try:
+        with _output_errors(folder):
             artifacts.ensure_folder(folder)
-        except OSError as exc:
-            raise OutputError(f"cannot create output folder {folder}: {exc.strerror}; expected a writable "
-                              f"location", folder=str(folder)) from exc
+
+
+@contextlib.contextmanager
+def _output_errors(folder: Path) -> Iterator[None]:
+    """A full disk or a read-only folder, wherever it surfaces, becomes an OutputError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        raise OutputError(f"cannot write in {folder}: {exc.strerror}; expected a writable folder with free space",
+                          folder=str(folder)) from exc
 
 
 def _write(staging: artifacts.Staging, final: Path, data: bytes) -> Path:
-    """Stage ``data``; a full disk or a read-only folder becomes an OutputError naming it."""
-    try:
+    with _output_errors(final.parent):
         return staging.write_bytes(final, data)
-    except OSError as exc:
-        raise OutputError(f"cannot write {final.name} in {final.parent}: {exc.strerror}; expected a writable "
-                          f"folder with free space", folder=str(final.parent)) from exc
 
 
 def _write_json(staging: artifacts.Staging, final: Path, document: Any) -> Path:

@@ -52,7 +52,7 @@ def test_bgr_swaps_channels():
 def test_grey_rgba_cmyk_and_palette_images_are_converted_to_rgb(tmp_path, mode, suffix):
     path = save_image(tmp_path / f"img{suffix}", mode=mode)
     batch = images.load_batch([path], 8, Preprocessing())
-    assert batch.shape == (1, 8, 8, 3)
+    assert batch.pixels.shape == (1, 8, 8, 3) and batch.kept == [0] and batch.skipped == []
 
 
 @pytest.mark.parametrize("content", [b"", b"not an image at all", "truncated"])
@@ -68,11 +68,28 @@ def test_undecodable_image_names_the_file(tmp_path, content):
     assert str(path) in info.value.message and "expected a readable JPEG, PNG or BMP" in info.value.message
 
 
+def test_skip_corrupt_leaves_the_image_out_and_says_why(tmp_path):
+    good = [save_image(tmp_path / f"{i}.png", size=(4, 4)) for i in range(3)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 then nothing")
+    batch = images.load_batch([good[0], bad, good[1], good[2]], 4, Preprocessing(), skip_corrupt=True)
+    assert batch.pixels.shape == (3, 4, 4, 3) and batch.kept == [0, 2, 3]
+    assert batch.skipped[0][0] == bad and "cannot decode image" in batch.skipped[0][1]
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "is empty"), (b"GIF89a....", "is not a JPEG, PNG or BMP")])
+def test_sniff_catches_empty_and_foreign_files_cheaply(tmp_path, content, reason):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(content)
+    assert reason in images.sniff(path)
+    assert images.sniff(save_image(tmp_path / "ok.bmp")) is None
+
+
 def test_iter_batches_keeps_order_and_covers_every_image(tmp_path):
     paths = [save_image(tmp_path / f"{i}.png", color=(i, i, i), size=(4, 4)) for i in range(7)]
     got = list(images.iter_batches(paths, 3, 4, Preprocessing(preset="none")))
     assert [start for start, _ in got] == [0, 3, 6]
-    values = np.concatenate([b[:, 0, 0, 0] for _, b in got])
+    values = np.concatenate([b.pixels[:, 0, 0, 0] for _, b in got])
     assert values.tolist() == list(range(7))
 
 

@@ -57,7 +57,8 @@ class _Stages:
         try:
             with structlog.contextvars.bound_contextvars(stage=name), native_output(self.log):
                 yield summary
-        except MctqError:
+        except MctqError as exc:
+            exc.context.setdefault("stage", name)
             raise
         except Exception as exc:
             raise StageError(name, exc) from exc

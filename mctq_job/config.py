@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -151,6 +152,24 @@ def json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+INDEX_PLACEHOLDER = "{index}"
+INDEX_ENV = "JOB_COMPLETION_INDEX"
+
+
+def locate(path: Path, environ: dict[str, str] | None = None) -> Path:
+    """The configuration file to read. ``{index}`` in the path is replaced by Kubernetes'
+    ``JOB_COMPLETION_INDEX``, so each pod of an Indexed Job reads its own configuration."""
+    text = str(path)
+    if INDEX_PLACEHOLDER not in text:
+        return path
+    index = (os.environ if environ is None else environ).get(INDEX_ENV, "")
+    if not index.isdigit():
+        raise ConfigError(f"the configuration path {text} contains {INDEX_PLACEHOLDER} but {INDEX_ENV} is "
+                          f"{index!r}; accepted: {INDEX_ENV} set to a completion index (0, 1, 2, ...), as an "
+                          f"Indexed Job sets it", file=text)
+    return Path(text.replace(INDEX_PLACEHOLDER, str(int(index))))
 
 
 def load(path: Path) -> Config:

@@ -71,15 +71,20 @@ class _Stages:
 
 def validate(config_path: Path, log: Any) -> inputs_mod.Inputs:
     """Check the configuration and everything it names, without TensorFlow."""
-    config_path = config_path.absolute()  # not resolve(): a ConfigMap's file is a link
     stages = _Stages(log)
     with stages("config"):
+        config_path = _located(config_path)
         config = config_mod.load(config_path)
     with stages("inputs") as summary:
         checked = inputs_mod.check(config, config_path.parent)
         summary.update(checked.summary())
     _log_ignored(log, checked)
     return checked
+
+
+def _located(config_path: Path) -> Path:
+    """The file to read (``{index}`` filled in), absolute; not resolve(): a ConfigMap's file is a link."""
+    return config_mod.locate(config_path).absolute()
 
 
 def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
@@ -91,10 +96,11 @@ def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
 
 def run(config_path: Path, log: Any) -> RunResult:
     started_at = _now()
-    config_path = config_path.absolute()
     with Heartbeat(log) as heartbeat:
         stages = _Stages(log, heartbeat)
         with stages("config") as summary:
+            config_path = _located(config_path)
+            summary["config_file"] = str(config_path)
             config = config_mod.load(config_path)
             summary["config_sha256"] = config.digest()
         with stages("inputs") as summary:

@@ -105,3 +105,17 @@ def test_console_format_is_for_people(tiny_project):
     result = run_cli("validate", "--log-format", "console", cwd=tiny_project)
     assert result.returncode == 0
     assert "config.valid" in result.stdout and not result.stdout.lstrip().startswith("{")
+
+
+def test_index_placeholder_picks_the_configuration_of_this_completion_index(tiny_project):
+    """Indexed Jobs: --config /config/config-{index}.json reads the file of JOB_COMPLETION_INDEX."""
+    (tiny_project / "configuration.json").rename(tiny_project / "config-2.json")
+    template = str(tiny_project / "config-{index}.json")
+    result = run_cli("validate", "--config", template, cwd=tiny_project, env={"JOB_COMPLETION_INDEX": "2"})
+    assert result.returncode == 0
+    assert result.named("stage.start")[0]["stage"] == "config"
+    missing = run_cli("validate", "--config", template, cwd=tiny_project, env={"JOB_COMPLETION_INDEX": "3"})
+    assert missing.returncode == ConfigError.exit_code and "config-3.json" in missing.events[-1]["message"]
+    unset = run_cli("validate", "--config", template, cwd=tiny_project, env={"JOB_COMPLETION_INDEX": ""})
+    assert unset.returncode == ConfigError.exit_code
+    assert "JOB_COMPLETION_INDEX" in unset.events[-1]["message"]

@@ -99,8 +99,10 @@ def _as_library_event(_logger: Any, _name: str, event_dict: dict) -> dict:
 
 
 def _json_dumps(obj: Any, **kw: Any) -> str:
+    """ASCII-only JSON: no character inside a line that any reader might take for a line
+    break (U+0085, U+2028 from a file name or a label)."""
     kw.setdefault("default", str)
-    return json.dumps(obj, ensure_ascii=False, **kw)
+    return json.dumps(obj, ensure_ascii=True, **kw)
 
 
 def _shared_processors() -> list:

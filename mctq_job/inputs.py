@@ -33,6 +33,7 @@ class Inputs:
     """The checked inputs of one run."""
 
     config: Config
+    config_file: Path
     calibration_images: tuple[Path, ...]
     samples: tuple[Sample, ...]
     labels: dict[str, int]
@@ -67,9 +68,10 @@ def _listed(paths: list) -> str:
     return shown + (f" and {len(paths) - LISTED} more" if len(paths) > LISTED else "")
 
 
-def check(config: Config, base_dir: Path) -> Inputs:
-    """Check every path, folder and file the configuration names; raise one error listing
-    every problem, or return the discovered inputs."""
+def check(config: Config, config_file: Path) -> Inputs:
+    """Check every path, folder and file the configuration (read from ``config_file``) names;
+    raise one error listing every problem, or return the discovered inputs."""
+    base_dir = config_file.parent
     problems = _Problems()
     for key in ("source_keras_model", "dataset_image_dir", "evaluate_image_dir", "evaluate_label_file",
                 "output_dir", "evaluate_result_dir"):
@@ -84,7 +86,8 @@ def check(config: Config, base_dir: Path) -> Inputs:
     for key in ("output_dir", "evaluate_result_dir"):
         _check_writable(key, getattr(config, key), problems)
     problems.raise_any()
-    return Inputs(config, tuple(calibration), tuple(samples), labels or {}, tuple(ignored), tuple(skipped))
+    return Inputs(config, config_file, tuple(calibration), tuple(samples), labels or {}, tuple(ignored),
+                  tuple(skipped))
 
 
 def _unreadable_images(config: Config, calibration: list[Path], samples: list[Sample], problems: _Problems,

@@ -71,12 +71,17 @@ class _Stages:
 
 def validate(config_path: Path, log: Any) -> inputs_mod.Inputs:
     """Check the configuration and everything it names, without TensorFlow."""
-    stages = _Stages(log)
-    with stages("config"):
+    return _checked_inputs(config_path, _Stages(log), log)
+
+
+def _checked_inputs(config_path: Path, stages: _Stages, log: Any) -> inputs_mod.Inputs:
+    """Stages ``config`` and ``inputs``: everything that can be known without TensorFlow."""
+    with stages("config") as summary:
         config_path = _located(config_path)
         config = config_mod.load(config_path)
+        summary.update(config_file=str(config_path), config_sha256=config.digest())
     with stages("inputs") as summary:
-        checked = inputs_mod.check(config, config_path.parent)
+        checked = inputs_mod.check(config, config_path)
         summary.update(checked.summary())
     _log_ignored(log, checked)
     return checked
@@ -98,18 +103,11 @@ def run(config_path: Path, log: Any) -> RunResult:
     started_at = _now()
     with Heartbeat(log) as heartbeat:
         stages = _Stages(log, heartbeat)
-        with stages("config") as summary:
-            config_path = _located(config_path)
-            summary["config_file"] = str(config_path)
-            config = config_mod.load(config_path)
-            summary["config_sha256"] = config.digest()
-        with stages("inputs") as summary:
-            checked = inputs_mod.check(config, config_path.parent)
-            summary.update(checked.summary())
-        _log_ignored(log, checked)
+        checked = _checked_inputs(config_path, stages, log)
+        config = checked.config
         _make_folders(config.output_dir, config.evaluate_result_dir)
         with artifacts.locked_folders([config.output_dir, config.evaluate_result_dir]):
-            job = _Job(config, config_path, checked, stages, artifacts.Staging(uuid.uuid4().hex[:12]), log)
+            job = _Job(config, checked.config_file, checked, stages, artifacts.Staging(uuid.uuid4().hex[:12]), log)
             try:
                 return job.run(started_at)
             finally:

@@ -17,7 +17,7 @@ from mctq_job.errors import ConfigError, InputDataError, MctqError, OutputError
 
 def check(project: Path) -> inputs.Inputs:
     path = project / "configuration.json"
-    return inputs.check(config_mod.load(path), path.parent)
+    return inputs.check(config_mod.load(path), path)
 
 
 FINAL_NAMES = ("model.tflite", "model_quantized.tflite", "manifest.json", "results.json")

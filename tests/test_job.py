@@ -87,7 +87,7 @@ def _accuracy_one_image_at_a_time(model_path: Path, project: Path) -> float:
     from mctq_job.inputs import check
 
     cfg = config_mod.load(project / "configuration.json")
-    samples = check(cfg, project).samples
+    samples = check(cfg, project / "configuration.json").samples
     interpreter = tf.lite.Interpreter(model_path=str(model_path))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]

@@ -11,6 +11,7 @@ help:
 	@echo "make test   run the test suite (real TensorFlow and MCT)"
 	@echo "make bench  measure start-up, validate and job timings"
 	@echo "make lock   re-pin requirements*.lock from requirements*.in"
+	@echo "make image / image-offline / docker-demo   the container image (see README, Container)"
 
 venv: $(VENV)/.installed
 
@@ -41,3 +42,6 @@ lock:
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache bench-results
+
+# Container image targets (image, image-offline, docker-demo).
+include mk/container.mk

@@ -67,6 +67,10 @@ if [[ -n ${EXTRA_CA_BUNDLE:-} ]]; then
   chroot "$root" update-ca-certificates 2>&1 >/dev/null | { grep -v '^rehash: warning: skipping' || true; } >&2
 fi
 
+# debootstrap copied the build host's resolver and name; Docker provides both at run time.
+: >"$root/etc/resolv.conf"
+: >"$root/etc/hostname"
+
 # What a runtime never needs: package lists, caches, docs, manuals, locales.
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/* "$root"/usr/share/doc/* \

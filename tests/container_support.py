@@ -1,0 +1,186 @@
+"""Helpers for tests/test_container.py: reach the Docker engine (or skip, or fail under
+MCTQ_REQUIRE_DOCKER=1), find or build the image through the Makefile's own recipe, and run
+containers with the docker SDK the way users run them with the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGEST_LABEL = "io.mctq-job.inputs-digest"
+REQUIRE_ENV = "MCTQ_REQUIRE_DOCKER"
+# `docker run` flags of the hardened line in the README (Container) and mk/container.mk, as SDK arguments.
+HARDENED = {"network_mode": "none", "read_only": True, "tmpfs": {"/tmp": ""}, "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"]}
+
+
+def unavailable(reason: str) -> None:
+    """Skip: no Docker here. Under MCTQ_REQUIRE_DOCKER=1 (CI) that is a failure instead."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1, yet the container tests cannot run: {reason}", pytrace=False)
+    pytest.skip(f"{reason} (set {REQUIRE_ENV}=1 to make this a failure; scripts/start-docker.sh starts an engine)")
+
+
+def docker_client() -> Any:
+    try:
+        import docker
+    except ImportError as exc:
+        unavailable(f"the docker SDK for Python is not installed ({exc}); run `make venv`")
+    try:
+        client = docker.from_env(timeout=900)
+        client.ping()
+    except Exception as exc:  # DockerException, connection refused, permission denied...
+        unavailable(f"no Docker engine is reachable ({type(exc).__name__}: {exc})")
+    return client
+
+
+def make(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def inputs_digest() -> str:
+    """The digest of the image's inputs, computed by the Makefile (the one definition)."""
+    proc = make("-s", "image-inputs-digest")
+    assert proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{64}", proc.stdout.strip()), proc.stderr
+    return proc.stdout.strip()
+
+
+def find_image(client: Any, digest: str) -> Any | None:
+    """The newest image built from exactly these inputs, tagged or not."""
+    found = client.images.list(filters={"label": f"{DIGEST_LABEL}={digest}"})
+    return max(found, key=lambda image: image.attrs["Created"]) if found else None
+
+
+@dataclass
+class Built:
+    image: Any
+    digest: str | None
+    reused: bool
+    seconds: float
+
+
+def image_for_tests(client: Any) -> Built:
+    """MCTQ_TEST_IMAGE if set; else an image whose inputs digest matches the sources; else
+    build one with `make image-offline` (MCTQ_TEST_IMAGE_TARGET=image for a registry build),
+    the recipe CI and users share."""
+    began = time.monotonic()
+    named = os.environ.get("MCTQ_TEST_IMAGE")
+    if named:
+        import docker
+
+        try:
+            return Built(client.images.get(named), None, True, 0.0)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"MCTQ_TEST_IMAGE={named}: no such image", pytrace=False)
+    digest = inputs_digest()
+    image = find_image(client, digest)
+    if image is not None:
+        return Built(image, digest, True, time.monotonic() - began)
+    target = os.environ.get("MCTQ_TEST_IMAGE_TARGET", "image-offline")
+    proc = make(target)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        pytest.fail(f"`make {target}` failed (exit {proc.returncode}):\n{tail}", pytrace=False)
+    image = find_image(client, digest)
+    assert image is not None, f"`make {target}` built no image labelled {DIGEST_LABEL}={digest}"
+    return Built(image, digest, False, time.monotonic() - began)
+
+
+@dataclass
+class ContainerRun:
+    exit_code: int
+    stdout: str
+    stderr: str
+    streamed: list[dict] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line.strip()]
+
+    @property
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines]
+
+    def named(self, name: str) -> list[dict]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def explain(self) -> str:
+        return f"exit {self.exit_code}\n--- stdout (tail)\n{self.stdout[-3000:]}\n--- stderr (tail)\n{self.stderr[-3000:]}"
+
+
+def run_container(client: Any, image: Any, command: list[str] | None = None, *, mounts: dict[Path, str] | None = None,
+                  user: str | None = None, hardened: bool = False, entrypoint: list[str] | None = None,
+                  until: Callable[[dict], bool] | None = None, then: Callable[[Any], None] | None = None,
+                  timeout: float = 900) -> ContainerRun:
+    """``docker run`` (network none always; the hardened flags on request). ``mounts`` maps a
+    host folder to ``/path`` or ``/path:ro``. With ``until``, stdout is followed line by line
+    and ``then(container)`` is called at the first event it accepts (e.g. to stop it)."""
+    volumes = {}
+    for host, spec in (mounts or {}).items():
+        bind, _, mode = spec.partition(":")
+        volumes[str(host)] = {"bind": bind, "mode": mode or "rw"}
+    options: dict[str, Any] = dict(HARDENED) if hardened else {"network_mode": "none"}
+    if user is not None:
+        options["user"] = user
+    if entrypoint is not None:
+        options["entrypoint"] = entrypoint
+    container = client.containers.create(image.id, command=command or [], volumes=volumes, **options)
+    streamed: list[dict] = []
+    try:
+        container.start()
+        if until is not None:
+            buffer = b""
+            for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=False):
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                events = [json.loads(line) for line in complete if line.strip()]
+                streamed += events
+                if any(until(e) for e in events):
+                    then(container)
+                    break
+        status = container.wait(timeout=timeout)
+        stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        return ContainerRun(status["StatusCode"], stdout, stderr, streamed)
+    finally:
+        container.remove(force=True)
+
+
+def make_group0_writable(folder: Path) -> None:
+    """What a platform does for a volume (fsGroup, OpenShift): writable by GID 0, the group
+    every UID runs with in the image. Without root, world-writable instead."""
+    if os.geteuid() == 0:
+        os.chown(folder, -1, 0)
+        folder.chmod(0o775)
+    else:
+        folder.chmod(0o777)
+
+
+def host_user() -> tuple[int, int]:
+    """The caller's uid:gid; as root, a stand-in ordinary user, so the check means something."""
+    uid, gid = os.getuid(), os.getgid()
+    return (23456, 23456) if uid == 0 else (uid, gid)
+
+
+def lock_pins(path: Path = ROOT / "requirements.lock") -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonical(name)] = version.strip()
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower().strip()

@@ -5,12 +5,14 @@ The only place that sets up logging, turns errors into exit codes and exits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import click
 
@@ -64,17 +66,20 @@ def run(config_path: Path, log_format: str, log_level: str) -> None:
     stream = events.guard_stdout()
     events.quiet_libraries()
     log = events.configure(log_format, log_level.lower(), stream)
-    log.info(Event.RUN_START.value, command="run", version=__version__, config=str(config_path), pid=os.getpid())
+    log.info(Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()),
+             pid=os.getpid())
     interrupts.install(lambda signum: _interrupted(log, signum))
     began = time.monotonic()
     try:
         from . import pipeline
 
-        result = pipeline.run(config_path, log)
+        with _private_tempdir():
+            result = pipeline.run(config_path, log)
     except MctqError as exc:
         _fail(log, exc)
     except Exception as exc:  # a bug of ours: say so, keep the traceback
         _fail(log, MctqError(f"internal error: {type(exc).__name__}: {exc}"), exc_info=exc)
+    _yield_to_interrupt()
     accuracy = {k: v for k, v in result.results.items() if k.startswith("top_1_accuracy_")}
     log.info(Event.RUN_FINISH.value, outcome="success", exit_code=0, duration_s=round(time.monotonic() - began, 2),
              artifacts=[str(p) for p in result.published], **accuracy)
@@ -126,9 +131,42 @@ def version() -> None:
     }))
 
 
+_tempdirs: list[str] = []
+# Set by the signal watcher before it cleans up; from then on only it may end the process.
+_interrupting = threading.Event()
+
+
+def _yield_to_interrupt() -> None:
+    """The main thread stops here while the watcher reports the interruption and exits 130/143:
+    a failure it caused (its staging area vanished) must not end the run with another code."""
+    if _interrupting.is_set():
+        while True:
+            time.sleep(60)
+
+
+@contextlib.contextmanager
+def _private_tempdir() -> Iterator[None]:
+    """TensorFlow leaves files (autograph's generated code) in the temp folder: give the run
+    its own, removed afterwards however the run ends."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="mctq-job-")
+    _tempdirs.append(path)
+    previous = tempfile.tempdir
+    tempfile.tempdir = path
+    os.environ["TMPDIR"] = path
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _fail(log: Any, exc: MctqError, exc_info: BaseException | None = None, **fields: Any) -> NoReturn:
     from . import artifacts
 
+    _yield_to_interrupt()
     artifacts.abort_all()
     original = getattr(exc, "original", None)
     log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields,
@@ -142,7 +180,12 @@ def _interrupted(log: Any, signum: int) -> NoReturn:
     from . import artifacts
     from .errors import Interrupted
 
+    import shutil
+
+    _interrupting.set()
     removed = artifacts.abort_all()
+    for path in _tempdirs:
+        shutil.rmtree(path, ignore_errors=True)
     exc = Interrupted(signum)
     log.error(Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=len(removed),
               **exc.event_fields())

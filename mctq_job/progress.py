@@ -65,7 +65,8 @@ def _console_bar(task: str, total: int, unit: str):
     from tqdm import tqdm  # people's bars; the JSON stream never needs tqdm
 
     # Drawn on the console stream itself: fd 2 is captured while libraries run.
-    return tqdm(total=total, desc=task, unit=unit, disable=False, dynamic_ncols=True, file=state.stream)
+    # disable=None: no bar where the stream is not a terminal (docker logs, files).
+    return tqdm(total=total, desc=task, unit=unit, disable=None, dynamic_ncols=True, file=state.stream)
 
 
 class Heartbeat:

@@ -153,6 +153,20 @@ def test_h5_model_runs_too(project: Path):
     assert results["target_platform"] == "qnnpack" and results["top_1_accuracy_tflite_quantized"] >= 0.75
 
 
+def test_keras_v3_file_loads_and_passes_the_model_checks(project: Path):
+    """The .keras format (TF 2.15 loads it): the model stage accepts it like the others."""
+    import tensorflow as tf
+
+    from mctq_job.inputs import check, load_model
+
+    model = tf.keras.models.load_model(str(project / "model" / "saved_model"), compile=False)
+    model.save(str(project / "model" / "model.keras"))
+    write_config(project, {**read_config(project), "source_keras_model": "model/model.keras"})
+    cfg = config_mod.load(project / "configuration.json")
+    _, info = load_model(check(cfg, project / "configuration.json"))
+    assert info.output_width == 10 and tuple(info.input_shape[1:]) == (32, 32, 3)
+
+
 def test_input_size_that_contradicts_the_model(project: Path):
     cfg = read_config(project)
     write_config(project, {**cfg, "input_tensor_size": 28})

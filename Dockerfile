@@ -98,6 +98,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    MCTQ_UMASK=002 \
     KERAS_HOME=/tmp/.keras \
     MPLCONFIGDIR=/tmp/.matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: venv demo test test-fast bench lock clean help
+.PHONY: venv demo test test-fast bench lock clean help docker-engine
 
 help:
 	@echo "make demo   build a small real example (digits) and run the job on it"
@@ -28,8 +28,14 @@ demo: venv
 	cd $(DEMO) && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
 	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json"
 
-test: venv
+# The container and Kubernetes-rehearsal tests need a Docker engine: as root, one is installed
+# and started when missing (scripts/start-docker.sh); otherwise those tests skip and say why.
+test: venv docker-engine
 	$(BIN)/python -m pytest
+
+docker-engine:
+	@if [ "$$(id -u)" = 0 ]; then scripts/start-docker.sh; \
+	 elif ! docker info >/dev/null 2>&1; then echo "make: no Docker engine: container tests will skip (sudo scripts/start-docker.sh starts one)"; fi
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not container"

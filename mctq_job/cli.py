@@ -64,6 +64,7 @@ def run(config_path: Path, log_format: str, log_level: str) -> None:
     from . import events, interrupts
 
     stream = events.guard_stdout()
+    _apply_umask()
     events.quiet_libraries()
     log = events.configure(log_format, log_level.lower(), stream)
     log.info(Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()),
@@ -129,6 +130,20 @@ def version() -> None:
         "model_compression_toolkit": installed("model-compression-toolkit"),
         "numpy": installed("numpy"),
     }))
+
+
+UMASK_ENV = "MCTQ_UMASK"
+
+
+def _apply_umask() -> None:
+    """MCTQ_UMASK (octal, e.g. 002; the image sets it) for the folders and files the job
+    creates: group-writable output lets pods of any UID in a shared group share a volume."""
+    value = os.environ.get(UMASK_ENV, "")
+    if value:
+        try:
+            os.umask(int(value, 8) & 0o777)
+        except ValueError:
+            raise click.BadParameter(f"{UMASK_ENV}={value!r}: expected an octal umask such as 002") from None
 
 
 _tempdirs: list[str] = []

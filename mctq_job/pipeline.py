@@ -126,6 +126,7 @@ class _Job:
     staging: artifacts.Staging
     log: Any
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    distinct_drawn: int = 0  # different calibration images in the drawn batches
 
     def run(self, started_at: str) -> RunResult:
         model = self.load_model()
@@ -154,7 +155,8 @@ class _Job:
 
             batches = calibrate.draw_batches(len(self.checked.calibration_images), config.batch_size,
                                              config.iteration_count, config.seed)
-            summary["distinct_images"] = len({int(i) for b in batches for i in b})
+            self.distinct_drawn = len({int(i) for b in batches for i in b})
+            summary["distinct_images"] = self.distinct_drawn
         return batches
 
     def quantize(self, model, batches):
@@ -209,7 +211,9 @@ class _Job:
                      "tflite_quantized": str(config.output_dir / QUANTIZED_FILE)}
             skipped = [*self.checked.skipped, *self.skipped]
             extra = {"target_platform": config.target_platform, "seed": config.seed,
-                     "calibration_images": len(self.checked.calibration_images),
+                     "calibration": {"batches": config.iteration_count, "batch_size": config.batch_size,
+                                     "images_available": len(self.checked.calibration_images),
+                                     "distinct_images_drawn": self.distinct_drawn},
                      "skipped_images": [{"path": str(p), "reason": r} for p, r in skipped]}
             results = report.results(evaluation, files, extra)
             _write_json(staging, config.evaluate_result_dir / RESULTS_FILE, results)

@@ -119,3 +119,13 @@ def test_index_placeholder_picks_the_configuration_of_this_completion_index(tiny
     unset = run_cli("validate", "--config", template, cwd=tiny_project, env={"JOB_COMPLETION_INDEX": ""})
     assert unset.returncode == ConfigError.exit_code
     assert "JOB_COMPLETION_INDEX" in unset.events[-1]["message"]
+
+
+def test_umask_from_the_environment_makes_created_folders_group_writable(tiny_project):
+    """The image sets MCTQ_UMASK=002 so pods of different UIDs in one group share volumes.
+    (The placeholder model fails to load, after the output folders were made.)"""
+    result = run_cli("run", cwd=tiny_project, env={"MCTQ_UMASK": "002"})
+    assert result.returncode == InputDataError.exit_code
+    assert (tiny_project / "out").stat().st_mode & 0o777 == 0o775
+    bad = run_cli("run", cwd=tiny_project, env={"MCTQ_UMASK": "rw"})
+    assert bad.returncode == 2 and "MCTQ_UMASK" in bad.stderr

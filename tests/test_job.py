@@ -73,6 +73,8 @@ def test_results_json_has_the_notebook_keys_and_details(finished_run: JobRun):
     assert list(results)[:4] == list(NOTEBOOK_KEYS)
     assert all(0.0 <= results[k] <= 1.0 for k in NOTEBOOK_KEYS)
     assert results["image_count"] == 140 and results["class_count"] == 10
+    assert results["calibration"] == {"batches": 6, "batch_size": 16, "images_available": 560,
+                                      "distinct_images_drawn": 96}
     assert results["models"]["tflite_quantized"]["file"] == str(outputs(finished_run.cwd)["quantized"])
     assert results["top_1_accuracy_keras"] >= 0.8  # the example model is really trained
     for key in NOTEBOOK_KEYS[1:]:  # quantization costs at most a few points here

@@ -31,7 +31,10 @@ NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = 
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
     "none": ((0.0,) * 3, (1.0,) * 3),                    # raw 0..255
 }
-TARGET_PLATFORMS = ("imx500", "tflite", "qnnpack")
+#: MCT 2.6.1's target platform capability (TPC) versions per platform; the first is MCT's default.
+TPC_VERSIONS: dict[str, tuple[str, ...]] = {"imx500": ("1.0", "4.0", "5.0", "6.0"), "tflite": ("1.0",),
+                                            "qnnpack": ("1.0",)}
+TARGET_PLATFORMS = tuple(TPC_VERSIONS)
 
 
 def _path_string(value: Any) -> Path:
@@ -98,6 +101,32 @@ class Preprocessing(BaseModel):
         return mean, std
 
 
+class Gptq(BaseModel):
+    """Gradient-based post-training quantization: fine-tunes the quantized weights."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    epochs: int = Field(5, ge=1, le=10_000, description="Passes over the calibration batches: an integer >= 1; "
+                                                          "default 5.")
+    hessian: bool = Field(False, description="Hessian-based loss weighting and sample attention (MCT's default): "
+                                             "true or false; default false, since on a CPU they take close to "
+                                             "an hour for a MobileNet-sized model.")
+
+
+class MixedPrecision(BaseModel):
+    """Mixed-precision weights (2, 4 or 8 bits per layer) under a memory target."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    weights_memory_ratio: float = Field(
+        ..., gt=0, le=1, description="Weights memory target as a fraction of the all-8-bit size: a number in "
+                                     "(0, 1], e.g. 0.75.")
+    images: int = Field(32, ge=1, le=10_000, description="Calibration images used to score each layer's "
+                                                          "sensitivity: an integer >= 1; default 32.")
+    hessian: bool = Field(False, description="Hessian-based sensitivity scores: true or false; default false "
+                                             "(slow on a CPU).")
+
+
 class Config(BaseModel):
     """configuration.json. The first ten keys are the AITRIOS notebook's, all required."""
 
@@ -138,6 +167,51 @@ class Config(BaseModel):
                             "run naming the file; 'skip' leaves it out, logs it and lists it in results.json.")
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
         "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack.")
+    target_platform_version: Literal["1.0", "4.0", "5.0", "6.0"] = Field(
+        "1.0", description="Optional. Version of the target platform capabilities: imx500 has 1.0 (default), "
+                           "4.0, 5.0 and 6.0; tflite and qnnpack have 1.0.")
+    quantization_method: Literal["ptq", "gptq"] = Field(
+        "ptq", description="Optional. 'ptq' (default): post-training quantization; 'gptq': gradient-based "
+                           "fine-tuning of the quantized weights (options in 'gptq').")
+    gptq: Gptq | None = Field(
+        None, description="Optional, with quantization_method 'gptq': {\"epochs\": 5, \"hessian\": false}.")
+    mixed_precision: MixedPrecision | None = Field(
+        None, description="Optional, imx500 only: {\"weights_memory_ratio\": 0.75}: per-layer 2/4/8-bit weights "
+                          "within that fraction of the 8-bit weights memory; null (default): 8 bits everywhere.")
+    export_format: Literal["int8", "fakely_quant"] = Field(
+        "int8", description="Optional. model_quantized.tflite as 'int8' (default; 8-bit integer kernels "
+                            "where MCT's exporter provides them) or 'fakely_quant' (float graph with quantize/dequantize pairs).")
+    max_top1_drop: float | None = Field(
+        None, ge=0, le=1, description="Optional. Accuracy gate: the largest allowed top-1 drop from the Keras "
+                                      "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
+                                      "exceeded, everything is still written and the run exits 8. null: no gate.")
+
+    @model_validator(mode="after")
+    def _options_fit_together(self) -> "Config":
+        versions = TPC_VERSIONS[self.target_platform]
+        if self.target_platform_version not in versions:
+            raise ValueError(f"key 'target_platform_version': {self.target_platform} has version(s) "
+                             f"{', '.join(versions)}, got {self.target_platform_version!r}")
+        if self.gptq is not None and self.quantization_method != "gptq":
+            raise ValueError("key 'gptq' is given but quantization_method is 'ptq'; accepted: set "
+                             "\"quantization_method\": \"gptq\" or remove 'gptq'")
+        if self.mixed_precision is not None and self.target_platform != "imx500":
+            raise ValueError(f"key 'mixed_precision' needs target_platform 'imx500' (the only one with 2- and "
+                             f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
+                             f"'mixed_precision'")
+        return self
+
+    def gptq_options(self) -> Gptq | None:
+        """The GPTQ options in effect: None for 'ptq', the given or default ones for 'gptq'."""
+        return (self.gptq or Gptq()) if self.quantization_method == "gptq" else None
+
+    def quantization_settings(self) -> dict[str, Any]:
+        """The quantization options in effect, for results.json and the report."""
+        gptq = self.gptq_options()
+        return {"target_platform": self.target_platform, "target_platform_version": self.target_platform_version,
+                "method": self.quantization_method, "gptq": gptq.model_dump() if gptq else None,
+                "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
+                "export_format": self.export_format}
 
     def to_document(self) -> dict[str, Any]:
         """The resolved configuration, every default filled in, as JSON-ready data."""
@@ -256,12 +330,16 @@ def _field_for(loc: tuple) -> Any:
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        model = NESTED_MODELS.get(str(part)) if model is Config else None
     return field
 
 
+NESTED_MODELS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "gptq": Gptq,
+                                             "mixed_precision": MixedPrecision}
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
-    model = Preprocessing if loc and loc[0] == "preprocessing" else Config
+    model = NESTED_MODELS.get(str(loc[0]), Config) if len(loc) > 1 else Config
     return list(model.model_fields)
 
 
@@ -275,7 +353,9 @@ def describe(err: dict) -> str:
     if kind == "extra_forbidden":
         return _unknown_key_message(loc)
     given = f"got {_render(err.get('input'))} ({_json_kind(err.get('input'))})"
-    if kind == "value_error" and loc[-1:] != () and _field_for(loc) is None:
+    if kind == "value_error" and not loc:  # a check across keys: its message names them
+        return err["msg"].removeprefix("Value error, ")
+    if kind == "value_error" and _field_for(loc) is None:
         return f"key '{key}': {err['msg'].removeprefix('Value error, ')}"
     field = _field_for(loc)
     accepted = field.description if field is not None and field.description else err["msg"]
@@ -289,7 +369,7 @@ def _unknown_key_message(loc: tuple) -> str:
     near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or \
         [k for k in allowed if k.lower() == name.lower()]
     hint = f"; did you mean '{near[0]}'?" if near else ""
-    where = "preprocessing." if loc[0] == "preprocessing" else ""
+    where = f"{loc[0]}." if len(loc) > 1 and str(loc[0]) in NESTED_MODELS else ""
     return f"unknown key '{where}{name}'{hint} Accepted keys: {', '.join(allowed)} (names are case sensitive)"
 
 
@@ -301,7 +381,7 @@ def _render(value: Any) -> str:
 def keys_table_markdown() -> str:
     """The README's table of configuration keys, generated from the schema."""
     rows = ["| key | required | type | accepted |", "| --- | --- | --- | --- |"]
-    for model, prefix in ((Config, ""), (Preprocessing, "preprocessing.")):
+    for model, prefix in ((Config, ""), *((m, f"{k}.") for k, m in NESTED_MODELS.items())):
         schema = model.model_json_schema()
         required = set(schema.get("required", []))
         for name, prop in schema["properties"].items():

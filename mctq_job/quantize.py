@@ -1,29 +1,79 @@
-"""Stage ``quantize``: MCT post-training quantization of the Keras model."""
+"""Stage ``quantize``: MCT quantization of the Keras model, with the configured target
+platform, method (PTQ or GPTQ) and optional mixed-precision weights."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import model_compression_toolkit as mct
 
+from .config import Config
+
+#: ResourceUtilization fields reported in results.json (bytes, and bit-operations for bops).
+RESOURCE_FIELDS = ("weights_memory", "activation_memory", "total_memory", "bops")
+
 
 @dataclass(frozen=True)
 class Quantized:
-    model: Any          # MCT's quantized Keras model (fake-quant wrappers)
-    info: Any           # MCT's UserInformation
-    target_platform: str
+    model: Any                              # MCT's quantized Keras model (fake-quant wrappers)
+    info: Any                               # MCT's UserInformation
+    resource_utilization: dict[str, Any]    # {"float_8bit": {...}, "final": {...} or None}
 
 
-def target_platform_capabilities(name: str):
-    return mct.get_target_platform_capabilities(device_type=name)
+def target_platform_capabilities(name: str, version: str):
+    """MCT's TPC for the platform, repaired where MCT 2.6.1's own definition cannot run.
+
+    The ``tflite`` TPC marks shape-only operators (reshape, max-pool, ...) as quantization
+    preserving while leaving their activation quantization on, a combination MCT itself then
+    rejects; the ``imx500`` TPC shows the intended form (activation quantization off)."""
+    tpc = mct.get_target_platform_capabilities(tpc_version=version, device_type=name)
+    return tpc.model_copy(update={"operator_set": tuple(_preserving_fixed(op) for op in tpc.operator_set or ())})
 
 
-def quantize(model: Any, representative_data_gen: Callable, target_platform: str) -> Quantized:
-    tpc = target_platform_capabilities(target_platform)
-    quantized, info = mct.ptq.keras_post_training_quantization(
-        model, representative_data_gen, target_platform_capabilities=tpc)
-    return Quantized(quantized, info, target_platform)
+def _preserving_fixed(operator_set: Any) -> Any:
+    options = operator_set.qc_options
+    if options is None or not any(c.quantization_preserving and c.enable_activation_quantization
+                                  for c in options.quantization_configurations):
+        return operator_set
+    return operator_set.model_copy(update={"qc_options": options.clone_and_edit(enable_activation_quantization=False)})
+
+
+def quantize(model: Any, representative_data_gen: Callable, config: Config) -> Quantized:
+    tpc = target_platform_capabilities(config.target_platform, config.target_platform_version)
+    core_config = _core_config(config)
+    float_ru = mct.core.keras_resource_utilization_data(model, representative_data_gen, core_config=core_config,
+                                                       target_platform_capabilities=tpc)
+    options: dict[str, Any] = {"core_config": core_config, "target_platform_capabilities": tpc}
+    if config.mixed_precision is not None:
+        options["target_resource_utilization"] = mct.core.ResourceUtilization(
+            weights_memory=float_ru.weights_memory * config.mixed_precision.weights_memory_ratio)
+    gptq = config.gptq_options()
+    if gptq is None:
+        quantized, info = mct.ptq.keras_post_training_quantization(model, representative_data_gen, **options)
+    else:
+        gptq_config = mct.gptq.get_keras_gptq_config(
+            n_epochs=gptq.epochs, use_hessian_based_weights=gptq.hessian, use_hessian_sample_attention=gptq.hessian)
+        quantized, info = mct.gptq.keras_gradient_post_training_quantization(
+            model, representative_data_gen, gptq_config=gptq_config, **options)
+    final = getattr(info, "final_resource_utilization", None)
+    return Quantized(quantized, info, {"float_8bit": resource_record(float_ru),
+                                       "final": resource_record(final) if final is not None else None})
+
+
+def _core_config(config: Config):
+    if config.mixed_precision is None:
+        return mct.core.CoreConfig()
+    mp = config.mixed_precision
+    return mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
+        num_of_images=mp.images, use_hessian_based_scores=mp.hessian))
+
+
+def resource_record(utilization: Any) -> dict[str, float | None]:
+    """MCT's ResourceUtilization as JSON-ready numbers; an unbounded (infinite) field is None."""
+    values = {name: getattr(utilization, name, None) for name in RESOURCE_FIELDS}
+    return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in values.items()}
 
 
 def versions() -> dict[str, str]:

@@ -162,3 +162,60 @@ def test_digest_is_stable_and_changes_with_content(tmp_path):
     a = config_mod.load(write(tmp_path, AITRIOS)).digest()
     assert a == config_mod.load(write(tmp_path, AITRIOS)).digest()
     assert a != config_mod.load(write(tmp_path, {**AITRIOS, "seed": 1})).digest()
+
+
+# --- quantization options and the accuracy gate --------------------------------------------
+
+def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp_path):
+    cfg = config_mod.load(write(tmp_path, AITRIOS))
+    assert cfg.quantization_settings() == {"target_platform": "imx500", "target_platform_version": "1.0",
+                                           "method": "ptq", "gptq": None, "mixed_precision": None,
+                                           "export_format": "int8"}
+    assert cfg.max_top1_drop is None and cfg.gptq_options() is None
+
+
+def test_gptq_without_options_gets_the_cheap_defaults(tmp_path):
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "quantization_method": "gptq"}))
+    assert cfg.quantization_settings()["gptq"] == {"epochs": 5, "hessian": False}
+
+
+def test_every_quantization_option_together_loads(tmp_path):
+    cfg = config_mod.load(write(tmp_path, {
+        **AITRIOS, "target_platform_version": "6.0", "quantization_method": "gptq",
+        "gptq": {"epochs": 2, "hessian": True}, "mixed_precision": {"weights_memory_ratio": 0.5},
+        "export_format": "fakely_quant", "max_top1_drop": 0.03}))
+    assert cfg.quantization_settings() == {
+        "target_platform": "imx500", "target_platform_version": "6.0", "method": "gptq",
+        "gptq": {"epochs": 2, "hessian": True},
+        "mixed_precision": {"weights_memory_ratio": 0.5, "images": 32, "hessian": False},
+        "export_format": "fakely_quant"}
+    assert cfg.max_top1_drop == 0.03
+
+
+@pytest.mark.parametrize("extra,expect", [
+    ({"target_platform": "tflite", "target_platform_version": "4.0"}, "tflite has version(s) 1.0, got '4.0'"),
+    ({"target_platform_version": "2.0"}, "key 'target_platform_version'"),
+    ({"gptq": {"epochs": 3}}, "set \"quantization_method\": \"gptq\" or remove 'gptq'"),
+    ({"quantization_method": "gptq", "gptq": {"epoch": 3}}, "unknown key 'gptq.epoch'; did you mean 'epochs'?"),
+    ({"quantization_method": "gptq", "gptq": {"epochs": 0}}, "key 'gptq.epochs'"),
+    ({"quantization_method": "sgd"}, "'ptq' or 'gptq'"),
+    ({"target_platform": "qnnpack", "mixed_precision": {"weights_memory_ratio": 0.5}},
+     "needs target_platform 'imx500'"),
+    ({"mixed_precision": {"weights_memory_ratio": 0}}, "key 'mixed_precision.weights_memory_ratio'"),
+    ({"mixed_precision": {}}, "required key 'mixed_precision.weights_memory_ratio' is missing"),
+    ({"mixed_precision": 0.5}, "key 'mixed_precision'"),
+    ({"export_format": "fp16"}, "'int8' or 'fakely_quant'"),
+    ({"max_top1_drop": 1.5}, "key 'max_top1_drop'"),
+    ({"max_top1_drop": -0.01}, "key 'max_top1_drop'"),
+    ({"max_top1_drop": "2%"}, "key 'max_top1_drop'"),
+])
+def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, extra, expect):
+    (problem,) = problems_of(tmp_path, {**AITRIOS, **extra})
+    assert expect in problem
+
+
+def test_the_readme_key_table_lists_the_nested_option_keys():
+    table = config_mod.keys_table_markdown()
+    for key in ("gptq.epochs", "gptq.hessian", "mixed_precision.weights_memory_ratio", "preprocessing.resize",
+                "max_top1_drop", "export_format", "target_platform_version"):
+        assert f"| `{key}` |" in table

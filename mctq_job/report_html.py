@@ -1,0 +1,373 @@
+"""report.html: results.json (version 2) as one self-contained page for a person to read.
+
+``render(results)`` is a pure function from the results dict to an HTML document: inline CSS,
+no JavaScript and no external reference; the plots are PNGs drawn with matplotlib's object API
+(never pyplot's global state) and embedded as ``data:`` URIs. Every string that comes from the
+job's inputs (class names, paths, settings) is escaped. Sections whose data is absent (no gate,
+no resource utilization, no skipped images, ...) are left out. matplotlib is imported only when
+a plot is drawn, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from typing import Any, Iterable, Sequence
+
+TITLE = "mctq-job report"
+#: The notebook's four models, in results.json's order.
+MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+#: The plots' section headings, in page order.
+PLOT_HEADINGS = ("Accuracy per model", "Per-class change", "Confusion matrices", "Model sizes")
+#: The per-class plot compares the deliverable with the model it came from.
+REFERENCE, CANDIDATE = "keras", "tflite_quantized"
+#: Above this many classes the per-class plot shows only the worst and best PER_CLASS_SHOWN.
+PER_CLASS_LIMIT, PER_CLASS_SHOWN = 40, 20
+#: Confusion matrices name their classes on the axes up to this many classes.
+CONFUSION_LABEL_LIMIT = 30
+DPI = 100
+MISSING = "n/a"
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1100px;
+padding:1rem 1.5rem;color:#1d1d1f;background:#fff;line-height:1.45}
+h1{font-size:1.7rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.92rem}
+th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
+th{background:#f4f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.5rem 0}
+.note{color:#555;font-size:.9rem}.wrap{overflow-x:auto}
+.gate{display:inline-block;padding:.3rem .8rem;border-radius:.3rem;font-weight:600;color:#fff}
+.gate.passed{background:#1e7d32}.gate.failed{background:#c62828}
+code{font-size:.88rem;word-break:break-all}
+"""
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole report.html for one results.json document."""
+    sections = (_summary(results), _gate(results), _settings(results), _accuracy_section(results),
+                _per_class_section(results), _confusion_section(results), _sizes_section(results),
+                _agreement(results), _latency(results), _resources(results), _skipped(results))
+    body = "\n".join(section for section in sections if section)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{_e(TITLE)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{_e(TITLE)}</h1>\n{body}\n</body>\n</html>\n")
+
+
+# --- HTML helpers -------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    """A value as plain text: numbers readable, nested data as compact JSON, null as n/a."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return MISSING if value is None else f"{100 * value:.2f} %"
+
+
+def _cell(value: Any, text: str | None = None) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    opening = '<td class="num">' if numeric else "<td>"
+    return f"{opening}{_e(_fmt(value) if text is None else text)}</td>"
+
+
+def _share(value: Any) -> str:
+    """A cell for an accuracy or another share, as a percentage."""
+    return _cell(value, _pct(value))
+
+
+def _head(text: str) -> str:
+    """A row's heading cell."""
+    return f"<th>{_e(text)}</th>"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A table from a header and rows of ready ``<td>`` cells."""
+    head = "".join(_head(name) for name in header)
+    body = "".join(f"<tr>{''.join(row)}</tr>" for row in rows)
+    return f"<div class=\"wrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _key_values(mapping: dict[str, Any], heading: str = "setting") -> str:
+    return _table((heading, "value"), ([_head(key), _cell(value)] for key, value in mapping.items()))
+
+
+def _section(heading: str, *parts: str) -> str:
+    return f"<section>\n<h2>{_e(heading)}</h2>\n" + "\n".join(part for part in parts if part) + "\n</section>"
+
+
+def _note(text: str) -> str:
+    return f"<p class=\"note\">{_e(text)}</p>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f"<img src=\"data:image/png;base64,{data}\" alt=\"{_e(alt)}\">"
+
+
+def _models(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models that are present, in results.json's order."""
+    return {name: model for name, model in (results.get("models") or {}).items() if isinstance(model, dict)}
+
+
+# --- Tables -------------------------------------------------------------------------------
+
+
+def _summary(results: dict[str, Any]) -> str:
+    rows = [[_head(key), _share(results.get(key))] for key in (f"top_1_accuracy_{name}" for name in MODELS)]
+    rows += [[_head(key), _cell(results.get(key))] for key in ("image_count", "class_count")]
+    return _section("Summary", _table(("result", "value"), rows), _models_table(results))
+
+
+def _models_table(results: dict[str, Any]) -> str:
+    models = _models(results)
+    if not models:
+        return ""
+    rows = ([_head(name), _cell(model.get("description")), _share(model.get("top_1_accuracy")),
+             _share(model.get("top_5_accuracy")), _cell(model.get("correct")),
+             f"<td><code>{_e(_fmt(model.get('file')))}</code></td>", _cell(model.get("bytes"))]
+            for name, model in models.items())
+    return _table(("model", "description", "top-1", "top-5", "correct", "file", "bytes"), rows)
+
+
+def _gate(results: dict[str, Any]) -> str:
+    gate = results.get("gate")
+    if not isinstance(gate, dict):
+        return ""
+    verdict = "passed" if gate.get("passed") else "failed"
+    drop, limit = gate.get("top_1_drop"), gate.get("max_top1_drop")
+    text = (f"top-1 drop from {gate.get('reference')} to {gate.get('candidate')}: "
+            f"{_points(drop)} (at most {_points(limit)} allowed)")
+    return _section("Accuracy gate", f"<p><span class=\"gate {verdict}\">gate {verdict}</span></p>", _note(text))
+
+
+def _points(value: Any) -> str:
+    return MISSING if value is None else f"{100 * value:.2f} percentage points"
+
+
+def _settings(results: dict[str, Any]) -> str:
+    quantization = results.get("quantization")
+    tables = [_key_values(quantization, "quantization")] if isinstance(quantization, dict) else []
+    run = {key: results[key] for key in ("seed", "calibration") if key in results}
+    tables += [_key_values(run, "run")] if run else []
+    return _section("Settings", *tables) if tables else ""
+
+
+def _agreement(results: dict[str, Any]) -> str:
+    agreement = results.get("agreement")
+    if not agreement:
+        return ""
+    rows = ([_head(pair.replace("_vs_", " vs ")), _share(share)] for pair, share in agreement.items())
+    return _section("Agreement", _note("Share of images on which two models predict the same class, "
+                                       "right or wrong."), _table(("models", "same prediction"), rows))
+
+
+def _latency(results: dict[str, Any]) -> str:
+    models = _models(results)
+    if not any(model.get("latency") or model.get("inference") for model in models.values()):
+        return ""
+    rows = []
+    for name, model in models.items():
+        inference, latency = model.get("inference") or {}, model.get("latency") or {}
+        rows.append([_head(name), _cell(inference.get("ms_per_image")), _cell(inference.get("batch_size")),
+                     *(_cell(latency.get(key)) for key in ("batch_size", "threads", "runs", "median_ms", "p90_ms"))])
+    header = ("model", "evaluation ms/image", "evaluation batch", "latency batch", "threads", "runs",
+              "median ms", "p90 ms")
+    return _section("Latency", _table(header, rows))
+
+
+def _resources(results: dict[str, Any]) -> str:
+    columns = {name: values for name, values in (results.get("resource_utilization") or {}).items()
+               if isinstance(values, dict)}
+    if not columns:
+        return ""
+    metrics = list(dict.fromkeys(key for values in columns.values() for key in values))
+    rows = ([_head(metric), *(_cell(values.get(metric)) for values in columns.values())]
+            for metric in metrics)
+    return _section("MCT resource utilization", _table(("metric", *columns), rows))
+
+
+def _skipped(results: dict[str, Any]) -> str:
+    skipped = results.get("skipped_images") or []
+    if not skipped:
+        return ""
+    rows = ([f"<td><code>{_e(item.get('path', ''))}</code></td>", _cell(item.get("reason"))] for item in skipped)
+    return _section(f"Skipped images ({len(skipped)})", _table(("path", "reason"), rows))
+
+
+# --- Plots --------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Any) -> bytes:
+    """The figure as PNG bytes that depend on the figure alone (no version or time stamp)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _accuracy_section(results: dict[str, Any]) -> str:
+    models = _models(results)
+    if not models:
+        return ""
+    figure = _figure(8, 4.2)
+    ax = figure.add_subplot()
+    width = 0.38
+    for offset, key, label, color in ((-width / 2, "top_1_accuracy", "top-1", "#3b6fb6"),
+                                      (width / 2, "top_5_accuracy", "top-5", "#9cc3e6")):
+        values = [models[name].get(key) for name in models]
+        bars = ax.bar([i + offset for i in range(len(models))], [v or 0 for v in values], width, label=label,
+                      color=color)
+        ax.bar_label(bars, labels=[MISSING if v is None else f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(models)), labels=list(models), parse_math=False)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Top-1 and top-5 accuracy per model")
+    ax.legend(loc="lower right")
+    return _section(PLOT_HEADINGS[0], _img(_png(figure), "Top-1 and top-5 accuracy per model"))
+
+
+def _class_changes(results: dict[str, Any]) -> list[tuple[float, str, dict[str, Any], dict[str, Any]]]:
+    """(change, class, reference row, candidate row) for each class both models were scored on,
+    largest drop first."""
+    models = _models(results)
+    reference = (models.get(REFERENCE) or {}).get("per_class") or {}
+    candidate = (models.get(CANDIDATE) or {}).get("per_class") or {}
+    rows = [(candidate[name]["top_1_accuracy"] - reference[name]["top_1_accuracy"], name, reference[name],
+             candidate[name]) for name in reference if name in candidate]
+    return sorted(rows, key=lambda row: (row[0], row[1]))
+
+
+def _per_class_section(results: dict[str, Any]) -> str:
+    rows = _class_changes(results)
+    if not rows:
+        return ""
+    note, split = "", None
+    if len(rows) > PER_CLASS_LIMIT:
+        split = PER_CLASS_SHOWN - 0.5
+        note = (f"{len(rows)} classes: only the {PER_CLASS_SHOWN} with the largest drop and the "
+                f"{PER_CLASS_SHOWN} with the largest gain are shown.")
+        rows = rows[:PER_CLASS_SHOWN] + rows[-PER_CLASS_SHOWN:]
+    title = f"Top-1 accuracy per class: {CANDIDATE} minus {REFERENCE}"
+    return _section(PLOT_HEADINGS[1], _note(note) if note else "", _img(_per_class_png(rows, title, split), title),
+                    _per_class_table(rows))
+
+
+def _per_class_table(rows: list[tuple[float, str, dict, dict]]) -> str:
+    return _table(("class", "images", REFERENCE, CANDIDATE, "change"),
+                  ([_head(name), _cell(ref.get("images")), _share(ref["top_1_accuracy"]),
+                    _share(cand["top_1_accuracy"]), _cell(change, f"{100 * change:+.2f} pp")]
+                   for change, name, ref, cand in rows))
+
+
+def _per_class_png(rows: list[tuple[float, str, dict, dict]], title: str, split: float | None) -> bytes:
+    """Horizontal bars, largest drop on top; a dashed line at ``split`` where classes were left out."""
+    figure = _figure(8, 1.4 + 0.24 * len(rows))
+    ax = figure.add_subplot()
+    changes = [row[0] for row in rows]
+    colors = ["#c62828" if c < 0 else "#1e7d32" if c > 0 else "#9e9e9e" for c in changes]
+    ax.barh(range(len(rows)), changes, color=colors)
+    ax.set_yticks(range(len(rows)), labels=[row[1] for row in rows], fontsize=8, parse_math=False)
+    ax.invert_yaxis()
+    ax.axvline(0, color="#333", linewidth=0.8)
+    if split is not None:
+        ax.axhline(split, color="#777", linestyle="--", linewidth=0.8)
+    limit = max(0.01, *(abs(c) for c in changes))
+    ax.set_xlim(-1.1 * limit, 1.1 * limit)
+    ax.set_xlabel("change in top-1 accuracy")
+    ax.set_title(title, fontsize=10)
+    return _png(figure)
+
+
+def _class_names(results: dict[str, Any], size: int) -> list[str]:
+    names = {label: name for name, label in (results.get("classes") or {}).items()}
+    return [str(names.get(label, label)) for label in range(size)]
+
+
+def _matrix(triples: list[list[int]], size: int) -> Any:
+    """The dense confusion matrix, each row as fractions of its true class's images."""
+    import numpy as np
+
+    matrix = np.zeros((size, size))
+    for true, predicted, count in triples:
+        matrix[true, predicted] += count
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def _confusion_section(results: dict[str, Any]) -> str:
+    models = _models(results)
+    shown = {name: models[name].get("confusion") for name in (REFERENCE, CANDIDATE)
+             if name in models and models[name].get("confusion")}
+    if not shown:
+        return ""
+    labels = [label for triples in shown.values() for triple in triples for label in triple[:2]]
+    size = max(len(results.get("classes") or {}), max(labels) + 1)
+    figure = _figure(11, 5.4 if size <= CONFUSION_LABEL_LIMIT else 5)
+    for index, (name, triples) in enumerate(shown.items()):
+        _heatmap(figure.add_subplot(1, len(shown), index + 1), _matrix(triples, size),
+                 _class_names(results, size) if size <= CONFUSION_LABEL_LIMIT else None, name, figure)
+    note = "Rows: true class; columns: predicted class; colour: share of the true class's images."
+    alt = f"Confusion matrices of {' and '.join(shown)}"
+    return _section(PLOT_HEADINGS[2], _note(note), _img(_png(figure), alt))
+
+
+def _heatmap(ax: Any, matrix: Any, names: list[str] | None, title: str, figure: Any) -> None:
+    # Crisp cells while they are a few pixels wide; averaged when there are more classes than pixels.
+    interpolation = "nearest" if len(matrix) <= 200 else "antialiased"
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1, interpolation=interpolation)
+    if names is not None:
+        ticks = range(len(names))
+        ax.set_xticks(ticks, labels=names, rotation=90, fontsize=7, parse_math=False)
+        ax.set_yticks(ticks, labels=names, fontsize=7, parse_math=False)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, parse_math=False)
+    figure.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _sizes_section(results: dict[str, Any]) -> str:
+    sizes = results.get("sizes") or {}
+    bars = {label: sizes.get(key) for label, key in (("TFLite float", "tflite_bytes"),
+                                                      ("TFLite quantized", "tflite_quantized_bytes"))}
+    bars = {label: value for label, value in bars.items() if value}
+    if not bars:
+        return ""
+    ratio = sizes.get("quantized_to_float_ratio")
+    title = "Model sizes" + ("" if ratio is None else f": quantized / float = {ratio:.2f}")
+    figure = _figure(6, 3.6)
+    ax = figure.add_subplot()
+    drawn = ax.bar(list(bars), [value / 1024 for value in bars.values()], color=["#3b6fb6", "#e08a2c"][:len(bars)])
+    ax.bar_label(drawn, labels=[f"{value / 1024:,.1f} KiB" for value in bars.values()], fontsize=9, padding=2)
+    ax.margins(y=0.15)
+    ax.set_ylabel("KiB")
+    ax.set_title(title)
+    parameters = sizes.get("keras_parameters")
+    note = _note(f"The Keras model has {parameters:,} parameters.") if isinstance(parameters, int) else ""
+    return _section(PLOT_HEADINGS[3], _img(_png(figure), title), note)

@@ -82,6 +82,14 @@ class OutputLockedError(MctqError):
     kind = "output_locked"
 
 
+class AccuracyGateError(MctqError):
+    """The quantized model lost more top-1 accuracy than ``max_top1_drop`` allows. Raised
+    after every artifact is published: the models and results stay for inspection."""
+
+    exit_code = 8
+    kind = "accuracy_gate_failed"
+
+
 class Interrupted(MctqError):
     """SIGINT or SIGTERM arrived; the run stopped and removed its temporary files."""
 
@@ -104,6 +112,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(StageError.exit_code, StageError.kind, "TensorFlow or MCT failed inside a stage (named in the error event).", False),
     ExitCode(OutputError.exit_code, OutputError.kind, "An output folder cannot be created or written (permissions, read-only, full).", False),
     ExitCode(OutputLockedError.exit_code, OutputLockedError.kind, "Another run is writing to the same output folder; this one wrote nothing.", False),
+    ExitCode(AccuracyGateError.exit_code, AccuracyGateError.kind, "The top-1 drop exceeded `max_top1_drop`; models, results and report are written all the same.", True),
     ExitCode(130, "interrupted_sigint", "Stopped by SIGINT (Ctrl-C); temporary files removed.", False),
     ExitCode(143, "interrupted_sigterm", "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.", False),
 )

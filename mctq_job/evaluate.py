@@ -1,8 +1,10 @@
-"""Stage ``evaluate``: top-1 accuracy of the four models on the same preprocessed pixels.
+"""Stage ``evaluate``: top-1 and top-5 accuracy of the four models on the same preprocessed
+pixels, and each model's latency.
 
-Each evaluation image is decoded and preprocessed once per run; every batch is then fed to
-the Keras float model, MCT's quantized Keras model, model.tflite and model_quantized.tflite.
-Only per-image predictions are kept, so memory does not grow with image size.
+Each evaluation image is decoded and preprocessed once per run (the next batch on every core
+while the current one runs); every batch is then fed to the Keras float model, MCT's quantized
+Keras model, model.tflite and model_quantized.tflite. Only each image's top-1 class is kept,
+so memory grows by a few bytes per image, whatever the image size.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from .config import Config
 from .errors import InputDataError
 from .inputs import Sample
 
-EVAL_BATCH_SIZE = 32
+EVAL_BATCH_SIZE = 64
+TOP_K = 5
+LATENCY_WARMUP_RUNS = 3
+LATENCY_RUNS = 20
+
+
+def threads() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 #: Evaluated models in report order: (results.json key suffix, description).
 MODELS = {
     "keras": "Keras model (float)",
@@ -32,18 +42,23 @@ MODELS = {
 
 
 class KerasPredictor:
+    """A Keras model called through one traced graph (any batch size): eager calls would
+    spend more time in Python than in the model's arithmetic."""
+
     def __init__(self, model: Any):
         self.model = model
+        signature = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        self._graph = tf.function(lambda x: model(x, training=False), input_signature=[signature])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(batch, training=False))
+        return self._graph(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
 
 class TFLitePredictor:
     """A tf.lite.Interpreter resized to each batch; (de)quantizes integer inputs/outputs."""
 
     def __init__(self, path: Path):
-        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads())
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = None
@@ -77,6 +92,7 @@ def _dequantize_output(values: np.ndarray, detail: dict) -> np.ndarray:
 @dataclass
 class ModelScore:
     correct: int = 0
+    correct_top5: int = 0
     seconds: float = 0.0
     predictions: list[np.ndarray] = field(default_factory=list)
 
@@ -90,9 +106,13 @@ class Evaluation:
     labels: np.ndarray                    # their labels, in evaluation order
     scores: dict[str, ModelScore]
     skipped: list[tuple[Path, str]]       # undecodable images left out (on_corrupt_image: skip)
+    example: np.ndarray                   # one preprocessed image (batch of 1), for latency
 
     def accuracy(self, name: str) -> float:
         return self.scores[name].correct / self.image_count
+
+    def top5_accuracy(self, name: str) -> float:
+        return self.scores[name].correct_top5 / self.image_count
 
 
 def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples: Sequence[Sample],
@@ -101,7 +121,7 @@ def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples:
     paths = [s.path for s in samples]
     all_labels = np.asarray([s.label for s in samples], dtype=np.int64)
     scores = {name: ModelScore() for name in predictors}
-    evaluated, skipped = [], []
+    evaluated, skipped, example = [], [], None
     batches = images.iter_batches(paths, EVAL_BATCH_SIZE, config.input_tensor_size, config.preprocessing,
                                   skip_corrupt=config.on_corrupt_image == "skip")
     for start, batch in batches:
@@ -111,21 +131,44 @@ def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples:
         if batch.pixels is not None:
             truth = all_labels[start:start + EVAL_BATCH_SIZE][batch.kept]
             evaluated.append(truth)
+            example = batch.pixels[:1].copy() if example is None else example
             _score_batch(predictors, scores, batch.pixels, truth)
         on_images(len(batch.kept) + len(batch.skipped))
     labels = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
     if not len(labels):
         raise InputDataError(f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
                              f"decoded; expected readable JPEG, PNG or BMP files")
-    return Evaluation(len(labels), labels, scores, skipped)
+    return Evaluation(len(labels), labels, scores, skipped, example)
 
 
 def _score_batch(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], scores: dict[str, ModelScore],
                  pixels: np.ndarray, truth: np.ndarray) -> None:
     for name, predict in predictors.items():
         began = time.perf_counter()
-        predicted = np.argmax(predict(pixels), axis=-1)
+        outputs = predict(pixels)
         score = scores[name]
         score.seconds += time.perf_counter() - began
+        predicted = np.argmax(outputs, axis=-1).astype(np.int32)
         score.correct += int(np.sum(predicted == truth))
+        score.correct_top5 += int(np.sum(np.any(_top_k(outputs, TOP_K) == truth[:, None], axis=1)))
         score.predictions.append(predicted)
+
+
+def _top_k(outputs: np.ndarray, k: int) -> np.ndarray:
+    """The k best classes of each row (unordered); all classes where there are fewer than k."""
+    k = min(k, outputs.shape[-1])
+    return np.argpartition(-outputs, k - 1, axis=-1)[:, :k]
+
+
+def latency(predict: Callable[[np.ndarray], np.ndarray], example: np.ndarray,
+            warmup: int = LATENCY_WARMUP_RUNS, runs: int = LATENCY_RUNS) -> dict[str, Any]:
+    """Milliseconds per single-image call after warm-up: median and 90th percentile."""
+    for _ in range(warmup):
+        predict(example)
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        predict(example)
+        samples.append(1000 * (time.perf_counter() - began))
+    return {"batch_size": 1, "threads": threads(), "warmup_runs": warmup, "runs": runs,
+            "median_ms": round(float(np.median(samples)), 3), "p90_ms": round(float(np.percentile(samples, 90)), 3)}

@@ -30,6 +30,7 @@ class Event(str, enum.Enum):
     PROGRESS = "progress"
     HEARTBEAT = "heartbeat"
     ARTIFACT_WRITTEN = "artifact.written"
+    ACCURACY_GATE = "accuracy.gate"
     INPUT_IGNORED = "input.ignored"
     INPUT_SKIPPED = "input.skipped"
     LIBRARY_LOG = "library.log"
@@ -48,6 +49,7 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
     Event.ARTIFACT_WRITTEN: "A file was published: `path`, `size`, `sha256`.",
+    Event.ACCURACY_GATE: "With `max_top1_drop` set: `passed`, `top_1_drop` (Keras to model_quantized.tflite), `max_top1_drop`.",
     Event.INPUT_IGNORED: "A harmless file was skipped (e.g. a README beside the class folders).",
     Event.INPUT_SKIPPED: "An unreadable image was left out (`on_corrupt_image: skip`): `path`, `reason`.",
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",

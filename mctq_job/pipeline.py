@@ -20,14 +20,19 @@ from typing import Any, Iterator
 import structlog
 
 from . import __version__, artifacts, config as config_mod, inputs as inputs_mod
-from .errors import MctqError, OutputError, StageError
+from .errors import AccuracyGateError, MctqError, OutputError, StageError
 from .events import Event, native_output
 from .progress import Heartbeat, Progress
 
 MODEL_FILE = "model.tflite"
 QUANTIZED_FILE = "model_quantized.tflite"
 RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
 MANIFEST_FILE = "manifest.json"
+#: Every artifact of a successful run: in output_dir, then in evaluate_result_dir.
+OUTPUT_DIR_FILES = (MODEL_FILE, QUANTIZED_FILE, MANIFEST_FILE)
+RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)
+ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
 #: OSError numbers that mean "this output location cannot take the file".
 OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
@@ -99,12 +104,16 @@ def _log_ignored(log: Any, checked: inputs_mod.Inputs) -> None:
         log.warning(Event.INPUT_SKIPPED.value, path=str(path), reason=reason)
 
 
-def run(config_path: Path, log: Any) -> RunResult:
+def run(config_path: Path, log: Any, max_top1_drop: float | None = None) -> RunResult:
+    """The whole job. ``max_top1_drop`` (the command line's) overrides the configuration's.
+    Raises AccuracyGateError after publishing everything when the gate fails."""
     started_at = _now()
     with Heartbeat(log) as heartbeat:
         stages = _Stages(log, heartbeat)
         checked = _checked_inputs(config_path, stages, log)
         config = checked.config
+        if max_top1_drop is not None:
+            config = config.model_copy(update={"max_top1_drop": max_top1_drop})
         _make_folders(config.output_dir, config.evaluate_result_dir)
         with artifacts.locked_folders([config.output_dir, config.evaluate_result_dir]):
             job = _Job(config, checked.config_file, checked, stages, artifacts.Staging(uuid.uuid4().hex[:12]), log)
@@ -127,6 +136,9 @@ class _Job:
     log: Any
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     distinct_drawn: int = 0  # different calibration images in the drawn batches
+    parameters: int = 0      # of the Keras model
+    latencies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resource_utilization: dict[str, Any] = field(default_factory=dict)
 
     def run(self, started_at: str) -> RunResult:
         model = self.load_model()
@@ -134,7 +146,14 @@ class _Job:
         quantized = self.quantize(model, batches)
         model_file, quantized_file = self.export(model, quantized)
         evaluation = self.evaluate(model, quantized, model_file, quantized_file)
-        return self.report(evaluation, started_at)
+        result = self.report(evaluation, started_at)
+        verdict = result.results.get("gate")
+        if verdict and not verdict["passed"]:
+            raise AccuracyGateError(
+                f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to "
+                f"{QUANTIZED_FILE}, more than max_top1_drop {verdict['max_top1_drop']}; the models, "
+                f"results.json and report.html are written for inspection", **verdict)
+        return result
 
     def skip(self, path: Path, reason: str) -> None:
         self.skipped.append((path, reason))
@@ -146,6 +165,7 @@ class _Job:
             model, info = inputs_mod.load_model(self.checked)
             summary.update(input_shape=list(info.input_shape), output_width=info.output_width,
                            parameters=info.parameters)
+            self.parameters = info.parameters
         return model
 
     def calibrate(self):
@@ -161,24 +181,26 @@ class _Job:
 
     def quantize(self, model, batches):
         config = self.config
-        with self.stages("quantize", target_platform=config.target_platform):
+        with self.stages("quantize", **config.quantization_settings()) as summary:
             from . import calibrate, quantize  # imports MCT
 
             progress = Progress(self.log, "quantize", config.iteration_count, "batch", task="calibration")
             data_gen = calibrate.representative_dataset(self.checked.calibration_images, batches, config,
                                                         on_batch=progress.advance, on_skip=self.skip)
-            quantized = quantize.quantize(model, data_gen, config.target_platform)
+            quantized = quantize.quantize(model, data_gen, config)
             progress.close()
+            self.resource_utilization = quantized.resource_utilization
+            summary["resource_utilization"] = quantized.resource_utilization
         return quantized
 
     def export(self, model, quantized) -> tuple[Path, Path]:
         output_dir = self.config.output_dir
-        with self.stages("export") as summary:
+        with self.stages("export", export_format=self.config.export_format) as summary:
             from . import export
 
             quantized_temp = self.staging.temp_path(output_dir / QUANTIZED_FILE)
             with _output_errors(output_dir):
-                export.export_quantized(quantized.model, quantized_temp)
+                export.export_quantized(quantized.model, quantized_temp, self.config.export_format)
             float_temp = _write(self.staging, output_dir / MODEL_FILE, export.convert_float(model))
             summary.update(model_tflite_bytes=float_temp.stat().st_size,
                            model_quantized_tflite_bytes=quantized_temp.stat().st_size)
@@ -200,24 +222,22 @@ class _Job:
                                            on_skip=self.skip)
             progress.close()
             summary.update({f"top_1_accuracy_{name}": round(evaluation.accuracy(name), 4) for name in predictors})
+            self.latencies = {name: evaluate.latency(predict, evaluation.example) for name, predict in predictors.items()}
+            summary["latency_median_ms"] = {name: facts["median_ms"] for name, facts in self.latencies.items()}
         return evaluation
 
     def report(self, evaluation, started_at: str) -> RunResult:
         config, staging = self.config, self.staging
         with self.stages("report") as summary:
-            from . import report
+            from . import report, report_html
 
-            files = {"tflite": str(config.output_dir / MODEL_FILE),
-                     "tflite_quantized": str(config.output_dir / QUANTIZED_FILE)}
-            skipped = [*self.checked.skipped, *self.skipped]
-            extra = {"target_platform": config.target_platform, "seed": config.seed,
-                     "calibration": {"batches": config.iteration_count, "batch_size": config.batch_size,
-                                     "images_available": len(self.checked.calibration_images),
-                                     "distinct_images_drawn": self.distinct_drawn},
-                     "skipped_images": [{"path": str(p), "reason": r} for p, r in skipped]}
-            results = report.results(evaluation, files, extra)
+            facts = self._model_facts()
+            results = report.results(evaluation, self.checked.labels, facts, self._extra(evaluation, facts))
+            self._log_gate(results["gate"])
             _write_json(staging, config.evaluate_result_dir / RESULTS_FILE, results)
-            manifest = _manifest(config, self.config_path, staging, self.stages, started_at)
+            _write(staging, config.evaluate_result_dir / REPORT_FILE, report_html.render(results).encode())
+            outcome = "success" if not results["gate"] or results["gate"]["passed"] else AccuracyGateError.kind
+            manifest = _manifest(config, self.config_path, staging, self.stages, started_at, outcome)
             _write_json(staging, config.output_dir / MANIFEST_FILE, manifest)
             published = staging.commit()
             for path in published:
@@ -225,8 +245,44 @@ class _Job:
             summary["artifacts"] = len(published)
         return RunResult(results, manifest, published)
 
+    def _model_facts(self) -> dict[str, dict[str, Any]]:
+        from . import evaluate
 
-def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _Stages, started_at: str) -> dict:
+        output_dir = self.config.output_dir
+        files = {"tflite": output_dir / MODEL_FILE, "tflite_quantized": output_dir / QUANTIZED_FILE}
+        facts = {}
+        for name in evaluate.MODELS:
+            file = files.get(name)
+            facts[name] = {"file": str(file) if file else None,
+                           "bytes": self.staging.pending[file].stat().st_size if file else None,
+                           "batch_size": evaluate.EVAL_BATCH_SIZE, "threads": evaluate.threads(),
+                           "latency": self.latencies.get(name)}
+        return facts
+
+    def _extra(self, evaluation, facts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        from . import report
+
+        config = self.config
+        skipped = [*self.checked.skipped, *self.skipped]
+        accuracies = {name: evaluation.accuracy(name) for name in facts}
+        return {"target_platform": config.target_platform, "seed": config.seed,
+                "quantization": config.quantization_settings(),
+                "calibration": {"batches": config.iteration_count, "batch_size": config.batch_size,
+                                "images_available": len(self.checked.calibration_images),
+                                "distinct_images_drawn": self.distinct_drawn},
+                "skipped_images": [{"path": str(p), "reason": r} for p, r in skipped],
+                "sizes": report.sizes(self.parameters, facts["tflite"]["bytes"], facts["tflite_quantized"]["bytes"]),
+                "resource_utilization": self.resource_utilization,
+                "gate": report.gate(accuracies, config.max_top1_drop)}
+
+    def _log_gate(self, verdict: dict[str, Any] | None) -> None:
+        if verdict is not None:
+            level = self.log.info if verdict["passed"] else self.log.error
+            level(Event.ACCURACY_GATE.value, **verdict)
+
+
+def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _Stages, started_at: str,
+              outcome: str) -> dict:
     from . import quantize, report
     import numpy
     import tensorflow as tf
@@ -238,7 +294,7 @@ def _manifest(config, config_path: Path, staging: artifacts.Staging, stages: _St
     return report.manifest(
         run_id=staging.run_id, started_at=started_at, finished_at=_now(), config_file=str(config_path),
         config_doc=config.to_document(), config_sha256=config.digest(), versions=versions,
-        stage_seconds=dict(stages.seconds), peak_memory_bytes=peak, artifacts=records, outcome="success")
+        stage_seconds=dict(stages.seconds), peak_memory_bytes=peak, artifacts=records, outcome=outcome)
 
 
 def _make_folders(*folders: Path) -> None:

@@ -90,6 +90,18 @@ def finished_run(digits_template, tmp_path_factory) -> JobRun:
     return run_cli(cwd=dest, env={"MCTQ_TERMINATION_LOG": str(termination)})
 
 
+def miscalibrate(project: Path, images: int = 32) -> None:
+    """Replace the calibration images by flat grey ones: calibrated on the wrong data, the
+    quantized model loses most of its accuracy (a realistic reason for the gate to fail)."""
+    from PIL import Image
+
+    calibration = project / "dataset" / "training"
+    for path in [p for p in calibration.rglob("*") if p.is_file()]:
+        path.unlink()
+    for i in range(images):
+        Image.new("RGB", (40, 40), (128, 128, 128)).save(calibration / f"grey{i}.png")
+
+
 def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10), color=None) -> Path:
     from PIL import Image
 

@@ -22,10 +22,11 @@ from container_support import (DIGEST_LABEL, Built, ContainerRun, canonical, doc
                                image_for_tests, lock_pins, make_group0_writable, run_container)
 import mctq_job
 from mctq_job.errors import ConfigError, Interrupted
+from mctq_job.pipeline import ARTIFACT_NAMES, OUTPUT_DIR_FILES, RESULT_DIR_FILES
 
 pytestmark = pytest.mark.container
 
-FINAL_NAMES = {"model.tflite", "model_quantized.tflite", "manifest.json", "results.json"}
+FINAL_NAMES = set(ARTIFACT_NAMES)
 ACCURACY_KEYS = {"top_1_accuracy_keras", "top_1_accuracy_keras_quantized", "top_1_accuracy_tflite",
                  "top_1_accuracy_tflite_quantized"}
 SIGTERM_EXIT = Interrupted(signal.SIGTERM).exit_code
@@ -138,9 +139,8 @@ def test_the_job_succeeds_and_stdout_is_json_lines_only(scenario):
 
 def test_artifacts_are_complete_and_match_the_manifest(scenario):
     assert scenario.run.exit_code == 0, scenario.run.explain()
-    assert {p.name for p in scenario.output_dir.iterdir()} == {"model.tflite", "model_quantized.tflite",
-                                                              "manifest.json"}
-    assert {p.name for p in scenario.result_dir.iterdir()} == {"results.json"}
+    assert {p.name for p in scenario.output_dir.iterdir()} == set(OUTPUT_DIR_FILES)
+    assert {p.name for p in scenario.result_dir.iterdir()} == set(RESULT_DIR_FILES)
     manifest = json.loads((scenario.output_dir / "manifest.json").read_text())
     assert manifest["outcome"] == "success"
     listed = set()
@@ -150,7 +150,7 @@ def test_artifacts_are_complete_and_match_the_manifest(scenario):
         data = host.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (record["size"], record["sha256"]), host
         listed.add(record["name"])
-    assert {"model.tflite", "model_quantized.tflite", "results.json"} <= listed
+    assert set(ARTIFACT_NAMES) - {"manifest.json"} == listed
     results = json.loads((scenario.result_dir / "results.json").read_text())
     assert ACCURACY_KEYS <= set(results)
     assert all(0.0 <= results[k] <= 1.0 for k in ACCURACY_KEYS)

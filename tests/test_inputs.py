@@ -13,6 +13,7 @@ from conftest import read_config, run_cli, save_image, write_config
 from mctq_job import config as config_mod
 from mctq_job import inputs
 from mctq_job.errors import ConfigError, InputDataError, MctqError, OutputError
+from mctq_job.pipeline import ARTIFACT_NAMES
 
 
 def check(project: Path) -> inputs.Inputs:
@@ -20,7 +21,7 @@ def check(project: Path) -> inputs.Inputs:
     return inputs.check(config_mod.load(path), path)
 
 
-FINAL_NAMES = ("model.tflite", "model_quantized.tflite", "manifest.json", "results.json")
+FINAL_NAMES = set(ARTIFACT_NAMES)
 
 
 def failure(project: Path, kind=None) -> str:

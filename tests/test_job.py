@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
+from conftest import ENTRYPOINT, JobRun, digits, read_config, run_cli, write_config
 from mctq_job import artifacts, config as config_mod
 from mctq_job.errors import ConfigError, InputDataError
 from mctq_job.events import Event
@@ -81,6 +81,38 @@ def test_results_json_has_the_notebook_keys_and_details(finished_run: JobRun):
         assert abs(results[key] - results["top_1_accuracy_keras"]) <= 0.05
 
 
+def test_results_json_has_top5_per_class_confusion_agreement_sizes_latency(finished_run: JobRun):
+    results = json.loads(outputs(finished_run.cwd)["results"].read_text())
+    assert results["results_version"] == 2 and results["gate"] is None
+    assert results["quantization"] == {"target_platform": "imx500", "target_platform_version": "1.0", "method": "ptq",
+                                       "gptq": None, "mixed_precision": None, "export_format": "int8"}
+    assert results["classes"] == {name: i for i, name in enumerate(digits.CLASS_NAMES)}
+    for name, model in results["models"].items():
+        assert model["top_1_accuracy"] == results[f"top_1_accuracy_{name}"] <= model["top_5_accuracy"] <= 1.0
+        assert sum(c["images"] for c in model["per_class"].values()) == 140
+        assert sum(c["correct"] for c in model["per_class"].values()) == model["correct"]
+        assert sum(n for _, _, n in model["confusion"]) == 140
+        assert sum(n for t, p, n in model["confusion"] if t == p) == model["correct"]
+        assert model["latency"]["runs"] == 20 and model["latency"]["median_ms"] > 0
+        assert model["latency"]["threads"] == model["inference"]["threads"] >= 1
+    for pair, value in results["agreement"].items():
+        assert 0.9 <= value <= 1.0, pair  # float and quantized mostly predict the same class
+    files = outputs(finished_run.cwd)
+    assert results["sizes"]["tflite_bytes"] == files["model"].stat().st_size == results["models"]["tflite"]["bytes"]
+    assert results["sizes"]["tflite_quantized_bytes"] == files["quantized"].stat().st_size
+    assert results["sizes"]["keras_parameters"] > 10_000
+    eight_bit = results["resource_utilization"]["float_8bit"]
+    assert eight_bit["weights_memory"] == pytest.approx(results["sizes"]["keras_parameters"], rel=0.01)
+    assert results["resource_utilization"]["final"] is None  # no mixed precision asked for
+
+
+@pytest.mark.browser
+def test_report_html_renders_in_a_browser_with_its_plots(finished_run: JobRun):
+    from browser_support import assert_renders_in_browser
+
+    assert_renders_in_browser(finished_run.cwd / "evaluate" / "results" / "report.html")
+
+
 def _accuracy_one_image_at_a_time(model_path: Path, project: Path) -> float:
     """An independent re-count: the notebook's way, one image per invoke."""
     import tensorflow as tf
@@ -123,7 +155,7 @@ def test_manifest_hashes_match_the_files_and_record_the_run(finished_run: JobRun
     manifest = json.loads(files["manifest"].read_text())
     assert manifest["outcome"] == "success"
     recorded = {Path(a["path"]).name: a for a in manifest["artifacts"]}
-    assert set(recorded) == {"model.tflite", "model_quantized.tflite", "results.json"}
+    assert set(recorded) == {"model.tflite", "model_quantized.tflite", "results.json", "report.html"}
     for artifact in manifest["artifacts"]:
         actual = artifacts.describe(Path(artifact["path"]))
         assert (actual.size, actual.sha256) == (artifact["size"], artifact["sha256"])

@@ -1,0 +1,76 @@
+"""results.json's richer parts, computed from per-image predictions: per-class accuracy,
+the sparse confusion matrix, agreement between models and the accuracy gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mctq_job import report
+from mctq_job.evaluate import MODELS, Evaluation, ModelScore
+
+LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
+
+
+def evaluation(**predicted) -> Evaluation:
+    scores = {}
+    for name in MODELS:
+        guess = np.asarray(predicted.get(name, LABELS), dtype=np.int32)
+        scores[name] = ModelScore(correct=int((guess == LABELS).sum()), correct_top5=len(LABELS), predictions=[guess])
+    return Evaluation(len(LABELS), LABELS, scores, [], np.zeros((1, 2, 2, 3), np.float32))
+
+
+def test_per_class_accuracy_counts_only_classes_with_images():
+    table = report.per_class(LABELS, np.array([0, 1, 1, 1, 2, 0, 2]), {"a": 0, "b": 1, "c": 2, "unused": 3})
+    assert table == {"a": {"label": 0, "images": 2, "correct": 1, "top_1_accuracy": 0.5},
+                     "b": {"label": 1, "images": 2, "correct": 2, "top_1_accuracy": 1.0},
+                     "c": {"label": 2, "images": 3, "correct": 2, "top_1_accuracy": pytest.approx(2 / 3)}}
+
+
+def test_confusion_is_sparse_sorted_triples_that_sum_to_the_image_count():
+    triples = report.confusion(LABELS, np.array([0, 1, 1, 1, 2, 0, 2]))
+    assert triples == [[0, 0, 1], [0, 1, 1], [1, 1, 2], [2, 0, 1], [2, 2, 2]]
+    assert sum(n for _, _, n in triples) == len(LABELS)
+    assert report.confusion(np.zeros(0, np.int64), np.zeros(0, np.int32)) == []
+
+
+def test_agreement_compares_predictions_not_correctness():
+    wrong_the_same_way = np.array([1, 1, 1, 1, 1, 1, 1])
+    agreement = report.agreement(evaluation(tflite=wrong_the_same_way, tflite_quantized=wrong_the_same_way))
+    assert agreement["tflite_vs_tflite_quantized"] == 1.0
+    assert agreement["keras_vs_tflite_quantized"] == pytest.approx(2 / 7)
+    assert agreement["keras_vs_keras_quantized"] == 1.0
+
+
+def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
+    doc = report.results(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2},
+                         {"tflite_quantized": {"file": "/o/q.tflite", "bytes": 10, "latency": {"median_ms": 1}}},
+                         {"seed": 3})
+    assert list(doc)[:4] == [f"top_1_accuracy_{name}" for name in MODELS]
+    assert doc["top_1_accuracy_tflite_quantized"] == pytest.approx(6 / 7)
+    quantized = doc["models"]["tflite_quantized"]
+    assert (quantized["file"], quantized["bytes"], quantized["latency"]) == ("/o/q.tflite", 10, {"median_ms": 1})
+    assert quantized["per_class"]["c"]["correct"] == 2 and [2, 0, 1] in quantized["confusion"]
+    assert doc["seed"] == 3 and doc["class_count"] == 3 and doc["results_version"] == report.RESULTS_VERSION
+
+
+@pytest.mark.parametrize("keras,quantized,max_drop,passed", [
+    (0.98, 0.96, 0.02, True),     # exactly at the limit passes, despite float rounding
+    (0.98, 0.95, 0.02, False),
+    (0.90, 0.93, 0.0, True),      # a gain is never a drop
+    (0.9, 0.9, 0.0, True),
+])
+def test_gate_passes_up_to_the_allowed_drop(keras, quantized, max_drop, passed):
+    verdict = report.gate({"keras": keras, "tflite_quantized": quantized}, max_drop)
+    assert verdict["passed"] is passed
+    assert verdict["top_1_drop"] == pytest.approx(keras - quantized)
+    assert (verdict["reference"], verdict["candidate"]) == ("keras", "tflite_quantized")
+
+
+def test_no_gate_without_a_limit():
+    assert report.gate({"keras": 1.0, "tflite_quantized": 0.0}, None) is None
+
+
+def test_sizes_ratio():
+    assert report.sizes(100, 4000, 1000) == {"keras_parameters": 100, "tflite_bytes": 4000,
+                                             "tflite_quantized_bytes": 1000, "quantized_to_float_ratio": 0.25}

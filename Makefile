@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: venv demo test test-fast bench lock clean help docker-engine
+.PHONY: venv demo test test-fast bench lock clean help docker-engine browser
 
 help:
 	@echo "make demo   build a small real example (digits) and run the job on it"
@@ -28,14 +28,19 @@ demo: venv
 	cd $(DEMO) && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
 	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json"
 
-# The container and Kubernetes-rehearsal tests need a Docker engine: as root, one is installed
-# and started when missing (scripts/start-docker.sh); otherwise those tests skip and say why.
-test: venv docker-engine
+# The container and Kubernetes-rehearsal tests need a Docker engine, the report test Chromium:
+# as root, both are installed (and the engine started) when missing (scripts/start-docker.sh,
+# scripts/install-browser.sh); otherwise those tests skip and say why.
+test: venv docker-engine browser
 	$(BIN)/python -m pytest
 
 docker-engine:
 	@if [ "$$(id -u)" = 0 ]; then scripts/start-docker.sh; \
 	 elif ! docker info >/dev/null 2>&1; then echo "make: no Docker engine: container tests will skip (sudo scripts/start-docker.sh starts one)"; fi
+
+browser:
+	@if [ "$$(id -u)" = 0 ]; then scripts/install-browser.sh; \
+	 elif [ ! -x /usr/bin/chromium ]; then echo "make: no Chromium: the report.html browser test will skip (sudo scripts/install-browser.sh installs it)"; fi
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not container"

@@ -1,0 +1,121 @@
+"""What the bench modules share: where things live, the job's inputs read with the job's own
+code, the calibration batches and validation pixels the job would use, the job's way of
+predicting, and markdown tables.
+
+Nothing here imports TensorFlow at import time: ``irreducible.py`` times that import itself.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mctq_job.inputs import Inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-results"
+WORK = OUT / "work"
+#: Repetitions of each timed comparison (the median is reported): 2 cores are noisy.
+REPEAT = 3
+
+Predictor = Callable[["np.ndarray"], "np.ndarray"]
+
+
+def load_inputs(config_file: Path) -> "Inputs":
+    """The checked inputs of ``config_file``, exactly as the job's ``inputs`` stage finds them."""
+    from mctq_job import config, inputs
+
+    path = config_file.absolute()
+    return inputs.check(config.load(path), path)
+
+
+def calibration_batches(checked: "Inputs") -> list["np.ndarray"]:
+    """The job's calibration batches (same seeded draw, same preprocessing), decoded up front."""
+    from mctq_job import calibrate, images
+
+    cfg = checked.config
+    draws = calibrate.draw_batches(len(checked.calibration_images), cfg.batch_size, cfg.iteration_count, cfg.seed)
+    return [images.load_batch([checked.calibration_images[i] for i in draw], cfg.input_tensor_size,
+                              cfg.preprocessing).pixels for draw in draws]
+
+
+def validation_paths(checked: "Inputs") -> list[Path]:
+    return [sample.path for sample in checked.samples]
+
+
+def validation_labels(checked: "Inputs") -> "np.ndarray":
+    import numpy as np
+
+    return np.asarray([sample.label for sample in checked.samples], dtype=np.int64)
+
+
+def validation_pixels(checked: "Inputs") -> "np.ndarray":
+    """Every validation image preprocessed into one float32 array, decoded on every core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mctq_job import images
+
+    cfg = checked.config
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return images.load_batch(validation_paths(checked), cfg.input_tensor_size, cfg.preprocessing, pool).pixels
+
+
+def batched_predictions(predictors: dict[str, Predictor], checked: "Inputs") -> dict[str, "np.ndarray"]:
+    """Top-1 class of every validation image for each model, the job's way: each image decoded
+    once (the next batch on every core while the current one runs), batches of the job's size."""
+    import numpy as np
+
+    from mctq_job import images
+    from mctq_job.evaluate import EVAL_BATCH_SIZE
+
+    cfg = checked.config
+    predicted: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
+    for _, batch in images.iter_batches(validation_paths(checked), EVAL_BATCH_SIZE, cfg.input_tensor_size,
+                                        cfg.preprocessing):
+        for name, predict in predictors.items():
+            predicted[name].append(np.argmax(predict(batch.pixels), axis=-1))
+    return {name: np.concatenate(chunks) for name, chunks in predicted.items()}
+
+
+def top1(predicted: "np.ndarray", labels: "np.ndarray") -> float:
+    return round(float((predicted == labels).mean()), 4)
+
+
+def timed(work: Callable[..., Any], *args: Any, repeat: int = REPEAT) -> tuple[float, Any]:
+    """(median seconds, last result) of ``repeat`` calls of ``work(*args)``."""
+    seconds = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        result = work(*args)
+        seconds.append(time.perf_counter() - began)
+    return median(seconds), result
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: the job's thread count for decoding and TFLite."""
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def median(samples: Iterable[float]) -> float:
+    return round(statistics.median(samples), 3)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 2)
+
+
+def mb(n_bytes: int) -> int:
+    return round(n_bytes / 2**20)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)

@@ -21,6 +21,7 @@ from conftest import ENTRYPOINT, JobRun, digits, read_config, run_cli, write_con
 from mctq_job import artifacts, config as config_mod
 from mctq_job.errors import ConfigError, InputDataError
 from mctq_job.events import Event
+from mctq_job.pipeline import ARTIFACT_NAMES, MANIFEST_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -155,7 +156,7 @@ def test_manifest_hashes_match_the_files_and_record_the_run(finished_run: JobRun
     manifest = json.loads(files["manifest"].read_text())
     assert manifest["outcome"] == "success"
     recorded = {Path(a["path"]).name: a for a in manifest["artifacts"]}
-    assert set(recorded) == {"model.tflite", "model_quantized.tflite", "results.json", "report.html"}
+    assert set(recorded) == set(ARTIFACT_NAMES) - {MANIFEST_FILE}
     for artifact in manifest["artifacts"]:
         actual = artifacts.describe(Path(artifact["path"]))
         assert (actual.size, actual.sha256) == (artifact["size"], artifact["sha256"])

@@ -44,6 +44,7 @@ from k8s_support import (K8S, ROOT, PodRun, isolated, kustomize, kustomize_retag
                          run_pod)
 from mctq_job.config import PATH_KEYS, Config
 from mctq_job.errors import EXIT_CODES
+from mctq_job.pipeline import ARTIFACT_NAMES, MANIFEST_FILE
 
 KUSTOMIZATIONS = {"base": K8S / "base", "sweep": K8S / "overlays" / "sweep", "loader": K8S / "loader"}
 JOBS = ("base", "sweep")
@@ -661,7 +662,7 @@ def test_rehearsed_sweep_result_sets_are_complete_and_separate(rehearsal):
             assert hashlib.sha256(local.read_bytes()).hexdigest() == artifact["sha256"], artifact["path"]
             names.add(artifact["name"])
             expected_files.append(local)
-        assert names == {"model.tflite", "model_quantized.tflite", "results.json"}
+        assert names == set(ARTIFACT_NAMES) - {MANIFEST_FILE}
         expected_files.append(output_dir / "manifest.json")
     # Nothing else anywhere on the volume (no temporary files, no shared folder), all the pod user's.
     assert _tree(rehearsal.output) == sorted(p.relative_to(rehearsal.output).as_posix() for p in expected_files)

@@ -76,7 +76,7 @@ def test_a_failed_gate_writes_everything_and_exits_with_its_own_code(project):
     miscalibrate(project)
     termination = project / "termination-log"
     termination.touch()
-    write_config(project, {**read_config(project), "max_top1_drop": 1.0})
+    write_config(project, {**read_config(project), "max_top1_drop": 1.0, "target_platform_version": "5.0"})
     result = run_cli("--max-top1-drop", "0.05", cwd=project, env={"MCTQ_TERMINATION_LOG": str(termination)})
     assert result.returncode == AccuracyGateError.exit_code == 8, result.stdout[-3000:]
     last = result.events[-1]
@@ -88,6 +88,7 @@ def test_a_failed_gate_writes_everything_and_exits_with_its_own_code(project):
     assert written == set(ARTIFACT_NAMES)
     manifest = json.loads((project / "output" / "manifest.json").read_text())
     assert manifest["outcome"] == "accuracy_gate_failed" and manifest["config"]["max_top1_drop"] == 0.05
+    assert manifest["config"]["target_platform_version"] == "5.0"
     results = json.loads((project / "evaluate" / "results" / "results.json").read_text())
     assert results["gate"]["passed"] is False
     assert termination.read_text().startswith("accuracy_gate_failed (exit 8): top-1 accuracy dropped by")

@@ -26,7 +26,7 @@ $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 demo: venv
 	@test -f $(DEMO)/configuration.json || $(BIN)/python examples/digits.py $(DEMO)
 	cd $(DEMO) && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
-	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json"
+	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json, $(DEMO)/evaluate/results/report.html (open it in a browser)"
 
 # The container and Kubernetes-rehearsal tests need a Docker engine, the report test Chromium:
 # as root, both are installed (and the engine started) when missing (scripts/start-docker.sh,

@@ -71,4 +71,4 @@ docker-demo: venv
 	  echo "docker-demo: no image $(IMAGE); build it: make image (or, without registry access, make image-offline)" >&2; exit 1; }
 	$(DOCKER) run --rm $(DOCKER_HARDENED) --user "$$(id -u):$$(id -g)" \
 	  -v "$(abspath $(DEMO)):/workspace" $(IMAGE) --log-format $${MCTQ_LOG_FORMAT:-console}
-	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json"
+	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json, $(DEMO)/evaluate/results/report.html"

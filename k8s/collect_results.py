@@ -9,7 +9,8 @@ Finds every results.json and manifest.json below OUTPUT_ROOT and pairs them by t
 the manifest records for its results.json, so the folders may have been copied anywhere
 (``kubectl cp``). A run is named after the folder holding both, relative to OUTPUT_ROOT
 (``0-imx500-10-batches`` in a sweep). The settings (target platform, calibration batches,
-seed) come from the resolved configuration in manifest.json.
+seed) come from the resolved configuration in manifest.json; ``gate`` is the accuracy gate's
+verdict where the run had one (``max_top1_drop``).
 
 Exit status: 0 when every run is complete; 1 when some results.json has no manifest.json or
 the reverse (a run that failed or is still running); 2 when nothing was found.
@@ -31,7 +32,7 @@ from typing import Any
 
 MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 COLUMNS = ("run", "target_platform", "iteration_count", "batch_size", "seed", "image_count",
-           *MODELS, "drop", "peak_memory_mb", "seconds", "status")
+           *MODELS, "drop", "gate", "peak_memory_mb", "seconds", "status")
 OK = "ok"
 
 
@@ -100,6 +101,8 @@ def _row(run: str, results: dict[str, Any], manifest: dict[str, Any] | None, sta
         row["drop"] = row["keras"] - row["tflite_quantized"]
     else:
         row["drop"] = None
+    gate = results.get("gate")
+    row["gate"] = None if not isinstance(gate, dict) else "passed" if gate.get("passed") else "failed"
     peak = (manifest or {}).get("peak_memory_bytes")
     row["peak_memory_mb"] = round(peak / 2**20) if isinstance(peak, (int, float)) else None
     stages = (manifest or {}).get("stage_seconds") or {}

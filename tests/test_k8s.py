@@ -437,8 +437,9 @@ def test_make_configs_refuses_sweeps_that_could_collide_or_fail(tmp_path, runs, 
 
 # --- collect_results.py --------------------------------------------------------------------------
 
-def _fake_run(root: Path, name: str, platform: str, accuracy: float, manifest: bool = True) -> None:
-    results = {key: accuracy for key in ACCURACY_KEYS}
+def _fake_run(root: Path, name: str, platform: str, accuracy: float, manifest: bool = True,
+              gate: dict | None = None) -> None:
+    results = {key: accuracy for key in ACCURACY_KEYS} | {"gate": gate}
     results.update(image_count=140, target_platform=platform, seed=0,
                    calibration={"batches": 10, "batch_size": 16, "images_available": 560, "distinct_images_drawn": 160})
     result_file = root / name / "evaluation" / "results.json"
@@ -470,6 +471,15 @@ def test_collect_results_makes_one_table(tmp_path):
     markdown = _collect(tmp_path).stdout.splitlines()
     assert markdown[0].startswith("| run | target_platform |") and len(markdown) == 4
     assert "| 2-imx500 | imx500 | 10 | 16 | 0 | 140 | 0.9700 |" in markdown[2]
+
+
+def test_collect_results_shows_each_runs_gate_verdict(tmp_path):
+    _fake_run(tmp_path, "0-a", "imx500", 0.9, gate={"passed": True, "top_1_drop": 0.0, "max_top1_drop": 0.01})
+    _fake_run(tmp_path, "1-b", "imx500", 0.9, gate={"passed": False, "top_1_drop": 0.2, "max_top1_drop": 0.01})
+    _fake_run(tmp_path, "2-c", "imx500", 0.9)
+    proc = _collect(tmp_path, "--format", "json")
+    assert proc.returncode == 0  # a failed gate is a complete run
+    assert [r["gate"] for r in json.loads(proc.stdout)] == ["passed", "failed", None]
 
 
 def test_collect_results_flags_incomplete_runs(tmp_path):

@@ -32,13 +32,6 @@ LATENCY_RUNS = 20
 def threads() -> int:
     """CPUs this process may run on (a container's cpuset, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-#: Evaluated models in report order: (results.json key suffix, description).
-MODELS = {
-    "keras": "Keras model (float)",
-    "keras_quantized": "MCT's quantized Keras model",
-    "tflite": "model.tflite (TensorFlow converter, float)",
-    "tflite_quantized": "model_quantized.tflite (MCT exporter, INT8)",
-}
 
 
 class KerasPredictor:

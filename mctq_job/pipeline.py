@@ -246,12 +246,12 @@ class _Job:
         return RunResult(results, manifest, published)
 
     def _model_facts(self) -> dict[str, dict[str, Any]]:
-        from . import evaluate
+        from . import evaluate, report
 
         output_dir = self.config.output_dir
         files = {"tflite": output_dir / MODEL_FILE, "tflite_quantized": output_dir / QUANTIZED_FILE}
         facts = {}
-        for name in evaluate.MODELS:
+        for name in report.MODELS:
             file = files.get(name)
             facts[name] = {"file": str(file) if file else None,
                            "bytes": self.staging.pending[file].stat().st_size if file else None,

@@ -8,11 +8,12 @@ models' predictions, sizes, latency, MCT's resource utilization and the accuracy
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .evaluate import MODELS, Evaluation
+if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlow
+    from .evaluate import Evaluation
 
 RESULTS_VERSION = 2
 MANIFEST_VERSION = 1
@@ -21,6 +22,13 @@ VOLATILE_MANIFEST_FIELDS = ("run_id", "started_at", "finished_at", "stage_second
                             "config_file", "versions.platform")
 #: results.json fields that differ between two runs of the same inputs and seed.
 VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
+#: Evaluated models in report order: (results.json key suffix, description).
+MODELS = {
+    "keras": "Keras model (float)",
+    "keras_quantized": "MCT's quantized Keras model",
+    "tflite": "model.tflite (TensorFlow converter, float)",
+    "tflite_quantized": "model_quantized.tflite (MCT exporter, INT8)",
+}
 #: Pairs of models whose per-image top-1 predictions are compared.
 AGREEMENT_PAIRS = (("keras", "keras_quantized"), ("tflite", "tflite_quantized"), ("keras", "tflite_quantized"),
                    ("keras", "tflite"))

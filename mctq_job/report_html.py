@@ -5,7 +5,8 @@ no JavaScript and no external reference; the plots are PNGs drawn with matplotli
 (never pyplot's global state) and embedded as ``data:`` URIs. Every string that comes from the
 job's inputs (class names, paths, settings) is escaped. Sections whose data is absent (no gate,
 no resource utilization, no skipped images, ...) are left out. matplotlib is imported only when
-a plot is drawn, so importing this module costs nothing.
+a plot is drawn. The model names and the gate's pair of models are results.json's own
+(``mctq_job.report``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import io
 import json
 from typing import Any, Iterable, Sequence
 
+# The per-class plot and the confusion matrices compare the pair the accuracy gate compares.
+from .report import GATE_CANDIDATE as CANDIDATE, GATE_REFERENCE as REFERENCE, MODELS
+
 TITLE = "mctq-job report"
-#: The notebook's four models, in results.json's order.
-MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 #: The plots' section headings, in page order.
 PLOT_HEADINGS = ("Accuracy per model", "Per-class change", "Confusion matrices", "Model sizes")
-#: The per-class plot compares the deliverable with the model it came from.
-REFERENCE, CANDIDATE = "keras", "tflite_quantized"
 #: Above this many classes the per-class plot shows only the worst and best PER_CLASS_SHOWN.
 PER_CLASS_LIMIT, PER_CLASS_SHOWN = 40, 20
 #: Confusion matrices name their classes on the axes up to this many classes.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mctq_job import report
-from mctq_job.evaluate import MODELS, Evaluation, ModelScore
+from mctq_job.evaluate import Evaluation, ModelScore
+from mctq_job.report import MODELS
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
 

@@ -56,13 +56,12 @@ def validation_labels(checked: "Inputs") -> "np.ndarray":
 
 def validation_pixels(checked: "Inputs") -> "np.ndarray":
     """Every validation image preprocessed into one float32 array, decoded on every core."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from mctq_job import images
 
     cfg = checked.config
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=images.usable_cpus()) as pool:
         return images.load_batch(validation_paths(checked), cfg.input_tensor_size, cfg.preprocessing, pool).pixels
 
 
@@ -95,13 +94,6 @@ def timed(work: Callable[..., Any], *args: Any, repeat: int = REPEAT) -> tuple[f
         result = work(*args)
         seconds.append(time.perf_counter() - began)
     return median(seconds), result
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: the job's thread count for decoding and TFLite."""
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 def median(samples: Iterable[float]) -> float:

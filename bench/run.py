@@ -40,6 +40,8 @@ import workload
 from common import OUT, WORK, markdown_table
 from workload import DEMO, ENTRY, JobRun
 
+from mctq_job.images import usable_cpus
+
 UI_REPEAT = 5
 SCALE = 10  # validation copies for (a) and (d)
 
@@ -110,7 +112,7 @@ def memory_table(figures: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "usable_cpus": common.usable_cpus(), "platform": platform.platform(),
+    return {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "platform": platform.platform(),
             "python": platform.python_version(), "tensorflow": metadata.version("tensorflow-cpu"),
             "model_compression_toolkit": metadata.version("model-compression-toolkit")}
 

@@ -31,6 +31,7 @@ def compare(run: "JobRun") -> dict[str, Any]:
     """Figures of both ways over every validation image of the project of ``run``, with the
     models that run wrote; its results.json gives the top-1 both ways must reproduce."""
     from mctq_job.evaluate import EVAL_BATCH_SIZE
+    from mctq_job.images import usable_cpus
 
     checked = common.load_inputs(run.project.config_file)
     model_files = {name: run.project.output_dir / file for name, file in MODEL_NAMES.items()}
@@ -44,7 +45,7 @@ def compare(run: "JobRun") -> dict[str, Any]:
     return {
         "images": n,
         "job": {"seconds": job_s, "images_per_s": round(n / job_s, 1), "batch_size": EVAL_BATCH_SIZE,
-                "threads": common.usable_cpus()},
+                "threads": usable_cpus()},
         "notebook": {"seconds": total_notebook_s, "images_per_s": round(n / total_notebook_s, 1),
                      "seconds_per_model": notebook_s, "batch_size": 1, "threads": "interpreter default"},
         "speedup": common.ratio(total_notebook_s, job_s),

@@ -9,7 +9,6 @@ so memory grows by a few bytes per image, whatever the image size.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,6 @@ LATENCY_WARMUP_RUNS = 3
 LATENCY_RUNS = 20
 
 
-def threads() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 class KerasPredictor:
     """A Keras model called through one traced graph (any batch size): eager calls would
     spend more time in Python than in the model's arithmetic."""
@@ -51,7 +45,7 @@ class TFLitePredictor:
     """A tf.lite.Interpreter resized to each batch; (de)quantizes integer inputs/outputs."""
 
     def __init__(self, path: Path):
-        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads())
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=images.usable_cpus())
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = None
@@ -163,5 +157,5 @@ def latency(predict: Callable[[np.ndarray], np.ndarray], example: np.ndarray,
         began = time.perf_counter()
         predict(example)
         samples.append(1000 * (time.perf_counter() - began))
-    return {"batch_size": 1, "threads": threads(), "warmup_runs": warmup, "runs": runs,
+    return {"batch_size": 1, "threads": images.usable_cpus(), "warmup_runs": warmup, "runs": runs,
             "median_ms": round(float(np.median(samples)), 3), "p90_ms": round(float(np.percentile(samples, 90)), 3)}

@@ -161,12 +161,18 @@ def load_batch(paths: Sequence[Path], size: int, spec: "Preprocessing",
     return Batch(pixels, kept, skipped)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count): the
+    number of decoding threads, and of TFLite's and the report's stated threads."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def iter_batches(paths: Sequence[Path], batch_size: int, size: int, spec: "Preprocessing",
                  skip_corrupt: bool = False) -> Iterator[tuple[int, Batch]]:
     """Yield (start index, batch) over ``paths``: at most two batches in memory, the next
     one decoded (on every core) while the caller works on the current one."""
     starts = range(0, len(paths), batch_size)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as decode, \
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as decode, \
             ThreadPoolExecutor(max_workers=1) as ahead:
         def submit(start: int):
             return ahead.submit(load_batch, paths[start:start + batch_size], size, spec, decode, skip_corrupt)

@@ -246,7 +246,7 @@ class _Job:
         return RunResult(results, manifest, published)
 
     def _model_facts(self) -> dict[str, dict[str, Any]]:
-        from . import evaluate, report
+        from . import evaluate, images, report
 
         output_dir = self.config.output_dir
         files = {"tflite": output_dir / MODEL_FILE, "tflite_quantized": output_dir / QUANTIZED_FILE}
@@ -255,7 +255,7 @@ class _Job:
             file = files.get(name)
             facts[name] = {"file": str(file) if file else None,
                            "bytes": self.staging.pending[file].stat().st_size if file else None,
-                           "batch_size": evaluate.EVAL_BATCH_SIZE, "threads": evaluate.threads(),
+                           "batch_size": evaluate.EVAL_BATCH_SIZE, "threads": images.usable_cpus(),
                            "latency": self.latencies.get(name)}
         return facts
 

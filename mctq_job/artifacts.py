@@ -21,6 +21,16 @@ from typing import Any, Iterable, Iterator
 
 from .errors import OutputLockedError
 
+#: The artifacts' file names: in output_dir, then in evaluate_result_dir.
+MODEL_FILE = "model.tflite"
+QUANTIZED_FILE = "model_quantized.tflite"
+MANIFEST_FILE = "manifest.json"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+OUTPUT_DIR_FILES = (MODEL_FILE, QUANTIZED_FILE, MANIFEST_FILE)
+RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)
+ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
+
 _live: set["Staging"] = set()
 _lock = threading.RLock()  # held while committing or aborting, so the two never interleave
 

@@ -7,14 +7,39 @@ Batches are decoded when MCT asks for them: the folder is never held in memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import images
 from .config import Config
 from .errors import InputDataError
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """The stage's value: which calibration images go into each batch."""
+
+    batches: list[np.ndarray]
+    images_available: int
+
+    @property
+    def distinct_images(self) -> int:
+        return len({int(i) for batch in self.batches for i in batch})
+
+    def summary(self) -> dict[str, Any]:
+        return {"distinct_images": self.distinct_images}
+
+    def facts(self) -> dict[str, Any]:
+        """results.json's ``calibration`` object."""
+        return {"batches": len(self.batches), "batch_size": len(self.batches[0]) if self.batches else 0,
+                "images_available": self.images_available, "distinct_images_drawn": self.distinct_images}
+
+
+def draw(n_images: int, config: Config) -> Drawn:
+    return Drawn(draw_batches(n_images, config.batch_size, config.iteration_count, config.seed), n_images)
 
 
 def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int) -> list[np.ndarray]:

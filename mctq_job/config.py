@@ -35,6 +35,14 @@ NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = 
 TPC_VERSIONS: dict[str, tuple[str, ...]] = {"imx500": ("1.0", "4.0", "5.0", "6.0"), "tflite": ("1.0",),
                                             "qnnpack": ("1.0",)}
 TARGET_PLATFORMS = tuple(TPC_VERSIONS)
+ALL_TPC_VERSIONS = tuple(sorted({v for versions in TPC_VERSIONS.values() for v in versions}))
+EXPORT_FORMATS = ("int8", "mct_int8", "fakely_quant")
+QUANTIZED_IO = ("float", "int8", "uint8")
+# The Literal types below are built from the tuples above, so each list of values has one source.
+TargetPlatform = Literal[TARGET_PLATFORMS]  # type: ignore[valid-type]
+TpcVersion = Literal[ALL_TPC_VERSIONS]  # type: ignore[valid-type]
+ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
+QuantizedIO = Literal[QUANTIZED_IO]  # type: ignore[valid-type]
 
 
 def _path_string(value: Any) -> Path:
@@ -127,6 +135,18 @@ class MixedPrecision(BaseModel):
                                              "(slow on a CPU).")
 
 
+class Imx500(BaseModel):
+    """Sony's IMX500 converter, run on MCT's Keras export: the package for the sensor."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    package: bool = Field(False, description="Run the converter and publish packerOut.zip, dnnParams.xml and its "
+                                             "memory report: true or false; default false.")
+    require_fit: bool = Field(False, description="With package: a model that does not fit the chip's memory "
+                                                 "fails the run (exit 9) after everything is written: true or "
+                                                 "false; default false.")
+
+
 class Config(BaseModel):
     """configuration.json. The first ten keys are the AITRIOS notebook's, all required."""
 
@@ -165,9 +185,9 @@ class Config(BaseModel):
     on_corrupt_image: Literal["fail", "skip"] = Field(
         "fail", description="Optional. What an image that cannot be decoded does: 'fail' (default) stops the "
                             "run naming the file; 'skip' leaves it out, logs it and lists it in results.json.")
-    target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
+    target_platform: TargetPlatform = Field(
         "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack.")
-    target_platform_version: Literal["1.0", "4.0", "5.0", "6.0"] = Field(
+    target_platform_version: TpcVersion = Field(
         "1.0", description="Optional. Version of the target platform capabilities: imx500 has 1.0 (default), "
                            "4.0, 5.0 and 6.0; tflite and qnnpack have 1.0.")
     quantization_method: Literal["ptq", "gptq"] = Field(
@@ -178,9 +198,19 @@ class Config(BaseModel):
     mixed_precision: MixedPrecision | None = Field(
         None, description="Optional, imx500 only: {\"weights_memory_ratio\": 0.75}: per-layer 2/4/8-bit weights "
                           "within that fraction of the 8-bit weights memory; null (default): 8 bits everywhere.")
-    export_format: Literal["int8", "fakely_quant"] = Field(
-        "int8", description="Optional. model_quantized.tflite as 'int8' (default; 8-bit integer kernels "
-                            "where MCT's exporter provides them) or 'fakely_quant' (float graph with quantize/dequantize pairs).")
+    export_format: ExportFormat = Field(
+        "int8", description="Optional. model_quantized.tflite as 'int8' (default: fully integer, every "
+                            "convolution and dense layer an int8 kernel with MCT's weights and ranges), "
+                            "'mct_int8' (MCT's own INT8 exporter: some layers stay float) or 'fakely_quant' "
+                            "(float graph with quantize/dequantize pairs).")
+    quantized_io: QuantizedIO = Field(
+        "float", description="Optional, with export_format 'int8'. Input and output type of "
+                             "model_quantized.tflite: 'float' (default), 'int8' or 'uint8' (for integer-only "
+                             "runtimes; scale and zero point in results.json).")
+    imx500: Imx500 | None = Field(
+        None, description="Optional, imx500 only: {\"package\": true, \"require_fit\": false}: run Sony's IMX500 "
+                          "converter on model_quantized.keras and publish its package (needs the converter: "
+                          "the mctq-job:imx500 image or make imx500-venv).")
     max_top1_drop: float | None = Field(
         None, ge=0, le=1, description="Optional. Accuracy gate: the largest allowed top-1 drop from the Keras "
                                       "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
@@ -195,6 +225,13 @@ class Config(BaseModel):
         if self.gptq is not None and self.quantization_method != "gptq":
             raise ValueError("key 'gptq' is given but quantization_method is 'ptq'; accepted: set "
                              "\"quantization_method\": \"gptq\" or remove 'gptq'")
+        if self.quantized_io != "float" and self.export_format != "int8":
+            raise ValueError(f"key 'quantized_io': {self.quantized_io!r} needs export_format 'int8', got "
+                             f"{self.export_format!r}; accepted: \"export_format\": \"int8\", or quantized_io "
+                             f"'float'")
+        if self.imx500 is not None and self.target_platform != "imx500":
+            raise ValueError(f"key 'imx500' needs target_platform 'imx500', got {self.target_platform!r}; "
+                             f"accepted: \"target_platform\": \"imx500\", or remove 'imx500'")
         if self.mixed_precision is not None and self.target_platform != "imx500":
             raise ValueError(f"key 'mixed_precision' needs target_platform 'imx500' (the only one with 2- and "
                              f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
@@ -211,7 +248,7 @@ class Config(BaseModel):
         return {"target_platform": self.target_platform, "target_platform_version": self.target_platform_version,
                 "method": self.quantization_method, "gptq": gptq.model_dump() if gptq else None,
                 "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
-                "export_format": self.export_format}
+                "export_format": self.export_format, "quantized_io": self.quantized_io}
 
     def to_document(self) -> dict[str, Any]:
         """The resolved configuration, every default filled in, as JSON-ready data."""
@@ -270,9 +307,11 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"configuration path is not a file: {path}; pass the path of a JSON file with --config",
                           file=str(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path} as UTF-8 text: {exc}", file=str(path)) from None
+        text = read_text(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", file=str(path)) from None
+    except UnicodeError as exc:
+        raise ConfigError(str(exc), file=str(path)) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
@@ -285,6 +324,26 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: expected a JSON object {{\"key\": value, ...}} at the top level, "
                           f"got {_json_kind(data)}", file=str(path))
     return data
+
+
+#: Byte-order marks of encodings an editor may have used instead of UTF-8.
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+               (b"\xfe\xff", "UTF-16"))
+
+
+def read_text(path: Path) -> str:
+    """A JSON file as editors save it: UTF-8 with or without a byte-order mark, LF or CRLF line
+    ends. Any other encoding is a UnicodeError whose message names the file and what to do."""
+    data = path.read_bytes()
+    for bom, name in _OTHER_BOMS:
+        if data.startswith(bom):
+            raise UnicodeError(f"{path} is encoded as {name}; expected UTF-8 (with or without a byte-order "
+                               f"mark): save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnicodeError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                           f"expected UTF-8 (with or without a byte-order mark): save it as UTF-8") from None
 
 
 class _DuplicateKey(ValueError):
@@ -334,7 +393,7 @@ def _field_for(loc: tuple) -> Any:
     return field
 
 
-NESTED_MODELS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "gptq": Gptq,
+NESTED_MODELS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "gptq": Gptq, "imx500": Imx500,
                                              "mixed_precision": MixedPrecision}
 
 

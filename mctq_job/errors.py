@@ -7,7 +7,11 @@ Stages raise these; only the CLI turns them into a process exit. Each class carr
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 from dataclasses import dataclass
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -53,18 +57,71 @@ class InputDataError(MctqError):
     kind = "invalid_input"
 
 
-class StageError(MctqError):
-    """TensorFlow or MCT failed inside a stage; the original exception is kept."""
+class ToolkitError(MctqError):
+    """TensorFlow, MCT or another external tool failed; the original exception is kept.
+
+    Raised only by :func:`calling`, which wraps each call into such a tool: an exception
+    that escapes the job's own code is a bug (exit 1), not a toolkit failure."""
 
     exit_code = 5
     kind = "toolkit_failure"
 
-    def __init__(self, stage: str, original: BaseException):
-        detail = str(original).strip().splitlines()[0] if str(original).strip() else ""
-        message = f"{stage} failed in {type(original).__module__}.{type(original).__name__}"
-        message += f": {detail}" if detail else ""
-        super().__init__(message, stage=stage)
-        self.stage = stage
+    def __init__(self, tool: str, original: BaseException, detail: str | None = None):
+        text = detail if detail is not None else _first_line(original)
+        message = f"{tool} failed ({type(original).__module__}.{type(original).__name__})"
+        message += f": {text}" if text else ""
+        super().__init__(message, tool=tool)
+        self.tool = tool
+        self.original = original
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+#: OSError numbers that mean "this output location cannot take the file", wherever raised.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+#: Where a traceback frame's file lies in the job's own package, the exception is the job's.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def raised_by_the_job(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc``'s traceback is the job's own code (a callback
+    of ours that a library called, such as the calibration data generator)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+@contextlib.contextmanager
+def calling(tool: str) -> Iterator[None]:
+    """Wrap a call into ``tool`` (TensorFlow, MCT, the IMX500 converter): what fails inside it
+    becomes a :class:`ToolkitError` naming the tool, unless the failure is the job's own
+    (an :class:`MctqError`, or any exception raised in the job's code, which stays a bug)."""
+    try:
+        yield
+    except MctqError:
+        raise
+    except Exception as exc:
+        if raised_by_the_job(exc) or (isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS):
+            raise  # a bug of ours, or a full or read-only disk (the caller names the folder)
+        raise ToolkitError(tool, exc) from exc
+
+
+class InternalError(MctqError):
+    """A bug in mctq-job itself: an exception raised by the job's own code. The error event
+    carries the traceback."""
+
+    exit_code = 1
+    kind = "internal_error"
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"internal error: {type(original).__name__}: {_first_line(original) or '(no message)'}; "
+                         f"this is a bug in mctq-job, please report it with this event")
         self.original = original
 
 
@@ -105,11 +162,11 @@ class Interrupted(MctqError):
 
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "success", "The job finished; every artifact is written.", False),
-    ExitCode(1, "internal_error", "A bug in mctq-job itself; the error event has the traceback.", False),
+    ExitCode(InternalError.exit_code, InternalError.kind, "A bug in mctq-job itself; the error event has the traceback.", False),
     ExitCode(2, "usage_error", "Unknown command or option on the command line.", True),
     ExitCode(ConfigError.exit_code, ConfigError.kind, "configuration.json is missing, malformed, or a value is not accepted.", True),
     ExitCode(InputDataError.exit_code, InputDataError.kind, "The model, an image, the label file or a data folder cannot be used.", True),
-    ExitCode(StageError.exit_code, StageError.kind, "TensorFlow or MCT failed inside a stage (named in the error event).", False),
+    ExitCode(ToolkitError.exit_code, ToolkitError.kind, "TensorFlow, MCT or the IMX500 converter failed (the error event names the tool and the stage).", False),
     ExitCode(OutputError.exit_code, OutputError.kind, "An output folder cannot be created or written (permissions, read-only, full).", False),
     ExitCode(OutputLockedError.exit_code, OutputLockedError.kind, "Another run is writing to the same output folder; this one wrote nothing.", False),
     ExitCode(AccuracyGateError.exit_code, AccuracyGateError.kind, "The top-1 drop exceeded `max_top1_drop`; models, results and report are written all the same.", True),

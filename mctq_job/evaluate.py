@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from . import images
 from .config import Config
-from .errors import InputDataError
+from .errors import InputDataError, calling
 from .inputs import Sample
 
 EVAL_BATCH_SIZE = 64
@@ -60,6 +60,15 @@ class TFLitePredictor:
         return _dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
 
+def predictors(keras_models: dict[str, Any], tflite_files: dict[str, Path]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """One predictor per evaluated model, Keras models first, in the order given."""
+    with calling("TensorFlow"):
+        found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+            name: KerasPredictor(model) for name, model in keras_models.items()}
+        found.update({name: TFLitePredictor(path) for name, path in tflite_files.items()})
+    return found
+
+
 def _quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
     dtype = detail["dtype"]
     if dtype == np.float32:
@@ -89,17 +98,25 @@ class ModelScore:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """The stage's value: every model's predictions and latency on the same pixels."""
+
     image_count: int                      # images evaluated (skipped ones excluded)
     labels: np.ndarray                    # their labels, in evaluation order
     scores: dict[str, ModelScore]
     skipped: list[tuple[Path, str]]       # undecodable images left out (on_corrupt_image: skip)
-    example: np.ndarray                   # one preprocessed image (batch of 1), for latency
+    latencies: dict[str, dict[str, Any]]  # per model: single-image latency (see latency())
+    batch_size: int = EVAL_BATCH_SIZE
+    threads: int = field(default_factory=images.usable_cpus)
 
     def accuracy(self, name: str) -> float:
         return self.scores[name].correct / self.image_count
 
     def top5_accuracy(self, name: str) -> float:
         return self.scores[name].correct_top5 / self.image_count
+
+    def summary(self) -> dict[str, Any]:
+        accuracies = {f"top_1_accuracy_{name}": round(self.accuracy(name), 4) for name in self.scores}
+        return {**accuracies, "latency_median_ms": {name: facts["median_ms"] for name, facts in self.latencies.items()}}
 
 
 def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples: Sequence[Sample],
@@ -122,17 +139,20 @@ def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples:
             _score_batch(predictors, scores, batch.pixels, truth)
         on_images(len(batch.kept) + len(batch.skipped))
     labels = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
-    if not len(labels):
+    if example is None:
         raise InputDataError(f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
                              f"decoded; expected readable JPEG, PNG or BMP files")
-    return Evaluation(len(labels), labels, scores, skipped, example)
+    with calling("TensorFlow"):
+        latencies = {name: latency(predict, example) for name, predict in predictors.items()}
+    return Evaluation(len(labels), labels, scores, skipped, latencies)
 
 
 def _score_batch(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], scores: dict[str, ModelScore],
                  pixels: np.ndarray, truth: np.ndarray) -> None:
     for name, predict in predictors.items():
         began = time.perf_counter()
-        outputs = predict(pixels)
+        with calling("TensorFlow"):
+            outputs = predict(pixels)
         score = scores[name]
         score.seconds += time.perf_counter() - began
         predicted = np.argmax(outputs, axis=-1).astype(np.int32)

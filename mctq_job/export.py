@@ -1,32 +1,89 @@
-"""Stage ``export``: the two TFLite files.
+"""Stage ``export``: the two TFLite files, staged for publication.
 
-``model_quantized.tflite`` comes from MCT's exporter, as configured by ``export_format``:
-``int8`` (8-bit integer kernels where MCT's exporter provides them, float input and output) or ``fakely_quant``
-(a float graph with quantize/dequantize pairs, for checking the quantization itself);
-``model.tflite`` from TensorFlow's own converter (float). Both are written to temporary
-paths given by the caller and published later, all together.
+``model_quantized.tflite`` is made from MCT's quantized Keras model as ``export_format`` says:
+``int8`` (the default: a fully integer model, see :mod:`mctq_job.tflite_int8`),
+``mct_int8`` (MCT's own INT8 exporter) or ``fakely_quant`` (a float graph with
+quantize/dequantize pairs, for checking the quantization itself). ``model.tflite`` comes
+from TensorFlow's own converter (float). Both go to temporary paths of the run's staging
+area and are published later, all together.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import model_compression_toolkit as mct
 import tensorflow as tf
 from model_compression_toolkit.exporter import KerasExportSerializationFormat, QuantizationFormat
 
-EXPORT_FORMATS = {"int8": QuantizationFormat.INT8, "fakely_quant": QuantizationFormat.FAKELY_QUANT}
+from .artifacts import MODEL_FILE, QUANTIZED_FILE, Staging
+from .errors import ToolkitError, calling
+
+#: MCT exporter formats, by export_format value.
+MCT_FORMATS = {"mct_int8": QuantizationFormat.INT8, "fakely_quant": QuantizationFormat.FAKELY_QUANT}
 
 
-def export_quantized(quantized_model: Any, destination: Path, export_format: str = "int8") -> None:
-    mct.exporter.keras_export_model(
-        model=quantized_model, save_model_path=str(destination),
-        serialization_format=KerasExportSerializationFormat.TFLITE,
-        quantization_format=EXPORT_FORMATS[export_format])
-    if not destination.is_file() or destination.stat().st_size == 0:
-        raise RuntimeError(f"MCT's exporter wrote no file at {destination}")
+@dataclass(frozen=True)
+class TFLiteFile:
+    """One exported TFLite model: where it will be published, where it is staged, its facts."""
+
+    final: Path
+    staged: Path
+    size: int
+    census: dict[str, Any]
+    io: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The stage's value: the float and the quantized TFLite model, by results.json name."""
+
+    models: dict[str, TFLiteFile]
+
+    def summary(self) -> dict[str, Any]:
+        return {f"{name}_bytes": model.size for name, model in self.models.items()}
+
+
+def export(model: Any, quantized_model: Any, output_dir: Path, staging: Staging, export_format: str,
+           quantized_io: str = "float", write: Callable[[Path, bytes], Path] | None = None) -> Exported:
+    """Stage both files in ``staging`` (``write`` stages bytes, mapping disk errors)."""
+    write = write or staging.write_bytes
+    quantized_final = output_dir / QUANTIZED_FILE
+    quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format,
+                                       quantized_io)
+    quantized_temp = write(quantized_final, quantized_bytes)
+    float_final = output_dir / MODEL_FILE
+    float_temp = write(float_final, convert_float(model))
+    return Exported({"tflite": _described(float_final, float_temp),
+                     "tflite_quantized": _described(quantized_final, quantized_temp)})
+
+
+def _described(final: Path, staged: Path) -> TFLiteFile:
+    from .tflite_int8 import census, io_quantization
+
+    data = staged.read_bytes()
+    return TFLiteFile(final, staged, len(data), census(data), io_quantization(data))
+
+
+def quantized_tflite(quantized_model: Any, scratch: Path, export_format: str, quantized_io: str) -> bytes:
+    """model_quantized.tflite's bytes. MCT's exporter writes a file: ``scratch`` is its place."""
+    if export_format == "int8":
+        from .tflite_int8 import full_integer
+
+        with calling("TensorFlow Lite converter"):
+            return full_integer(quantized_model, quantized_io)
+    with calling("MCT exporter"):
+        mct.exporter.keras_export_model(model=quantized_model, save_model_path=str(scratch),
+                                        serialization_format=KerasExportSerializationFormat.TFLITE,
+                                        quantization_format=MCT_FORMATS[export_format])
+    if not scratch.is_file() or scratch.stat().st_size == 0:
+        raise ToolkitError("MCT exporter", FileNotFoundError(scratch), f"it wrote no file at {scratch}")
+    return scratch.read_bytes()
 
 
 def convert_float(model: Any) -> bytes:
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with calling("TensorFlow Lite converter"):
+        data: bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return data

@@ -1,6 +1,6 @@
 """Finding images on disk, decoding them to RGB, and the one preprocessing every model sees.
 
-Discovery never follows symbolic links (the spec refuses them) and matches extensions
+Discovery never follows symbolic links (the AITRIOS notebook refused them, and so does the job) and matches extensions
 case-insensitively. Decoding and preprocessing use PIL and numpy only, so ``validate``
 stays free of TensorFlow.
 """

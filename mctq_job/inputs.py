@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import images
-from .config import Config
+from .config import PATH_KEYS, Config, read_text
 from .errors import ConfigError, InputDataError, MctqError, OutputError
 
 KERAS_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -73,8 +73,7 @@ def check(config: Config, config_file: Path) -> Inputs:
     raise one error listing every problem, or return the discovered inputs."""
     base_dir = config_file.parent
     problems = _Problems()
-    for key in ("source_keras_model", "dataset_image_dir", "evaluate_image_dir", "evaluate_label_file",
-                "output_dir", "evaluate_result_dir"):
+    for key in PATH_KEYS:
         _check_links(key, getattr(config, key), base_dir, problems)
     if problems.config:
         problems.raise_any()
@@ -115,7 +114,7 @@ def _unreadable_images(config: Config, calibration: list[Path], samples: list[Sa
 
 
 def _check_links(key: str, path: Path, base_dir: Path, problems: _Problems) -> None:
-    """The spec refuses symbolic links: the path itself and every folder named in the key."""
+    """Symbolic links are refused, as the AITRIOS notebook did: the path itself and every folder named in the key."""
     try:
         written = path.relative_to(base_dir)
         start = base_dir
@@ -190,8 +189,11 @@ def _labels(path: Path, problems: _Problems) -> dict[str, int] | None:
         problems.config.append(f"key '{key}': {path} is a folder; expected a file holding {accepted}")
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text(path))
+    except UnicodeError as exc:
+        problems.data.append(f"label file {exc}")
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
         problems.data.append(f"label file {path} is not readable JSON ({exc}); expected {accepted}")
         return None
     return _label_map(path, data, accepted, problems)
@@ -275,62 +277,3 @@ def _check_writable(key: str, path: Path, problems: _Problems) -> None:
         verb = "written" if existing == path else f"created (in {existing})"
         problems.output.append(f"key '{key}': folder {path} cannot be {verb}: permission denied or read-only; "
                                f"expected a writable folder")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    input_shape: tuple
-    output_width: int
-    parameters: int
-
-
-def load_model(inputs: Inputs):
-    """Load the Keras model (TensorFlow imported here, not before) and check it against the
-    configuration: square RGB input of ``input_tensor_size``, one output wide enough for
-    every label id. Returns (model, ModelInfo)."""
-    import tensorflow as tf
-
-    path = inputs.config.source_keras_model
-    try:
-        model = tf.keras.models.load_model(str(path), compile=False)
-    except Exception as exc:  # TF raises many types for "not a Keras model"
-        raise InputDataError(f"key 'source_keras_model': cannot load a Keras model from {path}: "
-                             f"{type(exc).__name__}: {_first_line(exc)}; expected a SavedModel folder written by "
-                             f"Keras (model.save) or a .h5 / .keras file", file=str(path)) from exc
-    if not isinstance(model, tf.keras.Model):
-        raise InputDataError(f"key 'source_keras_model': {path} is a TensorFlow SavedModel but not a Keras model; "
-                             f"expected one written by Keras (model.save)", file=str(path))
-    info = _model_contract(model, inputs)
-    return model, info
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
-
-
-def _model_contract(model, inputs: Inputs) -> ModelInfo:
-    config = inputs.config
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise InputDataError(f"key 'source_keras_model': the model has {len(model.inputs)} inputs and "
-                             f"{len(model.outputs)} outputs; expected an image classifier with one of each")
-    in_shape = tuple(model.inputs[0].shape)
-    out_shape = tuple(model.outputs[0].shape)
-    if len(in_shape) != 4 or in_shape[3] not in (3, None):
-        raise InputDataError(f"key 'source_keras_model': model input shape {in_shape} is not (batch, height, "
-                             f"width, 3); expected a model taking RGB images")
-    size = config.input_tensor_size
-    if any(dim is not None and dim != size for dim in in_shape[1:3]):
-        raise ConfigError(f"key 'input_tensor_size': {size} does not match the model's input "
-                          f"{in_shape[1]}x{in_shape[2]}; accepted: {in_shape[1] or in_shape[2]}", key="input_tensor_size")
-    if len(out_shape) != 2 or out_shape[1] is None:
-        raise InputDataError(f"key 'source_keras_model': model output shape {out_shape} is not (batch, classes); "
-                             f"expected a classifier with one score per class")
-    width = int(out_shape[1])
-    too_big = sorted((label, name) for name, label in inputs.labels.items() if label >= width)
-    if too_big:
-        label, name = too_big[0]
-        raise InputDataError(f"label file {config.evaluate_label_file}: id {label} of {name!r} is beyond the "
-                             f"model's {width} outputs; accepted ids: 0 to {width - 1}",
-                             file=str(config.evaluate_label_file))
-    return ModelInfo(in_shape, width, int(model.count_params()))

@@ -1,6 +1,6 @@
 """Progress events and the heartbeat that keeps the stream alive inside long library calls.
 
-The spec asks for a visible update at least every 5 s. Progress events come from loops the
+A person or a log collector must see an update at least every 5 s. Progress events come from loops the
 job owns (calibration batches, evaluated images); the heartbeat covers calls it cannot look
 into (MCT's quantization, TensorFlow's converter) by emitting an event whenever the stream
 has been quiet for ``interval`` seconds.
@@ -12,7 +12,8 @@ import threading
 import time
 from typing import Any
 
-from .events import Event, state
+from .events import Event
+from .logs import Logger, state
 
 HEARTBEAT_INTERVAL_S = 2.0
 PROGRESS_INTERVAL_S = 1.0
@@ -22,7 +23,7 @@ class Progress:
     """Counts work done in one stage; in JSON mode emits rate-limited ``progress`` events,
     in console mode draws a tqdm bar on stderr."""
 
-    def __init__(self, log: Any, stage: str, total: int, unit: str, task: str):
+    def __init__(self, log: Logger, stage: str, total: int, unit: str, task: str):
         self.log, self.stage, self.total, self.unit, self.task = log, stage, total, unit, task
         self.current = 0
         self.started = time.monotonic()
@@ -73,7 +74,7 @@ class Heartbeat:
     """A daemon thread that logs ``heartbeat`` for the current stage whenever no line
     has been written for ``interval`` seconds."""
 
-    def __init__(self, log: Any, interval: float = HEARTBEAT_INTERVAL_S):
+    def __init__(self, log: Logger, interval: float = HEARTBEAT_INTERVAL_S):
         self.log, self.interval = log, interval
         self.stage: str | None = None
         self.stage_started = time.monotonic()

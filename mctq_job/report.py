@@ -8,12 +8,19 @@ models' predictions, sizes, latency, MCT's resource utilization and the accuracy
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlow
+    from .calibrate import Drawn
+    from .config import Config
     from .evaluate import Evaluation
+    from .export import Exported
+    from .inputs import Inputs
+    from .model import ModelInfo
+    from .quantize import Quantized
 
 RESULTS_VERSION = 2
 MANIFEST_VERSION = 1
@@ -36,38 +43,65 @@ AGREEMENT_PAIRS = (("keras", "keras_quantized"), ("tflite", "tflite_quantized"),
 GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
 
 
-def results(evaluation: Evaluation, classes: dict[str, int], models: dict[str, dict[str, Any]],
-            extra: dict[str, Any]) -> dict[str, Any]:
-    """results.json. ``models`` gives per model its ``file``, ``bytes`` and ``latency``;
-    ``extra`` is copied as is (quantization settings, calibration, sizes, ...)."""
+@dataclass(frozen=True)
+class RunValues:
+    """What the stages returned: the report is built from these values alone."""
+
+    config: Config
+    inputs: Inputs
+    model: ModelInfo
+    drawn: Drawn
+    quantized: Quantized
+    exported: Exported
+    evaluation: Evaluation
+
+
+def results(values: RunValues) -> dict[str, Any]:
+    """results.json: the notebook's four keys first, then everything else the stages found."""
+    config, evaluation, classes = values.config, values.evaluation, values.inputs.labels
+    tflite = values.exported.models
     doc: dict[str, Any] = {f"top_1_accuracy_{name}": evaluation.accuracy(name) for name in MODELS}
     doc["results_version"] = RESULTS_VERSION
     doc["image_count"] = evaluation.image_count
     doc["class_count"] = int(len(set(evaluation.labels.tolist())))
     doc["classes"] = dict(sorted(classes.items(), key=lambda item: item[1]))
-    doc.update(extra)
-    doc["models"] = {name: _model_details(evaluation, name, classes, models.get(name, {})) for name in MODELS}
+    doc["target_platform"] = config.target_platform
+    doc["seed"] = config.seed
+    doc["quantization"] = config.quantization_settings()
+    doc["calibration"] = values.drawn.facts()
+    skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
+    doc["skipped_images"] = [{"path": str(path), "reason": reason} for path, reason in skipped]
+    doc["sizes"] = sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size)
+    doc["resource_utilization"] = values.quantized.resource_utilization
+    doc["gate"] = gate({name: evaluation.accuracy(name) for name in MODELS}, config.max_top1_drop)
+    doc["models"] = {name: _model_details(values, name) for name in MODELS}
     doc["agreement"] = agreement(evaluation)
     doc["volatile_fields"] = list(VOLATILE_RESULT_FIELDS)
     return doc
 
 
-def _model_details(evaluation: Evaluation, name: str, classes: dict[str, int], facts: dict[str, Any]) -> dict:
+def _model_details(values: RunValues, name: str) -> dict[str, Any]:
+    evaluation, classes = values.evaluation, values.inputs.labels
+    exported = values.exported.models.get(name)
     score = evaluation.scores[name]
     predicted = score.predicted()
-    return {
+    details: dict[str, Any] = {
         "description": MODELS[name],
-        "file": facts.get("file"),
-        "bytes": facts.get("bytes"),
+        "file": str(exported.final) if exported else None,
+        "bytes": exported.size if exported else None,
         "correct": score.correct,
         "top_1_accuracy": evaluation.accuracy(name),
         "top_5_accuracy": evaluation.top5_accuracy(name),
         "per_class": per_class(evaluation.labels, predicted, classes),
         "confusion": confusion(evaluation.labels, predicted),
-        "inference": {"batch_size": facts.get("batch_size"), "threads": facts.get("threads"),
+        "inference": {"batch_size": evaluation.batch_size, "threads": evaluation.threads,
                       "ms_per_image": round(1000 * score.seconds / evaluation.image_count, 3)},
-        "latency": facts.get("latency"),
+        "latency": evaluation.latencies.get(name),
     }
+    if exported:
+        details["census"] = exported.census
+        details["io"] = exported.io
+    return details
 
 
 def per_class(labels: np.ndarray, predicted: np.ndarray, classes: dict[str, int]) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@
 #   make base-image      rebuild the local base unconditionally (image-offline reuses a current one)
 #   make docker-demo     the example project (make demo's) run through the image, hardened
 #   make image-inputs-digest   print the digest of the image's inputs (the tests look images up by it)
+#   make docker-hardened-flags print the hardened `docker run` flags (the tests use them)
 #
 # Variables: IMAGE (tag, default mctq-job:latest), BASE_IMAGE, OFFLINE_BASE, EXTRA_CA_BUNDLE,
 # DOCKER_BUILD_ARGS (extra `docker build` flags, e.g. --build-arg PIP_INDEX_URL=...), DOCKER.
@@ -48,7 +49,7 @@ define build_image
 	@$(DOCKER) image ls --format 'built {{.Repository}}:{{.Tag}} ({{.ID}}, {{.Size}})' $(IMAGE)
 endef
 
-.PHONY: image image-offline base-image base-image-if-stale docker-demo image-inputs-digest
+.PHONY: image image-offline base-image base-image-if-stale docker-demo image-inputs-digest docker-hardened-flags
 
 image:
 	$(call build_image,$(BASE_IMAGE))
@@ -64,6 +65,10 @@ base-image:
 
 image-inputs-digest:
 	@echo $(image_inputs_digest)
+
+# The one definition of the hardened flags: tests and docs read or are checked against it.
+docker-hardened-flags:
+	@echo $(DOCKER_HARDENED)
 
 docker-demo: venv
 	@test -f $(DEMO)/configuration.json || $(BIN)/python examples/digits.py $(DEMO)

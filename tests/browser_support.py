@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import pytest
+
+import needs
 
 from mctq_job.report_html import PLOT_HEADINGS, TITLE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-REQUIRE_ENV = "MCTQ_REQUIRE_BROWSER"
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--no-first-run", "--disable-quic")
@@ -31,12 +32,8 @@ HEADINGS_SCRIPT = "return Array.from(document.querySelectorAll('h1, h2')).map(h 
 RESOURCES_SCRIPT = "return performance.getEntriesByType('resource').map(r => r.name);"
 
 
-def unavailable(reason: str) -> None:
-    """Skip: no browser here. Under MCTQ_REQUIRE_BROWSER=1 (CI) that is a failure instead."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1, yet the browser tests cannot run: {reason}", pytrace=False)
-    pytest.skip(f"{reason} (scripts/install-browser.sh installs it, as root; "
-                f"set {REQUIRE_ENV}=1 to make this a failure)")
+def unavailable(reason: str) -> NoReturn:
+    needs.unavailable("browser", reason, "scripts/install-browser.sh installs Chromium and ChromeDriver (as root)")
 
 
 def chrome(user_data_dir: str) -> Any:

@@ -11,23 +11,48 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import pytest
 
+import needs
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_LABEL = "io.mctq-job.inputs-digest"
-REQUIRE_ENV = "MCTQ_REQUIRE_DOCKER"
-# `docker run` flags of the hardened line in the README (Container) and mk/container.mk, as SDK arguments.
-HARDENED = {"network_mode": "none", "read_only": True, "tmpfs": {"/tmp": ""}, "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"]}
 
 
-def unavailable(reason: str) -> None:
-    """Skip: no Docker here. Under MCTQ_REQUIRE_DOCKER=1 (CI) that is a failure instead."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1, yet the container tests cannot run: {reason}", pytrace=False)
-    pytest.skip(f"{reason} (set {REQUIRE_ENV}=1 to make this a failure; scripts/start-docker.sh starts an engine)")
+def hardened_flags() -> list[str]:
+    """The hardened `docker run` flags, from their one definition (mk/container.mk)."""
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "docker-hardened-flags"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    return proc.stdout.split()
+
+
+def sdk_options(flags: list[str]) -> dict[str, Any]:
+    """`docker run` flags as docker SDK arguments (only the flags the hardened line uses)."""
+    options: dict[str, Any] = {}
+    pairs = iter(flags)
+    for flag in pairs:
+        if flag == "--read-only":
+            options["read_only"] = True
+        elif flag == "--network":
+            options["network_mode"] = next(pairs)
+        elif flag == "--tmpfs":
+            options.setdefault("tmpfs", {})[next(pairs)] = ""
+        elif flag == "--cap-drop":
+            options.setdefault("cap_drop", []).append(next(pairs))
+        elif flag == "--security-opt":
+            options.setdefault("security_opt", []).append(next(pairs))
+        else:
+            raise ValueError(f"sdk_options does not know the docker run flag {flag}")
+    return options
+
+
+HARDENED = sdk_options(hardened_flags())
+
+
+def unavailable(reason: str) -> NoReturn:
+    needs.unavailable("docker", reason, "scripts/start-docker.sh installs and starts an engine (as root)")
 
 
 def docker_client() -> Any:

@@ -1,24 +1,50 @@
-"""The command line without TensorFlow: validate, schema, version, bad configs, exit codes."""
+"""The command line without TensorFlow: validate, schema, version, bad configs, exit codes.
+
+``validate``, ``schema`` and ``version`` run in-process through click's CliRunner; ``run``
+owns the process (signals, exit), so it runs in a subprocess."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
+
+import pytest
+import structlog
+from click.testing import CliRunner, Result
 
 from conftest import ENTRYPOINT, read_config, run_cli, write_config
 from mctq_job import config as config_mod
+from mctq_job.cli import main
 from mctq_job.errors import ConfigError, EXIT_CODES, InputDataError
 from mctq_job.events import Event
 
 
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """Each in-process command configures logging anew; no test sees another's."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def events_of(result: Result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
 def test_validate_accepts_a_good_project_and_summarises_it(tiny_project):
-    result = run_cli("validate", cwd=tiny_project)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (valid,) = result.named("config.valid")
+    """A good project: exit 0 and one config.valid event with the counts."""
+    result = invoke("validate", "--config", str(tiny_project / "configuration.json"))
+    assert result.exit_code == 0, result.output
+    (valid,) = [e for e in events_of(result) if e["event"] == Event.CONFIG_VALID.value]
     assert valid["calibration_images"] == 4 and valid["evaluation_images"] == 4 and valid["classes"] == 2
-    assert result.stderr == ""
 
 
 def test_validate_never_imports_tensorflow_or_mct(tiny_project):
@@ -53,22 +79,54 @@ def test_run_is_the_default_command(tiny_project):
 
 
 def test_config_from_environment_variable(tiny_project):
-    result = run_cli("validate", cwd=tiny_project.parent,
-                     env={"MCTQ_CONFIG": str(tiny_project / "configuration.json")})
-    assert result.returncode == 0
+    """MCTQ_CONFIG names the configuration when --config does not."""
+    result = CliRunner().invoke(main, ["validate"], env={"MCTQ_CONFIG": str(tiny_project / "configuration.json")})
+    assert result.exit_code == 0, result.output
 
 
 def test_missing_config_file(tmp_path):
-    result = run_cli("validate", cwd=tmp_path)
-    assert result.returncode == ConfigError.exit_code
-    assert "configuration file not found" in result.events[-1]["message"]
+    """No configuration file: exit 3, and the message says how to name one."""
+    result = invoke("validate", "--config", str(tmp_path / "configuration.json"))
+    assert result.exit_code == ConfigError.exit_code
+    assert "configuration file not found" in events_of(result)[-1]["message"]
 
 
 def test_input_data_problem_exits_with_the_data_code(tiny_project):
+    """A class folder without a label is bad input data: exit 4, naming the folder."""
     (tiny_project / "data" / "labels.json").write_text('{"cat": 0}')
-    result = run_cli("validate", cwd=tiny_project)
-    assert result.returncode == InputDataError.exit_code
-    assert "class folder 'dog'" in result.events[-1]["message"]
+    result = invoke("validate", "--config", str(tiny_project / "configuration.json"))
+    assert result.exit_code == InputDataError.exit_code
+    assert "class folder 'dog'" in events_of(result)[-1]["message"]
+
+
+@pytest.mark.parametrize("encoding,newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"),
+                                              ("utf-8", "\r\n")])
+def test_files_saved_by_common_editors_are_accepted(tiny_project, encoding, newline):
+    """configuration.json and the label file in UTF-8 with or without a byte-order mark, LF or CRLF."""
+    for path in (tiny_project / "configuration.json", tiny_project / "data" / "labels.json"):
+        text = json.dumps(json.loads(path.read_text()), indent=2)
+        path.write_bytes(text.replace("\n", newline).encode(encoding))
+    result = invoke("validate", "--config", str(tiny_project / "configuration.json"))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("which,expected_code", [("configuration.json", ConfigError.exit_code),
+                                                  ("data/labels.json", InputDataError.exit_code)])
+@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("latin-1", "not UTF-8")])
+def test_other_encodings_get_one_error_naming_the_file_and_utf8(tiny_project, which, expected_code, encoding, named):
+    """UTF-16 (with its byte-order mark) or Latin-1 bytes: one error naming the file and UTF-8."""
+    path = tiny_project / which
+    document = json.loads(path.read_text())
+    if which.endswith("labels.json"):
+        document = {"cat": 0, "dog": 1, "caf\u00e9": 2}
+    else:
+        document["evaluate_image_extension"] = "jpg"
+        document["comment\u00e9"] = None  # a non-ASCII byte, so Latin-1 is not valid UTF-8
+    path.write_bytes(json.dumps(document, ensure_ascii=False).encode(encoding))
+    result = invoke("validate", "--config", str(tiny_project / "configuration.json"))
+    assert result.exit_code == expected_code
+    message = events_of(result)[-1]["message"]
+    assert str(path) in message and named in message and "expected UTF-8" in message
 
 
 def test_termination_message_is_written_where_the_file_exists(tiny_project):
@@ -88,22 +146,25 @@ def test_unknown_option_is_a_usage_error():
 
 
 def test_schema_prints_the_configuration_schema():
-    proc = subprocess.run([sys.executable, str(ENTRYPOINT), "schema"], capture_output=True, text=True)
-    assert proc.returncode == 0
-    assert json.loads(proc.stdout) == json.loads(json.dumps(config_mod.json_schema()))
+    """schema prints the JSON Schema that validation uses."""
+    result = invoke("schema")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == json.loads(json.dumps(config_mod.json_schema()))
 
 
 def test_version_reports_the_installed_stack():
-    proc = subprocess.run([sys.executable, str(ENTRYPOINT), "version"], capture_output=True, text=True)
-    versions = json.loads(proc.stdout)
+    """version names the pinned TensorFlow and MCT actually installed."""
+    result = invoke("version")
+    versions = json.loads(result.stdout)
     assert versions["tensorflow"] == metadata.version("tensorflow-cpu") == "2.15.1"
     assert versions["model_compression_toolkit"] == metadata.version("model-compression-toolkit") == "2.6.1"
     assert versions["python"].startswith("3.11.")
 
 
 def test_console_format_is_for_people(tiny_project):
-    result = run_cli("validate", "--log-format", "console", cwd=tiny_project)
-    assert result.returncode == 0
+    """--log-format console: readable lines, not JSON."""
+    result = invoke("validate", "--log-format", "console", "--config", str(tiny_project / "configuration.json"))
+    assert result.exit_code == 0
     assert "config.valid" in result.stdout and not result.stdout.lstrip().startswith("{")
 
 

@@ -170,7 +170,8 @@ def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp
     cfg = config_mod.load(write(tmp_path, AITRIOS))
     assert cfg.quantization_settings() == {"target_platform": "imx500", "target_platform_version": "1.0",
                                            "method": "ptq", "gptq": None, "mixed_precision": None,
-                                           "export_format": "int8"}
+                                           "export_format": "int8", "quantized_io": "float"}
+    assert cfg.imx500 is None
     assert cfg.max_top1_drop is None and cfg.gptq_options() is None
 
 
@@ -188,7 +189,7 @@ def test_every_quantization_option_together_loads(tmp_path):
         "target_platform": "imx500", "target_platform_version": "6.0", "method": "gptq",
         "gptq": {"epochs": 2, "hessian": True},
         "mixed_precision": {"weights_memory_ratio": 0.5, "images": 32, "hessian": False},
-        "export_format": "fakely_quant"}
+        "export_format": "fakely_quant", "quantized_io": "float"}
     assert cfg.max_top1_drop == 0.03
 
 
@@ -204,7 +205,13 @@ def test_every_quantization_option_together_loads(tmp_path):
     ({"mixed_precision": {"weights_memory_ratio": 0}}, "key 'mixed_precision.weights_memory_ratio'"),
     ({"mixed_precision": {}}, "required key 'mixed_precision.weights_memory_ratio' is missing"),
     ({"mixed_precision": 0.5}, "key 'mixed_precision'"),
-    ({"export_format": "fp16"}, "'int8' or 'fakely_quant'"),
+    ({"export_format": "fp16"}, "'int8', 'mct_int8' or 'fakely_quant'"),
+    ({"quantized_io": "int16"}, "key 'quantized_io'"),
+    ({"quantized_io": "int16"}, "'float', 'int8' or 'uint8'"),
+    ({"export_format": "mct_int8", "quantized_io": "int8"}, "key 'quantized_io': 'int8' needs export_format 'int8'"),
+    ({"target_platform": "tflite", "imx500": {"package": True}}, "key 'imx500' needs target_platform 'imx500'"),
+    ({"imx500": {"package": "yes"}}, "key 'imx500.package'"),
+    ({"imx500": {"fit": True}}, "unknown key 'imx500.fit'"),
     ({"max_top1_drop": 1.5}, "key 'max_top1_drop'"),
     ({"max_top1_drop": -0.01}, "key 'max_top1_drop'"),
     ({"max_top1_drop": "2%"}, "key 'max_top1_drop'"),
@@ -217,5 +224,6 @@ def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, ex
 def test_the_readme_key_table_lists_the_nested_option_keys():
     table = config_mod.keys_table_markdown()
     for key in ("gptq.epochs", "gptq.hessian", "mixed_precision.weights_memory_ratio", "preprocessing.resize",
-                "max_top1_drop", "export_format", "target_platform_version"):
+                "max_top1_drop", "export_format", "target_platform_version", "quantized_io", "imx500.package",
+                "imx500.require_fit"):
         assert f"| `{key}` |" in table

@@ -22,7 +22,7 @@ from container_support import (DIGEST_LABEL, Built, ContainerRun, canonical, doc
                                image_for_tests, lock_pins, make_group0_writable, run_container)
 import mctq_job
 from mctq_job.errors import ConfigError, Interrupted
-from mctq_job.pipeline import ARTIFACT_NAMES, OUTPUT_DIR_FILES, RESULT_DIR_FILES
+from mctq_job.artifacts import ARTIFACT_NAMES, OUTPUT_DIR_FILES, RESULT_DIR_FILES
 
 pytestmark = pytest.mark.container
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import ENTRYPOINT, JobRun, read_config, run_cli, save_image, write_config
 from mctq_job import artifacts
 from mctq_job.errors import EXIT_CODES, InputDataError, Interrupted, OutputError, OutputLockedError
-from mctq_job.pipeline import ARTIFACT_NAMES
+from mctq_job.artifacts import ARTIFACT_NAMES
 
 pytestmark = pytest.mark.slow
 SIGTERM_EXIT = 128 + signal.SIGTERM

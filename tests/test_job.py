@@ -21,7 +21,7 @@ from conftest import ENTRYPOINT, JobRun, digits, read_config, run_cli, write_con
 from mctq_job import artifacts, config as config_mod
 from mctq_job.errors import ConfigError, InputDataError
 from mctq_job.events import Event
-from mctq_job.pipeline import ARTIFACT_NAMES, MANIFEST_FILE
+from mctq_job.artifacts import ARTIFACT_NAMES, MANIFEST_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -192,13 +192,14 @@ def test_keras_v3_file_loads_and_passes_the_model_checks(project: Path):
     """The .keras format (TF 2.15 loads it): the model stage accepts it like the others."""
     import tensorflow as tf
 
-    from mctq_job.inputs import check, load_model
+    from mctq_job.inputs import check
+    from mctq_job.model import load
 
     model = tf.keras.models.load_model(str(project / "model" / "saved_model"), compile=False)
     model.save(str(project / "model" / "model.keras"))
     write_config(project, {**read_config(project), "source_keras_model": "model/model.keras"})
     cfg = config_mod.load(project / "configuration.json")
-    _, info = load_model(check(cfg, project / "configuration.json"))
+    info = load(check(cfg, project / "configuration.json")).info
     assert info.output_width == 10 and tuple(info.input_shape[1:]) == (32, 32, 3)
 
 

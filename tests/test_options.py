@@ -12,7 +12,7 @@ import pytest
 
 from conftest import JobRun, miscalibrate, read_config, run_cli, write_config
 from mctq_job.errors import AccuracyGateError
-from mctq_job.pipeline import ARTIFACT_NAMES
+from mctq_job.artifacts import ARTIFACT_NAMES
 
 pytestmark = pytest.mark.slow
 

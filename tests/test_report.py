@@ -3,6 +3,8 @@ the sparse confusion matrix, agreement between models and the accuracy gate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,29 @@ def evaluation(**predicted) -> Evaluation:
     for name in MODELS:
         guess = np.asarray(predicted.get(name, LABELS), dtype=np.int32)
         scores[name] = ModelScore(correct=int((guess == LABELS).sum()), correct_top5=len(LABELS), predictions=[guess])
-    return Evaluation(len(LABELS), LABELS, scores, [], np.zeros((1, 2, 2, 3), np.float32))
+    return Evaluation(len(LABELS), LABELS, scores, [], {name: {"median_ms": 1.0} for name in MODELS})
+
+
+def run_values(evaluation: Evaluation, classes: dict[str, int], seed: int = 0) -> report.RunValues:
+    """Stage values as the pipeline hands them to the report (files that need not exist)."""
+    from mctq_job.calibrate import Drawn
+    from mctq_job.config import Config
+    from mctq_job.export import Exported, TFLiteFile
+    from mctq_job.inputs import Inputs
+    from mctq_job.model import ModelInfo
+    from mctq_job.quantize import Quantized
+
+    config = Config.model_validate({
+        "source_keras_model": "/p/model", "dataset_image_dir": "/p/train", "batch_size": 2,
+        "input_tensor_size": 8, "iteration_count": 1, "output_dir": "/o", "evaluate_image_dir": "/p/val",
+        "evaluate_image_extension": "jpg", "evaluate_label_file": "/p/labels.json",
+        "evaluate_result_dir": "/r", "seed": seed})
+    census = {"operators": {}, "integer_only": True}
+    files = {"tflite": TFLiteFile(Path("/o/m.tflite"), Path("/o/.m.tmp"), 40, census, {}),
+             "tflite_quantized": TFLiteFile(Path("/o/q.tflite"), Path("/o/.q.tmp"), 10, census, {})}
+    return report.RunValues(config, Inputs(config, Path("/p/configuration.json"), (), (), classes),
+                            ModelInfo((None, 8, 8, 3), 3, 100), Drawn([np.array([0, 1])], 2),
+                            Quantized(None, None, {}), Exported(files), evaluation)
 
 
 def test_per_class_accuracy_counts_only_classes_with_images():
@@ -44,13 +68,13 @@ def test_agreement_compares_predictions_not_correctness():
 
 
 def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
-    doc = report.results(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2},
-                         {"tflite_quantized": {"file": "/o/q.tflite", "bytes": 10, "latency": {"median_ms": 1}}},
-                         {"seed": 3})
+    doc = report.results(run_values(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2},
+                                    seed=3))
     assert list(doc)[:4] == [f"top_1_accuracy_{name}" for name in MODELS]
     assert doc["top_1_accuracy_tflite_quantized"] == pytest.approx(6 / 7)
     quantized = doc["models"]["tflite_quantized"]
-    assert (quantized["file"], quantized["bytes"], quantized["latency"]) == ("/o/q.tflite", 10, {"median_ms": 1})
+    assert (quantized["file"], quantized["bytes"], quantized["latency"]) == ("/o/q.tflite", 10, {"median_ms": 1.0})
+    assert doc["sizes"]["quantized_to_float_ratio"] == 0.25 and doc["calibration"]["distinct_images_drawn"] == 2
     assert quantized["per_class"]["c"]["correct"] == 2 and [2, 0, 1] in quantized["confusion"]
     assert doc["seed"] == 3 and doc["class_count"] == 3 and doc["results_version"] == report.RESULTS_VERSION
 

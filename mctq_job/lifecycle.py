@@ -1,0 +1,135 @@
+"""The process around one run of the job: its umask, its private temp folder, SIGINT and
+SIGTERM, and how the process ends (exit code, last event, Kubernetes termination message).
+
+One :class:`Process` per ``mctq-job run``; the CLI creates it, the pipeline never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn
+
+from . import interrupts
+from .errors import Interrupted, MctqError
+from .events import Event
+from .logs import Logger, state
+
+UMASK_ENV = "MCTQ_UMASK"
+TERMINATION_LOG_ENV = "MCTQ_TERMINATION_LOG"
+TERMINATION_LOG_DEFAULT = "/dev/termination-log"
+TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes
+
+
+class Process:
+    """What one run's process owns beyond the pipeline: temp folders to remove and clean-ups
+    to run when it is interrupted, and the single way it exits."""
+
+    def __init__(self, log: Logger):
+        self.log = log
+        self._tempdirs: list[str] = []
+        self._cleanups: list[Callable[[], object]] = []
+        # Set by the signal watcher before it cleans up; from then on only it may end the process.
+        self._interrupting = threading.Event()
+
+    def handle_signals(self, *cleanups: Callable[[], object]) -> None:
+        """From now on SIGINT/SIGTERM run ``cleanups`` (child processes, staged files), remove
+        the temp folders, report, and exit 130/143, even inside a long C++ call."""
+        self._cleanups.extend(cleanups)
+        interrupts.install(self._interrupted)
+
+    @contextlib.contextmanager
+    def private_tempdir(self) -> Iterator[Path]:
+        """TensorFlow leaves files (autograph's generated code) in the temp folder: give the run
+        its own, removed afterwards however the run ends."""
+        path = tempfile.mkdtemp(prefix="mctq-job-")
+        self._tempdirs.append(path)
+        previous, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
+        tempfile.tempdir = path
+        os.environ["TMPDIR"] = path
+        try:
+            yield Path(path)
+        finally:
+            tempfile.tempdir = previous
+            if previous_env is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous_env
+            shutil.rmtree(path, ignore_errors=True)
+
+    def fail(self, exc: MctqError, **fields: object) -> NoReturn:
+        """Report a failed run (with the traceback of the original exception, where one is kept)
+        and exit with the error's code."""
+        self._yield_to_interrupt()
+        for cleanup in self._cleanups:
+            cleanup()
+        original = getattr(exc, "original", None)
+        self.log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields,
+                       exc_info=original)
+        termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+        exit_now(exc.exit_code)
+
+    def succeed(self, message: str) -> NoReturn:
+        self._yield_to_interrupt()
+        termination_message(message)
+        exit_now(0)
+
+    def _yield_to_interrupt(self) -> None:
+        """The main thread stops here while the watcher reports the interruption and exits
+        130/143: a failure it caused (its staging area vanished) must not end the run with
+        another code."""
+        if self._interrupting.is_set():
+            while True:
+                time.sleep(60)
+
+    def _interrupted(self, signum: int) -> NoReturn:
+        """Runs on the signal watcher thread: clean up, report, and end the process now."""
+        self._interrupting.set()
+        removed = 0
+        for cleanup in self._cleanups:
+            result = cleanup()
+            removed += len(result) if isinstance(result, list) else 0
+        for path in self._tempdirs:
+            shutil.rmtree(path, ignore_errors=True)
+        exc = Interrupted(signum)
+        self.log.error(Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=removed,
+                       **exc.event_fields())
+        termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+        exit_now(exc.exit_code)
+
+
+def apply_umask(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """MCTQ_UMASK (octal, e.g. 002; the image sets it) for the folders and files the job
+    creates: group-writable output lets pods of any UID in a shared group share a volume."""
+    value = environ.get(UMASK_ENV, "")
+    if value:
+        try:
+            os.umask(int(value, 8) & 0o777)
+        except ValueError:
+            raise ValueError(f"{UMASK_ENV}={value!r}: expected an octal umask such as 002") from None
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process once everything is published and said: TensorFlow's interpreter
+    teardown would add over a second of nothing to every run."""
+    for stream in (state.stream, sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    os._exit(code)
+
+
+def termination_message(text: str) -> None:
+    """One line for Kubernetes' terminationMessagePath, where that file exists."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV, TERMINATION_LOG_DEFAULT))
+    if not path.exists():
+        return
+    try:
+        path.write_text(text[:TERMINATION_LOG_LIMIT] + "\n", encoding="utf-8")
+    except OSError:
+        pass  # the message is a courtesy; the JSON event already said it

@@ -27,8 +27,23 @@ QUANTIZED_FILE = "model_quantized.tflite"
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
-OUTPUT_DIR_FILES = (MODEL_FILE, QUANTIZED_FILE, MANIFEST_FILE)
+KERAS_FILE = "model_quantized.keras"           # imx500 target: MCT's Keras export, the converter's input
+PACKAGE_FILE = "packerOut.zip"                  # imx500.package: what goes onto the sensor
+DNN_PARAMS_FILE = "dnnParams.xml"
+MEMORY_REPORT_FILE = "imx500_MemoryReport.json"  # the converter's memory report, under a fixed name
+IMX500_FILES = (PACKAGE_FILE, DNN_PARAMS_FILE, MEMORY_REPORT_FILE)
+
+
+def output_dir_files(target_platform: str = "imx500", imx500_package: bool = False) -> tuple[str, ...]:
+    """The files a successful run publishes in output_dir, for these settings."""
+    keras = (KERAS_FILE,) if target_platform == "imx500" else ()
+    package = IMX500_FILES if imx500_package else ()
+    return (MODEL_FILE, QUANTIZED_FILE, *keras, *package, MANIFEST_FILE)
+
+
 RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)
+#: Every artifact of a run with the default settings (imx500 target, no package).
+OUTPUT_DIR_FILES = output_dir_files()
 ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
 
 _live: set["Staging"] = set()

@@ -147,6 +147,14 @@ class AccuracyGateError(MctqError):
     kind = "accuracy_gate_failed"
 
 
+class Imx500NotFitError(MctqError):
+    """With ``imx500.require_fit``, the converted model does not fit the IMX500's memory. Raised
+    after every artifact is published: the package and its memory report stay for inspection."""
+
+    exit_code = 9
+    kind = "imx500_not_fit"
+
+
 class Interrupted(MctqError):
     """SIGINT or SIGTERM arrived; the run stopped and removed its temporary files."""
 
@@ -170,6 +178,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(OutputError.exit_code, OutputError.kind, "An output folder cannot be created or written (permissions, read-only, full).", False),
     ExitCode(OutputLockedError.exit_code, OutputLockedError.kind, "Another run is writing to the same output folder; this one wrote nothing.", False),
     ExitCode(AccuracyGateError.exit_code, AccuracyGateError.kind, "The top-1 drop exceeded `max_top1_drop`; models, results and report are written all the same.", True),
+    ExitCode(Imx500NotFitError.exit_code, Imx500NotFitError.kind, "With `imx500.require_fit`, the packaged model does not fit the IMX500's memory; everything is written all the same.", True),
     ExitCode(130, "interrupted_sigint", "Stopped by SIGINT (Ctrl-C); temporary files removed.", False),
     ExitCode(143, "interrupted_sigterm", "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.", False),
 )

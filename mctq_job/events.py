@@ -24,6 +24,7 @@ class Event(str, enum.Enum):
     INPUT_IGNORED = "input.ignored"
     INPUT_SKIPPED = "input.skipped"
     LIBRARY_LOG = "library.log"
+    STATISTICS = "quantize.statistics"
 
     def __str__(self) -> str:
         return self.value
@@ -43,6 +44,8 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.INPUT_IGNORED: "A harmless file was skipped (e.g. a README beside the class folders).",
     Event.INPUT_SKIPPED: "An unreadable image was left out (`on_corrupt_image: skip`): `path`, `reason`.",
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
+    Event.STATISTICS: "Which statistics collection MCT ran: `path` `fast` (the job's bit-identical, faster one, for "
+                      "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",
 }
 
 

@@ -18,7 +18,7 @@ import model_compression_toolkit as mct
 import tensorflow as tf
 from model_compression_toolkit.exporter import KerasExportSerializationFormat, QuantizationFormat
 
-from .artifacts import MODEL_FILE, QUANTIZED_FILE, Staging
+from .artifacts import KERAS_FILE, MODEL_FILE, QUANTIZED_FILE, Staging
 from .errors import ToolkitError, calling
 
 #: MCT exporter formats, by export_format value.
@@ -37,19 +37,34 @@ class TFLiteFile:
 
 
 @dataclass(frozen=True)
+class KerasFile:
+    """MCT's Keras export of the quantized model (imx500 target): the IMX500 converter's input."""
+
+    final: Path
+    staged: Path
+    size: int
+
+
+@dataclass(frozen=True)
 class Exported:
-    """The stage's value: the float and the quantized TFLite model, by results.json name."""
+    """The stage's value: the float and the quantized TFLite model, by results.json name, and
+    the quantized Keras export where the target is the IMX500."""
 
     models: dict[str, TFLiteFile]
+    keras: KerasFile | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {f"{name}_bytes": model.size for name, model in self.models.items()}
+        sizes = {f"{name}_bytes": model.size for name, model in self.models.items()}
+        return {**sizes, **({"keras_quantized_bytes": self.keras.size} if self.keras else {})}
 
 
 def export(model: Any, quantized_model: Any, output_dir: Path, staging: Staging, export_format: str,
-           quantized_io: str = "float", write: Callable[[Path, bytes], Path] | None = None) -> Exported:
-    """Stage both files in ``staging`` (``write`` stages bytes, mapping disk errors)."""
+           quantized_io: str = "float", write: Callable[[Path, bytes], Path] | None = None,
+           keras_export: bool = False) -> Exported:
+    """Stage both TFLite files (and, with ``keras_export``, model_quantized.keras) in
+    ``staging``; ``write`` stages bytes, mapping disk errors."""
     write = write or staging.write_bytes
+    keras = export_keras(quantized_model, output_dir / KERAS_FILE, staging) if keras_export else None
     quantized_final = output_dir / QUANTIZED_FILE
     quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format,
                                        quantized_io)
@@ -57,7 +72,19 @@ def export(model: Any, quantized_model: Any, output_dir: Path, staging: Staging,
     float_final = output_dir / MODEL_FILE
     float_temp = write(float_final, convert_float(model))
     return Exported({"tflite": _described(float_final, float_temp),
-                     "tflite_quantized": _described(quantized_final, quantized_temp)})
+                     "tflite_quantized": _described(quantized_final, quantized_temp)}, keras)
+
+
+def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFile:
+    """MCT's Keras export (its own quantizer format), written straight to its staged name."""
+    from .imx500 import export_keras as mct_keras_export
+
+    staged = staging.temp_path(final)
+    with calling("MCT exporter"):
+        mct_keras_export(quantized_model, staged)
+    if not staged.is_file():
+        raise ToolkitError("MCT exporter", FileNotFoundError(staged), f"it wrote no file at {staged}")
+    return KerasFile(final, staged, staged.stat().st_size)
 
 
 def _described(final: Path, staged: Path) -> TFLiteFile:

@@ -22,13 +22,15 @@ import structlog
 from . import __version__, artifacts, config as config_mod, inputs as inputs_mod
 from .capture import native_output
 from .artifacts import MANIFEST_FILE, QUANTIZED_FILE, REPORT_FILE, RESULTS_FILE
-from .errors import OUTPUT_ERRNOS, AccuracyGateError, InternalError, MctqError, OutputError, calling
+from .errors import (OUTPUT_ERRNOS, AccuracyGateError, ConfigError, Imx500NotFitError, InternalError, MctqError,
+                     OutputError, ToolkitError, calling)
 from .events import Event
 from .logs import Logger
 from .progress import Heartbeat, Progress
 
-#: The stages of a run, in order: the ``stage`` of every event written inside one.
-STAGES = ("config", "inputs", "model", "calibrate", "quantize", "export", "evaluate", "report")
+#: The stages of a run, in order: the ``stage`` of every event written inside one. ``imx500``
+#: runs only where the configuration asks for the package.
+STAGES = ("config", "inputs", "model", "calibrate", "quantize", "export", "imx500", "evaluate", "report")
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,26 @@ def _checked_inputs(config_path: Path, stages: _Stages, log: Logger) -> inputs_m
     with stages("inputs") as summary:
         checked = inputs_mod.check(config, config_path)
         summary.update(checked.summary())
+        if config.imx500 is not None and config.imx500.package:
+            summary["imx500_converter"] = _imx500_converter(config)
     for path, reason in checked.ignored:
         log.warning(Event.INPUT_IGNORED.value, path=path, reason=reason)
     for image, reason in checked.skipped:
         log.warning(Event.INPUT_SKIPPED.value, path=str(image), reason=reason)
     return checked
+
+
+def _imx500_converter(config: config_mod.Config) -> dict[str, str]:
+    """The IMX500 converter exists, runs, and accepts the configured TPC version."""
+    from . import imx500
+
+    converter = imx500.find_converter()
+    if config.target_platform_version not in imx500.ACCEPTED_TPC_VERSIONS:
+        raise ConfigError(f"key 'target_platform_version': the IMX500 converter {converter.version} converts models "
+                          f"quantized with TPC versions {', '.join(imx500.ACCEPTED_TPC_VERSIONS)}, got "
+                          f"{config.target_platform_version!r}; accepted: one of those, or imx500.package false",
+                          key="target_platform_version")
+    return {"path": str(converter.path), "version": converter.version}
 
 
 def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> RunResult:
@@ -110,6 +127,13 @@ def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> R
             finally:
                 if staging.pending:  # not committed: a stage failed
                     staging.abort()
+    chip = result.results.get("imx500")
+    if chip and checked.config.imx500 and checked.config.imx500.require_fit and not chip["fit_in_chip"]:
+        raise Imx500NotFitError(
+            f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
+            f"of {chip['total_memory_bytes']}; packerOut.zip, the memory report, the models and results are written "
+            f"for inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
+            fit_in_chip=False, utilization=chip["utilization"])
     verdict = result.results.get("gate")
     if verdict and not verdict["passed"]:
         raise AccuracyGateError(
@@ -138,12 +162,18 @@ def _heavy_stages(checked: inputs_mod.Inputs, stages: _Stages, staging: artifact
         from . import export
 
         exported = export.export(loaded.model, quantized.model, config.output_dir, staging, config.export_format,
-                                 write=lambda final, data: _write(staging, final, data))
+                                 config.quantized_io, write=lambda final, data: _write(staging, final, data),
+                                 keras_export=config.target_platform == "imx500")
         summary.update(exported.summary())
+    chip = None
+    if config.imx500 is not None and config.imx500.package and exported.keras is not None:
+        with stages("imx500") as summary, _output_errors(config.output_dir):
+            chip = _imx500_package(exported.keras.staged, config.output_dir, staging, log)
+            summary.update(chip)
     with stages("evaluate", images=len(checked.samples)) as summary:
         evaluation = _evaluate(checked, loaded.model, quantized.model, exported, log)
         summary.update(evaluation.summary())
-    values = report.RunValues(config, checked, loaded.info, drawn, quantized, exported, evaluation)
+    values = report.RunValues(config, checked, loaded.info, drawn, quantized, exported, evaluation, chip)
     with stages("report") as summary:
         result = _report(values, stages, staging, log, started_at)
         summary["artifacts"] = len(result.published)
@@ -168,7 +198,33 @@ def _quantize(checked: inputs_mod.Inputs, model: Any, drawn: Any, log: Logger) -
     with calling("MCT"):
         quantized = quantize.quantize(model, data, config)
     progress.close()
+    if quantized.statistics is not None:
+        log.info(Event.STATISTICS.value, **quantized.statistics)
     return replace(quantized, skipped_images=tuple(skipped))
+
+
+def _imx500_package(keras_file: Path, output_dir: Path, staging: artifacts.Staging, log: Logger) -> dict[str, Any]:
+    """Run Sony's converter on the staged Keras export in a private folder; stage its package,
+    parameters and memory report; return the memory facts. Its output lines become events."""
+    import tempfile
+
+    from . import imx500
+
+    converter = imx500.find_converter()
+    work_dir = Path(tempfile.mkdtemp(prefix="imxconv-"))  # inside the run's private temp folder
+
+    def on_line(line: str) -> None:
+        if line.strip():
+            log.info(Event.LIBRARY_LOG.value, logger=imx500.EXECUTABLE, message=line.strip())
+
+    try:
+        package = imx500.convert(converter, keras_file, work_dir, on_line)
+    except imx500.ConverterError as exc:
+        raise ToolkitError("IMX500 converter", exc, str(exc)) from exc
+    for source, name in ((package.packer_out, artifacts.PACKAGE_FILE), (package.dnn_params, artifacts.DNN_PARAMS_FILE),
+                         (package.memory_report, artifacts.MEMORY_REPORT_FILE)):
+        _write(staging, output_dir / name, source.read_bytes())
+    return package.facts
 
 
 def _evaluate(checked: inputs_mod.Inputs, model: Any, quantized_model: Any, exported: Any, log: Logger) -> Any:
@@ -193,13 +249,23 @@ def _report(values: Any, stages: _Stages, staging: artifacts.Staging, log: Logge
         (log.info if verdict["passed"] else log.error)(Event.ACCURACY_GATE.value, **verdict)
     _write(staging, config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results))
     _write(staging, config.evaluate_result_dir / REPORT_FILE, report_html.render(results).encode())
-    outcome = "success" if not verdict or verdict["passed"] else AccuracyGateError.kind
+    outcome = _outcome(values.config, results)
     manifest = _manifest(values, staging, stages, started_at, outcome)
     _write(staging, config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest))
     published = staging.commit()
     for path in published:
         log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
     return RunResult(results, manifest, published)
+
+
+def _outcome(config: config_mod.Config, results: dict[str, Any]) -> str:
+    """The manifest's ``outcome``: success, or the gate that failed (the artifacts are published either way)."""
+    chip, verdict = results.get("imx500"), results.get("gate")
+    if chip and config.imx500 and config.imx500.require_fit and not chip["fit_in_chip"]:
+        return Imx500NotFitError.kind
+    if verdict and not verdict["passed"]:
+        return AccuracyGateError.kind
+    return "success"
 
 
 def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_at: str, outcome: str) -> dict:

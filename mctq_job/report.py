@@ -34,11 +34,11 @@ MODELS = {
     "keras": "Keras model (float)",
     "keras_quantized": "MCT's quantized Keras model",
     "tflite": "model.tflite (TensorFlow converter, float)",
-    "tflite_quantized": "model_quantized.tflite (MCT exporter, INT8)",
+    "tflite_quantized": "model_quantized.tflite (quantized by MCT)",
 }
 #: Pairs of models whose per-image top-1 predictions are compared.
 AGREEMENT_PAIRS = (("keras", "keras_quantized"), ("tflite", "tflite_quantized"), ("keras", "tflite_quantized"),
-                   ("keras", "tflite"))
+                   ("keras", "tflite"), ("keras_quantized", "tflite_quantized"))
 #: The accuracy gate compares the deliverable with the model it came from.
 GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
 
@@ -54,6 +54,7 @@ class RunValues:
     quantized: Quantized
     exported: Exported
     evaluation: Evaluation
+    imx500: dict[str, Any] | None = None  # the IMX500 converter's memory facts, where a package was made
 
 
 def results(values: RunValues) -> dict[str, Any]:
@@ -74,6 +75,8 @@ def results(values: RunValues) -> dict[str, Any]:
     doc["sizes"] = sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size)
     doc["resource_utilization"] = values.quantized.resource_utilization
     doc["gate"] = gate({name: evaluation.accuracy(name) for name in MODELS}, config.max_top1_drop)
+    doc["quantized_io"] = {"type": config.quantized_io, **tflite["tflite_quantized"].io}
+    doc["imx500"] = values.imx500
     doc["models"] = {name: _model_details(values, name) for name in MODELS}
     doc["agreement"] = agreement(evaluation)
     doc["volatile_fields"] = list(VOLATILE_RESULT_FIELDS)

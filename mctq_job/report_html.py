@@ -49,7 +49,8 @@ def render(results: dict[str, Any]) -> str:
     """The whole report.html for one results.json document."""
     sections = (_summary(results), _gate(results), _settings(results), _accuracy_section(results),
                 _per_class_section(results), _confusion_section(results), _sizes_section(results),
-                _agreement(results), _latency(results), _resources(results), _skipped(results))
+                _census(results), _imx500(results), _agreement(results), _latency(results), _resources(results),
+                _skipped(results))
     body = "\n".join(section for section in sections if section)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -203,6 +204,40 @@ def _resources(results: dict[str, Any]) -> str:
     rows = ([_head(metric), *(_cell(values.get(metric)) for values in columns.values())]
             for metric in metrics)
     return _section("MCT resource utilization", _table(("metric", *columns), rows))
+
+
+def _census(results: dict[str, Any]) -> str:
+    """Per TFLite model: which operators run on which input type, and whether it is integer only."""
+    censuses = {name: model["census"] for name, model in _models(results).items() if model.get("census")}
+    if not censuses:
+        return ""
+    summary = ([_head(name), _cell("yes" if census.get("integer_only") else "no"),
+                _cell(census.get("runtime_weight_reshapes")), _cell(_models(results)[name].get("bytes"))]
+               for name, census in censuses.items())
+    operators = sorted({op for census in censuses.values() for op in census.get("operators", {})})
+    counts = ([_head(op), *(_cell(census.get("operators", {}).get(op, 0)) for census in censuses.values())]
+              for op in operators)
+    io = results.get("quantized_io") or {}
+    io_rows = ([_head(side), _cell(facts.get("dtype")), _cell(facts.get("scale")), _cell(facts.get("zero_point"))]
+               for side, facts in io.items() if isinstance(facts, dict))
+    return _section(
+        "TFLite operator census",
+        _note("Integer only: no operator between the input and the output computes in float (a QUANTIZE "
+              "after a float input and a DEQUANTIZE before a float output are the only exceptions). "
+              "Counts are by operator and the type of its first input."),
+        _table(("model", "integer only", "run-time weight reshapes", "bytes"), summary),
+        _table(("operator/input type", *censuses), counts),
+        _table(("model_quantized.tflite", "type", "scale", "zero point"), io_rows) if io else "")
+
+
+def _imx500(results: dict[str, Any]) -> str:
+    facts = results.get("imx500")
+    if not isinstance(facts, dict):
+        return ""
+    fits = facts.get("fit_in_chip")
+    verdict = f"<p><span class=\"gate {'passed' if fits else 'failed'}\">{'fits' if fits else 'does not fit'} " \
+              f"the IMX500</span></p>"
+    return _section("IMX500 package", verdict, _key_values(facts, "fact"))
 
 
 def _skipped(results: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: venv demo test test-fast bench lock clean help docker-engine browser
+.PHONY: venv demo test test-fast lint bench lock clean help docker-engine browser imx500-converter
 
 help:
 	@echo "make demo   build a small real example (digits) and run the job on it"
@@ -31,8 +31,14 @@ demo: venv
 # The container and Kubernetes-rehearsal tests need a Docker engine, the report test Chromium:
 # as root, both are installed (and the engine started) when missing (scripts/start-docker.sh,
 # scripts/install-browser.sh); otherwise those tests skip and say why.
-test: venv docker-engine browser
+test: venv lint docker-engine browser imx500-converter
 	$(BIN)/python -m pytest
+
+# The guard rails: ruff (lint and format) and mypy, configured in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check mctq_job
+	$(BIN)/ruff format --check mctq_job
+	$(BIN)/mypy
 
 docker-engine:
 	@if [ "$$(id -u)" = 0 ]; then scripts/start-docker.sh; \
@@ -41,6 +47,12 @@ docker-engine:
 browser:
 	@if [ "$$(id -u)" = 0 ]; then scripts/install-browser.sh; \
 	 elif [ ! -x /usr/bin/chromium ]; then echo "make: no Chromium: the report.html browser test will skip (sudo scripts/install-browser.sh installs it)"; fi
+
+# Sony's IMX500 converter for the package tests: as root, its venv is built (and Java 17
+# installed) when missing; otherwise those tests skip and say why.
+imx500-converter:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory imx500-venv; \
+	 elif [ ! -x .venv-imx500/bin/imxconv-tf ]; then echo "make: no IMX500 converter: the package tests will skip (make imx500-venv builds it)"; fi
 
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not container"
@@ -56,3 +68,5 @@ clean:
 
 # Container image targets (image, image-offline, docker-demo).
 include mk/container.mk
+# Sony's IMX500 converter: its venv and the mctq-job:imx500 image (imx500-venv, image-imx500).
+include mk/imx500.mk

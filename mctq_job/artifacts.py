@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import OutputLockedError
 
@@ -27,17 +28,20 @@ QUANTIZED_FILE = "model_quantized.tflite"
 MANIFEST_FILE = "manifest.json"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
-KERAS_FILE = "model_quantized.keras"           # imx500 target: MCT's Keras export, the converter's input
-PACKAGE_FILE = "packerOut.zip"                  # imx500.package: what goes onto the sensor
+KERAS_FILE = "model_quantized.keras"  # imx500 target: MCT's Keras export, the converter's input
+PACKAGE_FILE = "packerOut.zip"  # imx500.package: what goes onto the sensor
 DNN_PARAMS_FILE = "dnnParams.xml"
 MEMORY_REPORT_FILE = "imx500_MemoryReport.json"  # the converter's memory report, under a fixed name
 IMX500_FILES = (PACKAGE_FILE, DNN_PARAMS_FILE, MEMORY_REPORT_FILE)
 
 
-def output_dir_files(target_platform: str = "imx500", imx500_package: bool = False) -> tuple[str, ...]:
-    """The files a successful run publishes in output_dir, for these settings."""
+def output_dir_files(
+    target_platform: str = "imx500", imx500_package: bool = False, fits: bool = True
+) -> tuple[str, ...]:
+    """The files a run publishes in output_dir, for these settings. The converter makes no
+    package (only its memory report) for a model that does not fit the chip."""
     keras = (KERAS_FILE,) if target_platform == "imx500" else ()
-    package = IMX500_FILES if imx500_package else ()
+    package = (IMX500_FILES if fits else (MEMORY_REPORT_FILE,)) if imx500_package else ()
     return (MODEL_FILE, QUANTIZED_FILE, *keras, *package, MANIFEST_FILE)
 
 
@@ -46,7 +50,7 @@ RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)
 OUTPUT_DIR_FILES = output_dir_files()
 ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
 
-_live: set["Staging"] = set()
+_live: set[Staging] = set()
 _lock = threading.RLock()  # held while committing or aborting, so the two never interleave
 
 
@@ -96,9 +100,11 @@ def locked_folders(folders: Iterable[Path]) -> Iterator[None]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise OutputLockedError(f"another mctq-job run is writing to {folder}; wait for it to finish or "
-                                        f"give this run its own output_dir / evaluate_result_dir",
-                                        folder=str(folder)) from None
+                raise OutputLockedError(
+                    f"another mctq-job run is writing to {folder}; wait for it to finish or "
+                    f"give this run its own output_dir / evaluate_result_dir",
+                    folder=str(folder),
+                ) from None
             except OSError as exc:
                 if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                     raise

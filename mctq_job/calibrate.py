@@ -7,9 +7,10 @@ Batches are decoded when MCT asks for them: the folder is never held in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,12 @@ class Drawn:
 
     def facts(self) -> dict[str, Any]:
         """results.json's ``calibration`` object."""
-        return {"batches": len(self.batches), "batch_size": len(self.batches[0]) if self.batches else 0,
-                "images_available": self.images_available, "distinct_images_drawn": self.distinct_images}
+        return {
+            "batches": len(self.batches),
+            "batch_size": len(self.batches[0]) if self.batches else 0,
+            "images_available": self.images_available,
+            "distinct_images_drawn": self.distinct_images,
+        }
 
 
 def draw(n_images: int, config: Config) -> Drawn:
@@ -53,13 +58,16 @@ def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int
     rng = np.random.default_rng(seed)
     needed = batch_size * iteration_count
     stream = np.concatenate([rng.permutation(n_images) for _ in range(-(-needed // n_images))])
-    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(iteration_count)]
+    return [stream[i * batch_size : (i + 1) * batch_size] for i in range(iteration_count)]
 
 
-def representative_dataset(paths: Sequence[Path], batches: list[np.ndarray], config: Config,
-                           on_batch: Callable[[], None] = lambda: None,
-                           on_skip: Callable[[Path, str], None] = lambda path, reason: None,
-                           ) -> Callable[[], Iterator[list[np.ndarray]]]:
+def representative_dataset(
+    paths: Sequence[Path],
+    batches: list[np.ndarray],
+    config: Config,
+    on_batch: Callable[[], None] = lambda: None,
+    on_skip: Callable[[Path, str], None] = lambda path, reason: None,
+) -> Callable[[], Iterator[list[np.ndarray]]]:
     """MCT's ``representative_data_gen``: each call yields the same batches, each as ``[array]``.
 
     With ``on_corrupt_image: skip`` an undecodable image is left out of its batch (reported
@@ -69,15 +77,18 @@ def representative_dataset(paths: Sequence[Path], batches: list[np.ndarray], con
 
     def generate() -> Iterator[list[np.ndarray]]:
         for number, indices in enumerate(batches, 1):
-            batch = images.load_batch([paths[i] for i in indices], config.input_tensor_size,
-                                      config.preprocessing, skip_corrupt=skip)
+            batch = images.load_batch(
+                [paths[i] for i in indices], config.input_tensor_size, config.preprocessing, skip_corrupt=skip
+            )
             for path, reason in batch.skipped:
                 if path not in reported:
                     reported.add(path)
                     on_skip(path, reason)
             if batch.pixels is None:
-                raise InputDataError(f"key 'dataset_image_dir': no image of calibration batch {number} could be "
-                                     f"decoded ({batch.skipped[0][1]}); expected readable JPEG, PNG or BMP files")
+                raise InputDataError(
+                    f"key 'dataset_image_dir': no image of calibration batch {number} could be "
+                    f"decoded ({batch.skipped[0][1]}); expected readable JPEG, PNG or BMP files"
+                )
             yield [batch.pixels]
             on_batch()
 

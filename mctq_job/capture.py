@@ -39,7 +39,7 @@ class native_output:
     def __init__(self, log: Logger):
         self.log = log
 
-    def __enter__(self) -> "native_output":
+    def __enter__(self) -> native_output:
         import tempfile
 
         sys.stderr.flush()
@@ -59,5 +59,9 @@ class native_output:
         self.capture.close()
         if text:
             level = self.log.error if exc_type is not None else self.log.debug
-            level(Event.LIBRARY_LOG.value, logger="native", message=text[:NATIVE_OUTPUT_LIMIT],
-                  truncated=len(text) > NATIVE_OUTPUT_LIMIT)
+            level(
+                Event.LIBRARY_LOG.value,
+                logger="native",
+                message=text[:NATIVE_OUTPUT_LIMIT],
+                truncated=len(text) > NATIVE_OUTPUT_LIMIT,
+            )

@@ -32,15 +32,34 @@ class _RunByDefault(click.Group):
 
 
 def _job_options(command: Any) -> Any:
-    command = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
-                           envvar="MCTQ_LOG_LEVEL", show_default=True, show_envvar=True,
-                           help="Least severe level written.")(command)
-    command = click.option("--log-format", type=click.Choice(LOG_FORMATS), default="json",
-                           envvar="MCTQ_LOG_FORMAT", show_default=True, show_envvar=True,
-                           help="json: one JSON event per stdout line; console: readable lines and bars.")(command)
-    command = click.option("--config", "config_path", type=click.Path(path_type=Path), default="configuration.json",
-                           envvar="MCTQ_CONFIG", show_default=True, show_envvar=True,
-                           help="configuration.json; relative paths inside it resolve against its folder.")(command)
+    command = click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        envvar="MCTQ_LOG_LEVEL",
+        show_default=True,
+        show_envvar=True,
+        help="Least severe level written.",
+    )(command)
+    command = click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="json",
+        envvar="MCTQ_LOG_FORMAT",
+        show_default=True,
+        show_envvar=True,
+        help="json: one JSON event per stdout line; console: readable lines and bars.",
+    )(command)
+    command = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default="configuration.json",
+        envvar="MCTQ_CONFIG",
+        show_default=True,
+        show_envvar=True,
+        help="configuration.json; relative paths inside it resolve against its folder.",
+    )(command)
     return command
 
 
@@ -55,11 +74,17 @@ def main() -> None:
 
 @main.command()
 @_job_options
-@click.option("--max-top1-drop", type=click.FloatRange(0, 1), default=None, envvar="MCTQ_MAX_TOP1_DROP",
-              show_envvar=True, help="Accuracy gate: largest allowed top-1 drop from the Keras model to "
-                                     "model_quantized.tflite, as a fraction (0.02 = 2 points); overrides the "
-                                     "configuration's max_top1_drop. When exceeded, everything is written and "
-                                     "the run exits 8.")
+@click.option(
+    "--max-top1-drop",
+    type=click.FloatRange(0, 1),
+    default=None,
+    envvar="MCTQ_MAX_TOP1_DROP",
+    show_envvar=True,
+    help="Accuracy gate: largest allowed top-1 drop from the Keras model to "
+    "model_quantized.tflite, as a fraction (0.02 = 2 points); overrides the "
+    "configuration's max_top1_drop. When exceeded, everything is written and "
+    "the run exits 8.",
+)
 def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float | None) -> None:
     """Run the whole job (the default command)."""
     from . import artifacts, capture, lifecycle, logs
@@ -71,8 +96,9 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         raise click.BadParameter(str(exc)) from None
     logs.quiet_libraries()
     log = logs.configure(log_format, log_level.lower(), stream)
-    log.info(Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()),
-             pid=os.getpid())
+    log.info(
+        Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()), pid=os.getpid()
+    )
     process = lifecycle.Process(log)
     process.handle_signals(_stop_converter, artifacts.abort_all)
     began = time.monotonic()
@@ -86,10 +112,17 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
     except Exception as exc:  # noqa: BLE001 - a bug of ours, whatever it is: say so, keep the traceback
         process.fail(InternalError(exc))
     accuracy = {k: v for k, v in result.results.items() if k.startswith("top_1_accuracy_")}
-    log.info(Event.RUN_FINISH.value, outcome="success", exit_code=0, duration_s=round(time.monotonic() - began, 2),
-             artifacts=[str(p) for p in result.published], **accuracy)
-    process.succeed("success: " + ", ".join(f"{k.removeprefix('top_1_accuracy_')}={v:.4f}"
-                                            for k, v in accuracy.items()))
+    log.info(
+        Event.RUN_FINISH.value,
+        outcome="success",
+        exit_code=0,
+        duration_s=round(time.monotonic() - began, 2),
+        artifacts=[str(p) for p in result.published],
+        **accuracy,
+    )
+    process.succeed(
+        "success: " + ", ".join(f"{k.removeprefix('top_1_accuracy_')}={v:.4f}" for k, v in accuracy.items())
+    )
 
 
 def _stop_converter() -> None:
@@ -139,9 +172,14 @@ def version() -> None:
                 continue
         return None
 
-    click.echo(json.dumps({
-        "mctq_job": __version__, "python": platform.python_version(),
-        "tensorflow": installed("tensorflow-cpu", "tensorflow"),
-        "model_compression_toolkit": installed("model-compression-toolkit"),
-        "numpy": installed("numpy"),
-    }))
+    click.echo(
+        json.dumps(
+            {
+                "mctq_job": __version__,
+                "python": platform.python_version(),
+                "tensorflow": installed("tensorflow-cpu", "tensorflow"),
+                "model_compression_toolkit": installed("model-compression-toolkit"),
+                "numpy": installed("numpy"),
+            }
+        )
+    )

@@ -16,24 +16,41 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
-                      ValidationError, ValidationInfo, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "configuration.json"
-PATH_KEYS = ("source_keras_model", "dataset_image_dir", "output_dir", "evaluate_image_dir",
-             "evaluate_label_file", "evaluate_result_dir")
+PATH_KEYS = (
+    "source_keras_model",
+    "dataset_image_dir",
+    "output_dir",
+    "evaluate_image_dir",
+    "evaluate_label_file",
+    "evaluate_result_dir",
+)
 #: Normalization presets: per-channel (mean, std) applied to RGB pixels in 0..255.
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mobilenet": ((127.5,) * 3, (127.5,) * 3),           # -> [-1, 1], the notebook's default
-    "unit": ((0.0,) * 3, (255.0,) * 3),                  # -> [0, 1]
+    "mobilenet": ((127.5,) * 3, (127.5,) * 3),  # -> [-1, 1], the notebook's default
+    "unit": ((0.0,) * 3, (255.0,) * 3),  # -> [0, 1]
     "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-    "none": ((0.0,) * 3, (1.0,) * 3),                    # raw 0..255
+    "none": ((0.0,) * 3, (1.0,) * 3),  # raw 0..255
 }
 #: MCT 2.6.1's target platform capability (TPC) versions per platform; the first is MCT's default.
-TPC_VERSIONS: dict[str, tuple[str, ...]] = {"imx500": ("1.0", "4.0", "5.0", "6.0"), "tflite": ("1.0",),
-                                            "qnnpack": ("1.0",)}
+TPC_VERSIONS: dict[str, tuple[str, ...]] = {
+    "imx500": ("1.0", "4.0", "5.0", "6.0"),
+    "tflite": ("1.0",),
+    "qnnpack": ("1.0",),
+}
 TARGET_PLATFORMS = tuple(TPC_VERSIONS)
 ALL_TPC_VERSIONS = tuple(sorted({v for versions in TPC_VERSIONS.values() for v in versions}))
 EXPORT_FORMATS = ("int8", "mct_int8", "fakely_quant")
@@ -64,8 +81,10 @@ PathValue = Annotated[Path, BeforeValidator(_path_string), AfterValidator(_resol
 
 
 def _path_field(description: str) -> Any:
-    return Field(description=description + " Absolute, or relative to the folder of configuration.json.",
-                 json_schema_extra={"type": "string", "minLength": 1})
+    return Field(
+        description=description + " Absolute, or relative to the folder of configuration.json.",
+        json_schema_extra={"type": "string", "minLength": 1},
+    )
 
 
 class Preprocessing(BaseModel):
@@ -77,24 +96,33 @@ class Preprocessing(BaseModel):
     resize: Literal["shorter_side_center_crop", "stretch"] = Field(
         "shorter_side_center_crop",
         description="'shorter_side_center_crop': scale the shorter side to input_tensor_size / crop_fraction, "
-                    "then crop the centre square (the notebook's way); 'stretch': resize straight to the square.")
+        "then crop the centre square (the notebook's way); 'stretch': resize straight to the square.",
+    )
     crop_fraction: float = Field(
-        224 / 256, gt=0, le=1,
+        224 / 256,
+        gt=0,
+        le=1,
         description="Fraction of the resized shorter side kept by the centre crop, a number in (0, 1]; "
-                    "0.875 (=224/256) as in the notebook.")
+        "0.875 (=224/256) as in the notebook.",
+    )
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
-        "bilinear", description="Resampling filter: one of nearest, bilinear, bicubic, lanczos.")
+        "bilinear", description="Resampling filter: one of nearest, bilinear, bicubic, lanczos."
+    )
     channel_order: Literal["rgb", "bgr"] = Field("rgb", description="Channel order fed to the model: rgb or bgr.")
     preset: Literal["mobilenet", "unit", "imagenet", "none"] | None = Field(
-        None, description="Normalization preset: mobilenet ((x-127.5)/127.5, the default), unit (x/255), "
-                          "imagenet (ImageNet mean/std on 0..255), none (raw 0..255). Not together with mean/std.")
+        None,
+        description="Normalization preset: mobilenet ((x-127.5)/127.5, the default), unit (x/255), "
+        "imagenet (ImageNet mean/std on 0..255), none (raw 0..255). Not together with mean/std.",
+    )
     mean: list[float] | None = Field(
-        None, min_length=3, max_length=3, description="Per-channel mean subtracted from 0..255 pixels: three numbers.")
+        None, min_length=3, max_length=3, description="Per-channel mean subtracted from 0..255 pixels: three numbers."
+    )
     std: list[float] | None = Field(
-        None, min_length=3, max_length=3, description="Per-channel divisor after the mean: three numbers, none zero.")
+        None, min_length=3, max_length=3, description="Per-channel divisor after the mean: three numbers, none zero."
+    )
 
     @model_validator(mode="after")
-    def _one_normalization(self) -> "Preprocessing":
+    def _one_normalization(self) -> Preprocessing:
         if self.preset is not None and (self.mean is not None or self.std is not None):
             raise ValueError("give either 'preset' or 'mean'/'std', not both")
         if self.std is not None and any(s == 0 for s in self.std):
@@ -114,11 +142,15 @@ class Gptq(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    epochs: int = Field(5, ge=1, le=10_000, description="Passes over the calibration batches: an integer >= 1; "
-                                                          "default 5.")
-    hessian: bool = Field(False, description="Hessian-based loss weighting and sample attention (MCT's default): "
-                                             "true or false; default false, since on a CPU they take close to "
-                                             "an hour for a MobileNet-sized model.")
+    epochs: int = Field(
+        5, ge=1, le=10_000, description="Passes over the calibration batches: an integer >= 1; default 5."
+    )
+    hessian: bool = Field(
+        False,
+        description="Hessian-based loss weighting and sample attention (MCT's default): "
+        "true or false; default false, since on a CPU they take close to "
+        "an hour for a MobileNet-sized model.",
+    )
 
 
 class MixedPrecision(BaseModel):
@@ -127,12 +159,20 @@ class MixedPrecision(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     weights_memory_ratio: float = Field(
-        ..., gt=0, le=1, description="Weights memory target as a fraction of the all-8-bit size: a number in "
-                                     "(0, 1], e.g. 0.75.")
-    images: int = Field(32, ge=1, le=10_000, description="Calibration images used to score each layer's "
-                                                          "sensitivity: an integer >= 1; default 32.")
-    hessian: bool = Field(False, description="Hessian-based sensitivity scores: true or false; default false "
-                                             "(slow on a CPU).")
+        ...,
+        gt=0,
+        le=1,
+        description="Weights memory target as a fraction of the all-8-bit size: a number in (0, 1], e.g. 0.75.",
+    )
+    images: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Calibration images used to score each layer's sensitivity: an integer >= 1; default 32.",
+    )
+    hessian: bool = Field(
+        False, description="Hessian-based sensitivity scores: true or false; default false (slow on a CPU)."
+    )
 
 
 class Imx500(BaseModel):
@@ -140,102 +180,155 @@ class Imx500(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    package: bool = Field(False, description="Run the converter and publish packerOut.zip, dnnParams.xml and its "
-                                             "memory report: true or false; default false.")
-    require_fit: bool = Field(False, description="With package: a model that does not fit the chip's memory "
-                                                 "fails the run (exit 9) after everything is written: true or "
-                                                 "false; default false.")
+    package: bool = Field(
+        False,
+        description="Run the converter and publish packerOut.zip, dnnParams.xml and its "
+        "memory report: true or false; default false.",
+    )
+    require_fit: bool = Field(
+        False,
+        description="With package: a model that does not fit the chip's memory "
+        "fails the run (exit 9) after everything is written: true or "
+        "false; default false.",
+    )
 
 
 class Config(BaseModel):
     """configuration.json. The first ten keys are the AITRIOS notebook's, all required."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              title="mctq-job configuration.json")
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, title="mctq-job configuration.json")
 
-    source_keras_model: PathValue = _path_field(
-        "Keras model to quantize: a SavedModel folder, or a .h5 / .keras file.")
+    source_keras_model: PathValue = _path_field("Keras model to quantize: a SavedModel folder, or a .h5 / .keras file.")
     dataset_image_dir: PathValue = _path_field(
-        "Folder of calibration images (jpg, jpeg, png, bmp, any case), searched recursively.")
+        "Folder of calibration images (jpg, jpeg, png, bmp, any case), searched recursively."
+    )
     batch_size: int = Field(
-        ..., ge=1, description="Images per calibration batch: an integer >= 1 and at most the number of "
-                               "images in dataset_image_dir.")
+        ...,
+        ge=1,
+        description="Images per calibration batch: an integer >= 1 and at most the number of "
+        "images in dataset_image_dir.",
+    )
     input_tensor_size: int = Field(
-        ..., ge=1, le=8192, description="Side of the model's square input in pixels: an integer >= 1 "
-                                        "equal to the model's input height and width.")
-    iteration_count: int = Field(..., ge=1, le=1_000_000,
-                                 description="Number of calibration batches given to MCT: an integer >= 1.")
+        ...,
+        ge=1,
+        le=8192,
+        description="Side of the model's square input in pixels: an integer >= 1 "
+        "equal to the model's input height and width.",
+    )
+    iteration_count: int = Field(
+        ..., ge=1, le=1_000_000, description="Number of calibration batches given to MCT: an integer >= 1."
+    )
     output_dir: PathValue = _path_field(
-        "Folder for model.tflite, model_quantized.tflite and manifest.json; created if missing.")
+        "Folder for model.tflite, model_quantized.tflite and manifest.json; created if missing."
+    )
     evaluate_image_dir: PathValue = _path_field(
-        "Evaluation images in ImageNet layout: <class name>/<any sub-folders>/<image>.")
+        "Evaluation images in ImageNet layout: <class name>/<any sub-folders>/<image>."
+    )
     evaluate_image_extension: Annotated[str, AfterValidator(_strip_dot)] = Field(
-        ..., pattern=r"^\.?[A-Za-z0-9]{1,10}$",
-        description="Extension of evaluation images, matched case-insensitively: e.g. \"jpg\" or \".png\".")
+        ...,
+        pattern=r"^\.?[A-Za-z0-9]{1,10}$",
+        description='Extension of evaluation images, matched case-insensitively: e.g. "jpg" or ".png".',
+    )
     evaluate_label_file: PathValue = _path_field(
-        "JSON file mapping each class folder name to the model's output index: {\"daisy\": 0, ...}.")
+        'JSON file mapping each class folder name to the model\'s output index: {"daisy": 0, ...}.'
+    )
     evaluate_result_dir: PathValue = _path_field("Folder for results.json; created if missing.")
 
     preprocessing: Preprocessing = Field(
         default_factory=Preprocessing,
-        description="Optional. Preprocessing for calibration and evaluation; default: the notebook's MobileNet one.")
-    seed: int = Field(0, ge=0, le=2**32 - 1,
-                      description="Optional. Seed for drawing calibration images and for TensorFlow: "
-                                  "an integer in 0..4294967295; default 0.")
+        description="Optional. Preprocessing for calibration and evaluation; default: the notebook's MobileNet one.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="Optional. Seed for drawing calibration images and for TensorFlow: "
+        "an integer in 0..4294967295; default 0.",
+    )
     on_corrupt_image: Literal["fail", "skip"] = Field(
-        "fail", description="Optional. What an image that cannot be decoded does: 'fail' (default) stops the "
-                            "run naming the file; 'skip' leaves it out, logs it and lists it in results.json.")
+        "fail",
+        description="Optional. What an image that cannot be decoded does: 'fail' (default) stops the "
+        "run naming the file; 'skip' leaves it out, logs it and lists it in results.json.",
+    )
     target_platform: TargetPlatform = Field(
-        "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack.")
+        "imx500", description="Optional. MCT target platform capabilities: imx500 (default), tflite or qnnpack."
+    )
     target_platform_version: TpcVersion = Field(
-        "1.0", description="Optional. Version of the target platform capabilities: imx500 has 1.0 (default), "
-                           "4.0, 5.0 and 6.0; tflite and qnnpack have 1.0.")
+        "1.0",
+        description="Optional. Version of the target platform capabilities: imx500 has 1.0 (default), "
+        "4.0, 5.0 and 6.0; tflite and qnnpack have 1.0.",
+    )
     quantization_method: Literal["ptq", "gptq"] = Field(
-        "ptq", description="Optional. 'ptq' (default): post-training quantization; 'gptq': gradient-based "
-                           "fine-tuning of the quantized weights (options in 'gptq').")
+        "ptq",
+        description="Optional. 'ptq' (default): post-training quantization; 'gptq': gradient-based "
+        "fine-tuning of the quantized weights (options in 'gptq').",
+    )
     gptq: Gptq | None = Field(
-        None, description="Optional, with quantization_method 'gptq': {\"epochs\": 5, \"hessian\": false}.")
+        None, description='Optional, with quantization_method \'gptq\': {"epochs": 5, "hessian": false}.'
+    )
     mixed_precision: MixedPrecision | None = Field(
-        None, description="Optional, imx500 only: {\"weights_memory_ratio\": 0.75}: per-layer 2/4/8-bit weights "
-                          "within that fraction of the 8-bit weights memory; null (default): 8 bits everywhere.")
+        None,
+        description='Optional, imx500 only: {"weights_memory_ratio": 0.75}: per-layer 2/4/8-bit weights '
+        "within that fraction of the 8-bit weights memory; null (default): 8 bits everywhere.",
+    )
     export_format: ExportFormat = Field(
-        "int8", description="Optional. model_quantized.tflite as 'int8' (default: fully integer, every "
-                            "convolution and dense layer an int8 kernel with MCT's weights and ranges), "
-                            "'mct_int8' (MCT's own INT8 exporter: some layers stay float) or 'fakely_quant' "
-                            "(float graph with quantize/dequantize pairs).")
+        "int8",
+        description="Optional. model_quantized.tflite as 'int8' (default: fully integer, every "
+        "convolution and dense layer an int8 kernel with MCT's weights and ranges), "
+        "'mct_int8' (MCT's own INT8 exporter: some layers stay float) or 'fakely_quant' "
+        "(float graph with quantize/dequantize pairs).",
+    )
     quantized_io: QuantizedIO = Field(
-        "float", description="Optional, with export_format 'int8'. Input and output type of "
-                             "model_quantized.tflite: 'float' (default), 'int8' or 'uint8' (for integer-only "
-                             "runtimes; scale and zero point in results.json).")
+        "float",
+        description="Optional, with export_format 'int8'. Input and output type of "
+        "model_quantized.tflite: 'float' (default), 'int8' or 'uint8' (for integer-only "
+        "runtimes; scale and zero point in results.json).",
+    )
     imx500: Imx500 | None = Field(
-        None, description="Optional, imx500 only: {\"package\": true, \"require_fit\": false}: run Sony's IMX500 "
-                          "converter on model_quantized.keras and publish its package (needs the converter: "
-                          "the mctq-job:imx500 image or make imx500-venv).")
+        None,
+        description='Optional, imx500 only: {"package": true, "require_fit": false}: run Sony\'s IMX500 '
+        "converter on model_quantized.keras and publish its package (needs the converter: "
+        "the mctq-job:imx500 image or make imx500-venv).",
+    )
     max_top1_drop: float | None = Field(
-        None, ge=0, le=1, description="Optional. Accuracy gate: the largest allowed top-1 drop from the Keras "
-                                      "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
-                                      "exceeded, everything is still written and the run exits 8. null: no gate.")
+        None,
+        ge=0,
+        le=1,
+        description="Optional. Accuracy gate: the largest allowed top-1 drop from the Keras "
+        "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
+        "exceeded, everything is still written and the run exits 8. null: no gate.",
+    )
 
     @model_validator(mode="after")
-    def _options_fit_together(self) -> "Config":
+    def _options_fit_together(self) -> Config:
         versions = TPC_VERSIONS[self.target_platform]
         if self.target_platform_version not in versions:
-            raise ValueError(f"key 'target_platform_version': {self.target_platform} has version(s) "
-                             f"{', '.join(versions)}, got {self.target_platform_version!r}")
+            raise ValueError(
+                f"key 'target_platform_version': {self.target_platform} has version(s) "
+                f"{', '.join(versions)}, got {self.target_platform_version!r}"
+            )
         if self.gptq is not None and self.quantization_method != "gptq":
-            raise ValueError("key 'gptq' is given but quantization_method is 'ptq'; accepted: set "
-                             "\"quantization_method\": \"gptq\" or remove 'gptq'")
+            raise ValueError(
+                "key 'gptq' is given but quantization_method is 'ptq'; accepted: set "
+                '"quantization_method": "gptq" or remove \'gptq\''
+            )
         if self.quantized_io != "float" and self.export_format != "int8":
-            raise ValueError(f"key 'quantized_io': {self.quantized_io!r} needs export_format 'int8', got "
-                             f"{self.export_format!r}; accepted: \"export_format\": \"int8\", or quantized_io "
-                             f"'float'")
+            raise ValueError(
+                f"key 'quantized_io': {self.quantized_io!r} needs export_format 'int8', got "
+                f'{self.export_format!r}; accepted: "export_format": "int8", or quantized_io '
+                f"'float'"
+            )
         if self.imx500 is not None and self.target_platform != "imx500":
-            raise ValueError(f"key 'imx500' needs target_platform 'imx500', got {self.target_platform!r}; "
-                             f"accepted: \"target_platform\": \"imx500\", or remove 'imx500'")
+            raise ValueError(
+                f"key 'imx500' needs target_platform 'imx500', got {self.target_platform!r}; "
+                f'accepted: "target_platform": "imx500", or remove \'imx500\''
+            )
         if self.mixed_precision is not None and self.target_platform != "imx500":
-            raise ValueError(f"key 'mixed_precision' needs target_platform 'imx500' (the only one with 2- and "
-                             f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
-                             f"'mixed_precision'")
+            raise ValueError(
+                f"key 'mixed_precision' needs target_platform 'imx500' (the only one with 2- and "
+                f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
+                f"'mixed_precision'"
+            )
         return self
 
     def gptq_options(self) -> Gptq | None:
@@ -245,10 +338,15 @@ class Config(BaseModel):
     def quantization_settings(self) -> dict[str, Any]:
         """The quantization options in effect, for results.json and the report."""
         gptq = self.gptq_options()
-        return {"target_platform": self.target_platform, "target_platform_version": self.target_platform_version,
-                "method": self.quantization_method, "gptq": gptq.model_dump() if gptq else None,
-                "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
-                "export_format": self.export_format, "quantized_io": self.quantized_io}
+        return {
+            "target_platform": self.target_platform,
+            "target_platform_version": self.target_platform_version,
+            "method": self.quantization_method,
+            "gptq": gptq.model_dump() if gptq else None,
+            "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
+            "export_format": self.export_format,
+            "quantized_io": self.quantized_io,
+        }
 
     def to_document(self) -> dict[str, Any]:
         """The resolved configuration, every default filled in, as JSON-ready data."""
@@ -277,9 +375,12 @@ def locate(path: Path, environ: dict[str, str] | None = None) -> Path:
         return path
     index = (os.environ if environ is None else environ).get(INDEX_ENV, "")
     if not index.isdigit():
-        raise ConfigError(f"the configuration path {text} contains {INDEX_PLACEHOLDER} but {INDEX_ENV} is "
-                          f"{index!r}; accepted: {INDEX_ENV} set to a completion index (0, 1, 2, ...), as an "
-                          f"Indexed Job sets it", file=text)
+        raise ConfigError(
+            f"the configuration path {text} contains {INDEX_PLACEHOLDER} but {INDEX_ENV} is "
+            f"{index!r}; accepted: {INDEX_ENV} set to a completion index (0, 1, 2, ...), as an "
+            f"Indexed Job sets it",
+            file=text,
+        )
     return Path(text.replace(INDEX_PLACEHOLDER, str(int(index))))
 
 
@@ -289,7 +390,7 @@ def load(path: Path) -> Config:
     try:
         return Config.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:
-        problems = [describe(err) for err in _dedupe(exc.errors())]
+        problems = [describe(err) for err in _dedupe([dict(err) for err in exc.errors()])]
         raise ConfigError(_summary(path, problems), problems=problems, file=str(path)) from None
 
 
@@ -301,11 +402,14 @@ def _summary(path: Path, problems: list[str]) -> str:
 
 def _read_json(path: Path) -> Any:
     if not path.exists():
-        raise ConfigError(f"configuration file not found: {path}; pass --config PATH or run where "
-                          f"{DEFAULT_CONFIG_NAME} is", file=str(path))
+        raise ConfigError(
+            f"configuration file not found: {path}; pass --config PATH or run where {DEFAULT_CONFIG_NAME} is",
+            file=str(path),
+        )
     if not path.is_file():
-        raise ConfigError(f"configuration path is not a file: {path}; pass the path of a JSON file with --config",
-                          file=str(path))
+        raise ConfigError(
+            f"configuration path is not a file: {path}; pass the path of a JSON file with --config", file=str(path)
+        )
     try:
         text = read_text(path)
     except OSError as exc:
@@ -315,20 +419,31 @@ def _read_json(path: Path) -> Any:
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                          file=str(path), line=exc.lineno, column=exc.colno) from None
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            file=str(path),
+            line=exc.lineno,
+            column=exc.colno,
+        ) from None
     except _DuplicateKey as exc:
-        raise ConfigError(f"{path}: key '{exc.args[0]}' appears more than once; keep one",
-                          file=str(path), key=exc.args[0]) from None
+        raise ConfigError(
+            f"{path}: key '{exc.args[0]}' appears more than once; keep one", file=str(path), key=exc.args[0]
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object {{\"key\": value, ...}} at the top level, "
-                          f"got {_json_kind(data)}", file=str(path))
+        raise ConfigError(
+            f'{path}: expected a JSON object {{"key": value, ...}} at the top level, got {_json_kind(data)}',
+            file=str(path),
+        )
     return data
 
 
 #: Byte-order marks of encodings an editor may have used instead of UTF-8.
-_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
-               (b"\xfe\xff", "UTF-16"))
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 def read_text(path: Path) -> str:
@@ -337,13 +452,16 @@ def read_text(path: Path) -> str:
     data = path.read_bytes()
     for bom, name in _OTHER_BOMS:
         if data.startswith(bom):
-            raise UnicodeError(f"{path} is encoded as {name}; expected UTF-8 (with or without a byte-order "
-                               f"mark): save it as UTF-8")
+            raise UnicodeError(
+                f"{path} is encoded as {name}; expected UTF-8 (with or without a byte-order mark): save it as UTF-8"
+            )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UnicodeError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                           f"expected UTF-8 (with or without a byte-order mark): save it as UTF-8") from None
+        raise UnicodeError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            f"expected UTF-8 (with or without a byte-order mark): save it as UTF-8"
+        ) from None
 
 
 class _DuplicateKey(ValueError):
@@ -360,8 +478,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _json_kind(value: Any) -> str:
-    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "an array", dict: "an object", type(None): "null"}
+    kinds = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return kinds.get(type(value), type(value).__name__)
 
 
@@ -393,8 +518,12 @@ def _field_for(loc: tuple) -> Any:
     return field
 
 
-NESTED_MODELS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "gptq": Gptq, "imx500": Imx500,
-                                             "mixed_precision": MixedPrecision}
+NESTED_MODELS: dict[str, type[BaseModel]] = {
+    "preprocessing": Preprocessing,
+    "gptq": Gptq,
+    "imx500": Imx500,
+    "mixed_precision": MixedPrecision,
+}
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -425,8 +554,9 @@ def describe(err: dict) -> str:
 def _unknown_key_message(loc: tuple) -> str:
     name = str(loc[-1])
     allowed = _allowed_keys(loc)
-    near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or \
-        [k for k in allowed if k.lower() == name.lower()]
+    near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or [
+        k for k in allowed if k.lower() == name.lower()
+    ]
     hint = f"; did you mean '{near[0]}'?" if near else ""
     where = f"{loc[0]}." if len(loc) > 1 and str(loc[0]) in NESTED_MODELS else ""
     return f"unknown key '{where}{name}'{hint} Accepted keys: {', '.join(allowed)} (names are case sensitive)"
@@ -440,12 +570,15 @@ def _render(value: Any) -> str:
 def keys_table_markdown() -> str:
     """The README's table of configuration keys, generated from the schema."""
     rows = ["| key | required | type | accepted |", "| --- | --- | --- | --- |"]
-    for model, prefix in ((Config, ""), *((m, f"{k}.") for k, m in NESTED_MODELS.items())):
+    models: list[tuple[type[BaseModel], str]] = [(Config, ""), *((m, f"{k}.") for k, m in NESTED_MODELS.items())]
+    for model, prefix in models:
         schema = model.model_json_schema()
         required = set(schema.get("required", []))
         for name, prop in schema["properties"].items():
-            rows.append(f"| `{prefix}{name}` | {'yes' if name in required else 'no'} | {_kind(prop)} | "
-                        f"{prop.get('description', '')} |")
+            rows.append(
+                f"| `{prefix}{name}` | {'yes' if name in required else 'no'} | {_kind(prop)} | "
+                f"{prop.get('description', '')} |"
+            )
     return "\n".join(rows)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,10 @@ class InternalError(MctqError):
     kind = "internal_error"
 
     def __init__(self, original: BaseException):
-        super().__init__(f"internal error: {type(original).__name__}: {_first_line(original) or '(no message)'}; "
-                         f"this is a bug in mctq-job, please report it with this event")
+        super().__init__(
+            f"internal error: {type(original).__name__}: {_first_line(original) or '(no message)'}; "
+            f"this is a bug in mctq-job, please report it with this event"
+        )
         self.original = original
 
 
@@ -170,17 +172,62 @@ class Interrupted(MctqError):
 
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "success", "The job finished; every artifact is written.", False),
-    ExitCode(InternalError.exit_code, InternalError.kind, "A bug in mctq-job itself; the error event has the traceback.", False),
+    ExitCode(
+        InternalError.exit_code,
+        InternalError.kind,
+        "A bug in mctq-job itself; the error event has the traceback.",
+        False,
+    ),
     ExitCode(2, "usage_error", "Unknown command or option on the command line.", True),
-    ExitCode(ConfigError.exit_code, ConfigError.kind, "configuration.json is missing, malformed, or a value is not accepted.", True),
-    ExitCode(InputDataError.exit_code, InputDataError.kind, "The model, an image, the label file or a data folder cannot be used.", True),
-    ExitCode(ToolkitError.exit_code, ToolkitError.kind, "TensorFlow, MCT or the IMX500 converter failed (the error event names the tool and the stage).", False),
-    ExitCode(OutputError.exit_code, OutputError.kind, "An output folder cannot be created or written (permissions, read-only, full).", False),
-    ExitCode(OutputLockedError.exit_code, OutputLockedError.kind, "Another run is writing to the same output folder; this one wrote nothing.", False),
-    ExitCode(AccuracyGateError.exit_code, AccuracyGateError.kind, "The top-1 drop exceeded `max_top1_drop`; models, results and report are written all the same.", True),
-    ExitCode(Imx500NotFitError.exit_code, Imx500NotFitError.kind, "With `imx500.require_fit`, the packaged model does not fit the IMX500's memory; everything is written all the same.", True),
+    ExitCode(
+        ConfigError.exit_code,
+        ConfigError.kind,
+        "configuration.json is missing, malformed, or a value is not accepted.",
+        True,
+    ),
+    ExitCode(
+        InputDataError.exit_code,
+        InputDataError.kind,
+        "The model, an image, the label file or a data folder cannot be used.",
+        True,
+    ),
+    ExitCode(
+        ToolkitError.exit_code,
+        ToolkitError.kind,
+        "TensorFlow, MCT or the IMX500 converter failed (the error event names the tool and the stage).",
+        False,
+    ),
+    ExitCode(
+        OutputError.exit_code,
+        OutputError.kind,
+        "An output folder cannot be created or written (permissions, read-only, full).",
+        False,
+    ),
+    ExitCode(
+        OutputLockedError.exit_code,
+        OutputLockedError.kind,
+        "Another run is writing to the same output folder; this one wrote nothing.",
+        False,
+    ),
+    ExitCode(
+        AccuracyGateError.exit_code,
+        AccuracyGateError.kind,
+        "The top-1 drop exceeded `max_top1_drop`; models, results and report are written all the same.",
+        True,
+    ),
+    ExitCode(
+        Imx500NotFitError.exit_code,
+        Imx500NotFitError.kind,
+        "With `imx500.require_fit`, the packaged model does not fit the IMX500's memory; everything is written all the same.",
+        True,
+    ),
     ExitCode(130, "interrupted_sigint", "Stopped by SIGINT (Ctrl-C); temporary files removed.", False),
-    ExitCode(143, "interrupted_sigterm", "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.", False),
+    ExitCode(
+        143,
+        "interrupted_sigterm",
+        "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.",
+        False,
+    ),
 )
 
 

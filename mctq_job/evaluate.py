@@ -10,9 +10,10 @@ so memory grows by a few bytes per image, whatever the image size.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -48,7 +49,7 @@ class TFLitePredictor:
         self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=images.usable_cpus())
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.batch = None
+        self.batch: int | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.batch != batch.shape[0]:
@@ -60,11 +61,14 @@ class TFLitePredictor:
         return _dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
 
-def predictors(keras_models: dict[str, Any], tflite_files: dict[str, Path]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+def predictors(
+    keras_models: dict[str, Any], tflite_files: dict[str, Path]
+) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """One predictor per evaluated model, Keras models first, in the order given."""
     with calling("TensorFlow"):
         found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-            name: KerasPredictor(model) for name, model in keras_models.items()}
+            name: KerasPredictor(model) for name, model in keras_models.items()
+        }
         found.update({name: TFLitePredictor(path) for name, path in tflite_files.items()})
     return found
 
@@ -100,10 +104,10 @@ class ModelScore:
 class Evaluation:
     """The stage's value: every model's predictions and latency on the same pixels."""
 
-    image_count: int                      # images evaluated (skipped ones excluded)
-    labels: np.ndarray                    # their labels, in evaluation order
+    image_count: int  # images evaluated (skipped ones excluded)
+    labels: np.ndarray  # their labels, in evaluation order
     scores: dict[str, ModelScore]
-    skipped: list[tuple[Path, str]]       # undecodable images left out (on_corrupt_image: skip)
+    skipped: list[tuple[Path, str]]  # undecodable images left out (on_corrupt_image: skip)
     latencies: dict[str, dict[str, Any]]  # per model: single-image latency (see latency())
     batch_size: int = EVAL_BATCH_SIZE
     threads: int = field(default_factory=images.usable_cpus)
@@ -119,36 +123,51 @@ class Evaluation:
         return {**accuracies, "latency_median_ms": {name: facts["median_ms"] for name, facts in self.latencies.items()}}
 
 
-def evaluate(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], samples: Sequence[Sample],
-             config: Config, on_images: Callable[[int], None] = lambda n: None,
-             on_skip: Callable[[Path, str], None] = lambda path, reason: None) -> Evaluation:
+def evaluate(
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
+    samples: Sequence[Sample],
+    config: Config,
+    on_images: Callable[[int], None] = lambda n: None,
+    on_skip: Callable[[Path, str], None] = lambda path, reason: None,
+) -> Evaluation:
     paths = [s.path for s in samples]
     all_labels = np.asarray([s.label for s in samples], dtype=np.int64)
     scores = {name: ModelScore() for name in predictors}
     evaluated, skipped, example = [], [], None
-    batches = images.iter_batches(paths, EVAL_BATCH_SIZE, config.input_tensor_size, config.preprocessing,
-                                  skip_corrupt=config.on_corrupt_image == "skip")
+    batches = images.iter_batches(
+        paths,
+        EVAL_BATCH_SIZE,
+        config.input_tensor_size,
+        config.preprocessing,
+        skip_corrupt=config.on_corrupt_image == "skip",
+    )
     for start, batch in batches:
         for path, reason in batch.skipped:
             skipped.append((path, reason))
             on_skip(path, reason)
         if batch.pixels is not None:
-            truth = all_labels[start:start + EVAL_BATCH_SIZE][batch.kept]
+            truth = all_labels[start : start + EVAL_BATCH_SIZE][batch.kept]
             evaluated.append(truth)
             example = batch.pixels[:1].copy() if example is None else example
             _score_batch(predictors, scores, batch.pixels, truth)
         on_images(len(batch.kept) + len(batch.skipped))
     labels = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
     if example is None:
-        raise InputDataError(f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
-                             f"decoded; expected readable JPEG, PNG or BMP files")
+        raise InputDataError(
+            f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
+            f"decoded; expected readable JPEG, PNG or BMP files"
+        )
     with calling("TensorFlow"):
         latencies = {name: latency(predict, example) for name, predict in predictors.items()}
     return Evaluation(len(labels), labels, scores, skipped, latencies)
 
 
-def _score_batch(predictors: dict[str, Callable[[np.ndarray], np.ndarray]], scores: dict[str, ModelScore],
-                 pixels: np.ndarray, truth: np.ndarray) -> None:
+def _score_batch(
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
+    scores: dict[str, ModelScore],
+    pixels: np.ndarray,
+    truth: np.ndarray,
+) -> None:
     for name, predict in predictors.items():
         began = time.perf_counter()
         with calling("TensorFlow"):
@@ -167,8 +186,12 @@ def _top_k(outputs: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-outputs, k - 1, axis=-1)[:, :k]
 
 
-def latency(predict: Callable[[np.ndarray], np.ndarray], example: np.ndarray,
-            warmup: int = LATENCY_WARMUP_RUNS, runs: int = LATENCY_RUNS) -> dict[str, Any]:
+def latency(
+    predict: Callable[[np.ndarray], np.ndarray],
+    example: np.ndarray,
+    warmup: int = LATENCY_WARMUP_RUNS,
+    runs: int = LATENCY_RUNS,
+) -> dict[str, Any]:
     """Milliseconds per single-image call after warm-up: median and 90th percentile."""
     for _ in range(warmup):
         predict(example)
@@ -177,5 +200,11 @@ def latency(predict: Callable[[np.ndarray], np.ndarray], example: np.ndarray,
         began = time.perf_counter()
         predict(example)
         samples.append(1000 * (time.perf_counter() - began))
-    return {"batch_size": 1, "threads": images.usable_cpus(), "warmup_runs": warmup, "runs": runs,
-            "median_ms": round(float(np.median(samples)), 3), "p90_ms": round(float(np.percentile(samples, 90)), 3)}
+    return {
+        "batch_size": 1,
+        "threads": images.usable_cpus(),
+        "warmup_runs": warmup,
+        "runs": runs,
+        "median_ms": round(float(np.median(samples)), 3),
+        "p90_ms": round(float(np.percentile(samples, 90)), 3),
+    }

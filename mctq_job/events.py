@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     RUN_START = "run.start"
     RUN_FINISH = "run.finish"
     RUN_FAILED = "run.failed"
@@ -26,16 +26,13 @@ class Event(str, enum.Enum):
     LIBRARY_LOG = "library.log"
     STATISTICS = "quantize.statistics"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 EVENT_MEANINGS: dict[Event, str] = {
     Event.RUN_START: "First line, before TensorFlow is imported: version, config path, pid.",
     Event.RUN_FINISH: "Last line of a successful run: the four top-1 accuracies, artifacts, duration.",
     Event.RUN_FAILED: "Last line of a failed run: `error`, `exit_code`, `message` naming the culprit (and `problems`).",
     Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
-    Event.STAGE_START: "A stage begins (`stage`: config, inputs, model, calibrate, quantize, export, evaluate, report).",
+    Event.STAGE_START: "A stage begins (`stage`: config, inputs, model, calibrate, quantize, export, imx500, evaluate, report).",
     Event.STAGE_FINISH: "A stage ended: `duration_s` and the stage's own summary.",
     Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
@@ -45,7 +42,7 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.INPUT_SKIPPED: "An unreadable image was left out (`on_corrupt_image: skip`): `path`, `reason`.",
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
     Event.STATISTICS: "Which statistics collection MCT ran: `path` `fast` (the job's bit-identical, faster one, for "
-                      "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",
+    "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",
 }
 
 

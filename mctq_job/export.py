@@ -10,9 +10,10 @@ area and are published later, all together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import model_compression_toolkit as mct
 import tensorflow as tf
@@ -58,21 +59,32 @@ class Exported:
         return {**sizes, **({"keras_quantized_bytes": self.keras.size} if self.keras else {})}
 
 
-def export(model: Any, quantized_model: Any, output_dir: Path, staging: Staging, export_format: str,
-           quantized_io: str = "float", write: Callable[[Path, bytes], Path] | None = None,
-           keras_export: bool = False) -> Exported:
+def export(
+    model: Any,
+    quantized_model: Any,
+    output_dir: Path,
+    staging: Staging,
+    export_format: str,
+    quantized_io: str = "float",
+    write: Callable[[Path, bytes], Path] | None = None,
+    keras_export: bool = False,
+) -> Exported:
     """Stage both TFLite files (and, with ``keras_export``, model_quantized.keras) in
     ``staging``; ``write`` stages bytes, mapping disk errors."""
     write = write or staging.write_bytes
     keras = export_keras(quantized_model, output_dir / KERAS_FILE, staging) if keras_export else None
     quantized_final = output_dir / QUANTIZED_FILE
-    quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format,
-                                       quantized_io)
+    quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format, quantized_io)
     quantized_temp = write(quantized_final, quantized_bytes)
     float_final = output_dir / MODEL_FILE
     float_temp = write(float_final, convert_float(model))
-    return Exported({"tflite": _described(float_final, float_temp),
-                     "tflite_quantized": _described(quantized_final, quantized_temp)}, keras)
+    return Exported(
+        {
+            "tflite": _described(float_final, float_temp),
+            "tflite_quantized": _described(quantized_final, quantized_temp),
+        },
+        keras,
+    )
 
 
 def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFile:
@@ -102,9 +114,12 @@ def quantized_tflite(quantized_model: Any, scratch: Path, export_format: str, qu
         with calling("TensorFlow Lite converter"):
             return full_integer(quantized_model, quantized_io)
     with calling("MCT exporter"):
-        mct.exporter.keras_export_model(model=quantized_model, save_model_path=str(scratch),
-                                        serialization_format=KerasExportSerializationFormat.TFLITE,
-                                        quantization_format=MCT_FORMATS[export_format])
+        mct.exporter.keras_export_model(
+            model=quantized_model,
+            save_model_path=str(scratch),
+            serialization_format=KerasExportSerializationFormat.TFLITE,
+            quantization_format=MCT_FORMATS[export_format],
+        )
     if not scratch.is_file() or scratch.stat().st_size == 0:
         raise ToolkitError("MCT exporter", FileNotFoundError(scratch), f"it wrote no file at {scratch}")
     return scratch.read_bytes()

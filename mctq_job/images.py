@@ -8,15 +8,17 @@ stays free of TensorFlow.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import InputDataError
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
     from .config import Preprocessing
 
@@ -81,7 +83,7 @@ def _extension(path: Path) -> str:
     return path.suffix[1:].lower()
 
 
-def load_rgb(path: Path):
+def load_rgb(path: Path) -> Image.Image:
     """Decode one image fully and return it as an RGB PIL image; name the file if it cannot be."""
     from PIL import Image, UnidentifiedImageError
 
@@ -90,18 +92,23 @@ def load_rgb(path: Path):
             img.load()  # decode now: truncated data fails here, not later inside a model
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputDataError(f"cannot decode image {path}: {exc}; expected a readable "
-                             f"JPEG, PNG or BMP file", file=str(path)) from None
+        raise InputDataError(
+            f"cannot decode image {path}: {exc}; expected a readable JPEG, PNG or BMP file", file=str(path)
+        ) from None
 
 
 def _resample(name: str) -> int:
     from PIL import Image
 
-    return {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[name]
+    return {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
+    }[name]
 
 
-def resize(img, size: int, spec: "Preprocessing"):
+def resize(img: Image.Image, size: int, spec: Preprocessing) -> Image.Image:
     """Resize (and crop) an RGB image to ``size`` x ``size`` as ``spec`` says."""
     resample = _resample(spec.interpolation)
     if spec.resize == "stretch":
@@ -115,7 +122,7 @@ def resize(img, size: int, spec: "Preprocessing"):
     return img.crop((left, top, left + size, top + size))
 
 
-def to_array(img, spec: "Preprocessing") -> "np.ndarray":
+def to_array(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     """RGB image -> float32 HxWx3 normalized as configured."""
     import numpy as np
 
@@ -126,7 +133,7 @@ def to_array(img, spec: "Preprocessing") -> "np.ndarray":
     return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def preprocess_file(path: Path, size: int, spec: "Preprocessing") -> "np.ndarray":
+def preprocess_file(path: Path, size: int, spec: Preprocessing) -> np.ndarray:
     return to_array(resize(load_rgb(path), size, spec), spec)
 
 
@@ -134,19 +141,24 @@ def preprocess_file(path: Path, size: int, spec: "Preprocessing") -> "np.ndarray
 class Batch:
     """Preprocessed pixels of the images that decoded, and which ones did not."""
 
-    pixels: "np.ndarray | None"
-    kept: list[int]                      # positions (in the requested paths) present in pixels
-    skipped: list[tuple[Path, str]]      # (file, reason) of images left out
+    pixels: np.ndarray | None
+    kept: list[int]  # positions (in the requested paths) present in pixels
+    skipped: list[tuple[Path, str]]  # (file, reason) of images left out
 
 
-def load_batch(paths: Sequence[Path], size: int, spec: "Preprocessing",
-               pool: ThreadPoolExecutor | None = None, skip_corrupt: bool = False) -> Batch:
+def load_batch(
+    paths: Sequence[Path],
+    size: int,
+    spec: Preprocessing,
+    pool: ThreadPoolExecutor | None = None,
+    skip_corrupt: bool = False,
+) -> Batch:
     """Preprocess ``paths`` into one float32 batch (N, size, size, 3). PIL decodes outside
     the GIL, so a thread pool uses every core. An undecodable image raises InputDataError,
     or with ``skip_corrupt`` is left out and reported."""
     import numpy as np
 
-    def one(path: Path):
+    def one(path: Path) -> np.ndarray | InputDataError:
         try:
             return preprocess_file(path, size, spec)
         except InputDataError as exc:
@@ -157,7 +169,7 @@ def load_batch(paths: Sequence[Path], size: int, spec: "Preprocessing",
     results = list(pool.map(one, paths) if pool else map(one, paths))
     kept = [i for i, r in enumerate(results) if not isinstance(r, InputDataError)]
     skipped = [(paths[i], r.message) for i, r in enumerate(results) if isinstance(r, InputDataError)]
-    pixels = np.stack([results[i] for i in kept]) if kept else None
+    pixels = np.stack([r for r in results if not isinstance(r, InputDataError)]) if kept else None
     return Batch(pixels, kept, skipped)
 
 
@@ -167,17 +179,20 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def iter_batches(paths: Sequence[Path], batch_size: int, size: int, spec: "Preprocessing",
-                 skip_corrupt: bool = False) -> Iterator[tuple[int, Batch]]:
+def iter_batches(
+    paths: Sequence[Path], batch_size: int, size: int, spec: Preprocessing, skip_corrupt: bool = False
+) -> Iterator[tuple[int, Batch]]:
     """Yield (start index, batch) over ``paths``: at most two batches in memory, the next
     one decoded (on every core) while the caller works on the current one."""
     starts = range(0, len(paths), batch_size)
-    with ThreadPoolExecutor(max_workers=usable_cpus()) as decode, \
-            ThreadPoolExecutor(max_workers=1) as ahead:
-        def submit(start: int):
-            return ahead.submit(load_batch, paths[start:start + batch_size], size, spec, decode, skip_corrupt)
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as decode, ThreadPoolExecutor(max_workers=1) as ahead:
 
-        pending = submit(starts[0]) if starts else None
+        def submit(start: int) -> Future[Batch]:
+            return ahead.submit(load_batch, paths[start : start + batch_size], size, spec, decode, skip_corrupt)
+
+        if not starts:
+            return
+        pending = submit(starts[0])
         for i, start in enumerate(starts):
             batch = pending.result()
             if i + 1 < len(starts):

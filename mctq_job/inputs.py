@@ -42,9 +42,14 @@ class Inputs:
 
     def summary(self) -> dict[str, object]:
         classes = {s.class_name for s in self.samples}
-        return {"calibration_images": len(self.calibration_images), "evaluation_images": len(self.samples),
-                "classes": len(classes), "labels": len(self.labels), "ignored": len(self.ignored),
-                "skipped": len(self.skipped)}
+        return {
+            "calibration_images": len(self.calibration_images),
+            "evaluation_images": len(self.samples),
+            "classes": len(classes),
+            "labels": len(self.labels),
+            "ignored": len(self.ignored),
+            "skipped": len(self.skipped),
+        }
 
 
 @dataclass
@@ -58,8 +63,11 @@ class _Problems:
         if not problems:
             return
         kind: type[MctqError] = ConfigError if self.config else InputDataError if self.data else OutputError
-        message = problems[0] if len(problems) == 1 else \
-            f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        message = (
+            problems[0]
+            if len(problems) == 1
+            else f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        )
         raise kind(message, problems=problems)
 
 
@@ -85,28 +93,38 @@ def check(config: Config, config_file: Path) -> Inputs:
     for key in ("output_dir", "evaluate_result_dir"):
         _check_writable(key, getattr(config, key), problems)
     problems.raise_any()
-    return Inputs(config, config_file, tuple(calibration), tuple(samples), labels or {}, tuple(ignored),
-                  tuple(skipped))
+    return Inputs(config, config_file, tuple(calibration), tuple(samples), labels or {}, tuple(ignored), tuple(skipped))
 
 
-def _unreadable_images(config: Config, calibration: list[Path], samples: list[Sample], problems: _Problems,
-                       ) -> tuple[list[Path], list[Sample], list[tuple[Path, str]]]:
+def _unreadable_images(
+    config: Config,
+    calibration: list[Path],
+    samples: list[Sample],
+    problems: _Problems,
+) -> tuple[list[Path], list[Sample], list[tuple[Path, str]]]:
     """Empty and non-image files, found from their first bytes before any heavy work: an
     error naming them, or (on_corrupt_image: skip) left out and reported."""
-    bad = {path: reason for path in [*calibration, *(s.path for s in samples)]
-           if (reason := images.sniff(path)) is not None}
+    bad = {
+        path: reason
+        for path in [*calibration, *(s.path for s in samples)]
+        if (reason := images.sniff(path)) is not None
+    }
     if not bad:
         return calibration, samples, []
     if config.on_corrupt_image == "fail":
         named = [f"{path} {reason}" for path, reason in bad.items()]
-        problems.data.append(f"{len(bad)} unreadable image file(s): {_listed(named)}; replace or remove them, "
-                             f"or set \"on_corrupt_image\": \"skip\" to leave them out")
+        problems.data.append(
+            f"{len(bad)} unreadable image file(s): {_listed(named)}; replace or remove them, "
+            f'or set "on_corrupt_image": "skip" to leave them out'
+        )
         return calibration, samples, []
     calibration = [p for p in calibration if p not in bad]
     samples = [s for s in samples if s.path not in bad]
     if calibration and config.batch_size > len(calibration):
-        problems.config.append(f"key 'batch_size': {config.batch_size} is more than the {len(calibration)} "
-                               f"readable images in {config.dataset_image_dir}; accepted: 1 to {len(calibration)}")
+        problems.config.append(
+            f"key 'batch_size': {config.batch_size} is more than the {len(calibration)} "
+            f"readable images in {config.dataset_image_dir}; accepted: 1 to {len(calibration)}"
+        )
     if not calibration or not samples:
         which = "dataset_image_dir" if not calibration else "evaluate_image_dir"
         problems.data.append(f"key '{which}': every image there is unreadable; expected JPEG, PNG or BMP files")
@@ -126,7 +144,8 @@ def _check_links(key: str, path: Path, base_dir: Path, problems: _Problems) -> N
         if part not in ("..", ".") and current.is_symlink():
             problems.config.append(
                 f"key '{key}': {current} is a symbolic link, which is not supported; "
-                f"give the real path ({current.resolve()}) or copy the data there")
+                f"give the real path ({current.resolve()}) or copy the data there"
+            )
             return
 
 
@@ -140,8 +159,9 @@ def _check_model_path(path: Path, problems: _Problems) -> None:
     if not path.exists():
         problems.config.append(_missing(key, path, accepted))
     elif path.is_dir() and not (path / "saved_model.pb").is_file():
-        problems.data.append(f"key '{key}': folder {path} has no saved_model.pb, so it is not a SavedModel; "
-                             f"expected {accepted}")
+        problems.data.append(
+            f"key '{key}': folder {path} has no saved_model.pb, so it is not a SavedModel; expected {accepted}"
+        )
     elif path.is_file() and path.suffix.lower() not in KERAS_FILE_SUFFIXES:
         problems.data.append(f"key '{key}': file {path} is not a .h5 or .keras file; expected {accepted}")
 
@@ -157,26 +177,36 @@ def _folder_problem(key: str, path: Path, what: str) -> str | None:
 def _calibration_images(config: Config, problems: _Problems) -> list[Path]:
     key, root = "dataset_image_dir", config.dataset_image_dir
     what = "a folder of calibration images (jpg, jpeg, png, bmp)"
-    if (problem := _folder_problem(key, root, what)):
+    if problem := _folder_problem(key, root, what):
         problems.config.append(problem)
         return []
     found = images.scan(root, images.CALIBRATION_EXTENSIONS)
     if found.links:
-        problems.data.append(f"key '{key}': symbolic links are not supported, found {_listed(found.links)}; "
-                             f"replace them with the files themselves")
+        problems.data.append(
+            f"key '{key}': symbolic links are not supported, found {_listed(found.links)}; "
+            f"replace them with the files themselves"
+        )
     if not found.files:
-        others = f" (it holds {found.others} other files: {_ext_counts(found.other_extensions)})" if found.others else ""
-        problems.data.append(f"key '{key}': no images under {root}{others}; expected files ending in "
-                             f"{', '.join(sorted(images.CALIBRATION_EXTENSIONS))} (any case), in any sub-folder")
+        others = (
+            f" (it holds {found.others} other files: {_ext_counts(found.other_extensions)})" if found.others else ""
+        )
+        problems.data.append(
+            f"key '{key}': no images under {root}{others}; expected files ending in "
+            f"{', '.join(sorted(images.CALIBRATION_EXTENSIONS))} (any case), in any sub-folder"
+        )
     elif config.batch_size > len(found.files):
-        problems.config.append(f"key 'batch_size': {config.batch_size} is more than the {len(found.files)} "
-                               f"images in {root}; accepted: an integer from 1 to {len(found.files)}")
+        problems.config.append(
+            f"key 'batch_size': {config.batch_size} is more than the {len(found.files)} "
+            f"images in {root}; accepted: an integer from 1 to {len(found.files)}"
+        )
     return found.files
 
 
 def _ext_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} x .{ext}" if ext != "(none)" else f"{n} without extension"
-                     for ext, n in sorted(counts.items(), key=lambda kv: -kv[1])[:LISTED])
+    return ", ".join(
+        f"{n} x .{ext}" if ext != "(none)" else f"{n} without extension"
+        for ext, n in sorted(counts.items(), key=lambda kv: -kv[1])[:LISTED]
+    )
 
 
 def _labels(path: Path, problems: _Problems) -> dict[str, int] | None:
@@ -201,13 +231,16 @@ def _labels(path: Path, problems: _Problems) -> dict[str, int] | None:
 
 def _label_map(path: Path, data: object, accepted: str, problems: _Problems) -> dict[str, int] | None:
     if not isinstance(data, dict) or not data:
-        problems.data.append(f"label file {path} holds {type(data).__name__ if data != {} else 'an empty object'}; "
-                             f"expected {accepted}")
+        problems.data.append(
+            f"label file {path} holds {type(data).__name__ if data != {} else 'an empty object'}; expected {accepted}"
+        )
         return None
     bad = [name for name, v in data.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
     if bad:
-        problems.data.append(f"label file {path}: the id of {_listed([repr(n) for n in bad])} is not an integer >= 0 "
-                             f"(got {json.dumps(data[bad[0]])}); expected {accepted}")
+        problems.data.append(
+            f"label file {path}: the id of {_listed([repr(n) for n in bad])} is not an integer >= 0 "
+            f"(got {json.dumps(data[bad[0]])}); expected {accepted}"
+        )
         return None
     by_id: dict[int, list[str]] = {}
     for name, label in data.items():
@@ -215,17 +248,21 @@ def _label_map(path: Path, data: object, accepted: str, problems: _Problems) -> 
     shared = {i: names for i, names in by_id.items() if len(names) > 1}
     if shared:
         label, names = next(iter(shared.items()))
-        problems.data.append(f"label file {path}: id {label} is given to {', '.join(map(repr, names))}; "
-                             f"each class needs its own id")
+        problems.data.append(
+            f"label file {path}: id {label} is given to {', '.join(map(repr, names))}; each class needs its own id"
+        )
         return None
     return dict(data)
 
 
-def _samples(config: Config, labels: dict[str, int] | None, problems: _Problems,
-             ) -> tuple[list[Sample], list[tuple[str, str]]]:
+def _samples(
+    config: Config,
+    labels: dict[str, int] | None,
+    problems: _Problems,
+) -> tuple[list[Sample], list[tuple[str, str]]]:
     key, root, ext = "evaluate_image_dir", config.evaluate_image_dir, config.evaluate_image_extension
     what = "a folder with one sub-folder of images per class (ImageNet layout)"
-    if (problem := _folder_problem(key, root, what)):
+    if problem := _folder_problem(key, root, what):
         problems.config.append(problem)
         return [], []
     samples: list[Sample] = []
@@ -247,7 +284,8 @@ def _samples(config: Config, labels: dict[str, int] | None, problems: _Problems,
         if unknown:
             problems.data.append(
                 f"class folder {_listed([repr(n) for n in unknown])} of {root} has no entry in label file "
-                f"{config.evaluate_label_file}; known labels: {_listed(sorted(labels))}")
+                f"{config.evaluate_label_file}; known labels: {_listed(sorted(labels))}"
+            )
     others: dict[str, int] = {}
     for class_dir in class_dirs:
         found = images.scan(class_dir, [ext])
@@ -257,12 +295,16 @@ def _samples(config: Config, labels: dict[str, int] | None, problems: _Problems,
         if labels is not None and class_dir.name in labels:
             samples += [Sample(p, labels[class_dir.name], class_dir.name) for p in found.files]
     if links:
-        problems.data.append(f"key '{key}': symbolic links are not supported, found {_listed(links)}; "
-                             f"replace them with the files or folders themselves")
+        problems.data.append(
+            f"key '{key}': symbolic links are not supported, found {_listed(links)}; "
+            f"replace them with the files or folders themselves"
+        )
     if labels is not None and not samples and not problems.data:
         seen = f"; it holds {_ext_counts(others)}" if others else ""
-        problems.data.append(f"key 'evaluate_image_extension': no .{ext} images in the class folders of "
-                             f"{root}{seen}; accepted: the extension your evaluation images have")
+        problems.data.append(
+            f"key 'evaluate_image_extension': no .{ext} images in the class folders of "
+            f"{root}{seen}; accepted: the extension your evaluation images have"
+        )
     return samples, ignored
 
 
@@ -271,9 +313,11 @@ def _check_writable(key: str, path: Path, problems: _Problems) -> None:
     while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        problems.config.append(f"key '{key}': {existing} is a file, so folder {path} cannot be created there; "
-                               f"expected a folder path")
+        problems.config.append(
+            f"key '{key}': {existing} is a file, so folder {path} cannot be created there; expected a folder path"
+        )
     elif not os.access(existing, os.W_OK | os.X_OK):
         verb = "written" if existing == path else f"created (in {existing})"
-        problems.output.append(f"key '{key}': folder {path} cannot be {verb}: permission denied or read-only; "
-                               f"expected a writable folder")
+        problems.output.append(
+            f"key '{key}': folder {path} cannot be {verb}: permission denied or read-only; expected a writable folder"
+        )

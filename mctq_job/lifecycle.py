@@ -13,8 +13,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import NoReturn
 
 from . import interrupts
 from .errors import Interrupted, MctqError
@@ -70,8 +71,7 @@ class Process:
         for cleanup in self._cleanups:
             cleanup()
         original = getattr(exc, "original", None)
-        self.log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields,
-                       exc_info=original)
+        self.log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields, exc_info=original)
         termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
         exit_now(exc.exit_code)
 
@@ -98,8 +98,9 @@ class Process:
         for path in self._tempdirs:
             shutil.rmtree(path, ignore_errors=True)
         exc = Interrupted(signum)
-        self.log.error(Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=removed,
-                       **exc.event_fields())
+        self.log.error(
+            Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=removed, **exc.event_fields()
+        )
         termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
         exit_now(exc.exit_code)
 

@@ -75,8 +75,12 @@ def _shared_processors() -> list[Processor]:
 
 def _renderer(fmt: str, stream: TextIO) -> list[Processor]:
     if fmt == "json":
-        return [structlog.processors.dict_tracebacks, _order_keys, _mark_line,
-                structlog.processors.JSONRenderer(serializer=_json_dumps)]
+        return [
+            structlog.processors.dict_tracebacks,
+            _order_keys,
+            _mark_line,
+            structlog.processors.JSONRenderer(serializer=_json_dumps),
+        ]
     colors = hasattr(stream, "isatty") and stream.isatty()
     return [_mark_line, structlog.dev.ConsoleRenderer(colors=colors)]
 
@@ -99,10 +103,12 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
 
 def _bridge_stdlib(fmt: str, numeric: int, stream: TextIO) -> None:
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.add_logger_name, _as_library_event],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_renderer(fmt, stream)],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_shared_processors(), structlog.stdlib.add_logger_name, _as_library_event],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_renderer(fmt, stream)],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

@@ -13,17 +13,29 @@ import datetime as dt
 import resource
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import structlog
 
-from . import __version__, artifacts, config as config_mod, inputs as inputs_mod
-from .capture import native_output
+from . import __version__, artifacts
+from . import config as config_mod
+from . import inputs as inputs_mod
 from .artifacts import MANIFEST_FILE, QUANTIZED_FILE, REPORT_FILE, RESULTS_FILE
-from .errors import (OUTPUT_ERRNOS, AccuracyGateError, ConfigError, Imx500NotFitError, InternalError, MctqError,
-                     OutputError, ToolkitError, calling)
+from .capture import native_output
+from .errors import (
+    OUTPUT_ERRNOS,
+    AccuracyGateError,
+    ConfigError,
+    Imx500NotFitError,
+    InternalError,
+    MctqError,
+    OutputError,
+    ToolkitError,
+    calling,
+)
 from .events import Event
 from .logs import Logger
 from .progress import Heartbeat, Progress
@@ -102,10 +114,12 @@ def _imx500_converter(config: config_mod.Config) -> dict[str, str]:
 
     converter = imx500.find_converter()
     if config.target_platform_version not in imx500.ACCEPTED_TPC_VERSIONS:
-        raise ConfigError(f"key 'target_platform_version': the IMX500 converter {converter.version} converts models "
-                          f"quantized with TPC versions {', '.join(imx500.ACCEPTED_TPC_VERSIONS)}, got "
-                          f"{config.target_platform_version!r}; accepted: one of those, or imx500.package false",
-                          key="target_platform_version")
+        raise ConfigError(
+            f"key 'target_platform_version': the IMX500 converter {converter.version} converts models "
+            f"quantized with TPC versions {', '.join(imx500.ACCEPTED_TPC_VERSIONS)}, got "
+            f"{config.target_platform_version!r}; accepted: one of those, or imx500.package false",
+            key="target_platform_version",
+        )
     return {"path": str(converter.path), "version": converter.version}
 
 
@@ -133,20 +147,26 @@ def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> R
             f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
             f"of {chip['total_memory_bytes']}; packerOut.zip, the memory report, the models and results are written "
             f"for inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
-            fit_in_chip=False, utilization=chip["utilization"])
+            fit_in_chip=False,
+            utilization=chip["utilization"],
+        )
     verdict = result.results.get("gate")
     if verdict and not verdict["passed"]:
         raise AccuracyGateError(
             f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to {QUANTIZED_FILE}, "
             f"more than max_top1_drop {verdict['max_top1_drop']}; the models, results.json and report.html are "
-            f"written for inspection", **verdict)
+            f"written for inspection",
+            **verdict,
+        )
     return result
 
 
-def _heavy_stages(checked: inputs_mod.Inputs, stages: _Stages, staging: artifacts.Staging, log: Logger,
-                  started_at: str) -> RunResult:
+def _heavy_stages(
+    checked: inputs_mod.Inputs, stages: _Stages, staging: artifacts.Staging, log: Logger, started_at: str
+) -> RunResult:
     """The stages after the inputs, each handing its value on."""
-    from . import calibrate, model as model_mod, report
+    from . import calibrate, report
+    from . import model as model_mod
 
     config = checked.config
     with stages("model") as summary:
@@ -161,9 +181,16 @@ def _heavy_stages(checked: inputs_mod.Inputs, stages: _Stages, staging: artifact
     with stages("export", export_format=config.export_format) as summary, _output_errors(config.output_dir):
         from . import export
 
-        exported = export.export(loaded.model, quantized.model, config.output_dir, staging, config.export_format,
-                                 config.quantized_io, write=lambda final, data: _write(staging, final, data),
-                                 keras_export=config.target_platform == "imx500")
+        exported = export.export(
+            loaded.model,
+            quantized.model,
+            config.output_dir,
+            staging,
+            config.export_format,
+            config.quantized_io,
+            write=lambda final, data: _write(staging, final, data),
+            keras_export=config.target_platform == "imx500",
+        )
         summary.update(exported.summary())
     chip = None
     if config.imx500 is not None and config.imx500.package and exported.keras is not None:
@@ -184,6 +211,7 @@ def _skip_logger(log: Logger, found: list[tuple[Path, str]]) -> Any:
     def skip(path: Path, reason: str) -> None:
         found.append((path, reason))
         log.warning(Event.INPUT_SKIPPED.value, path=str(path), reason=reason)
+
     return skip
 
 
@@ -193,8 +221,9 @@ def _quantize(checked: inputs_mod.Inputs, model: Any, drawn: Any, log: Logger) -
     config = checked.config
     skipped: list[tuple[Path, str]] = []
     progress = Progress(log, "quantize", config.iteration_count, "batch", task="calibration")
-    data = calibrate.representative_dataset(checked.calibration_images, drawn.batches, config,
-                                            on_batch=progress.advance, on_skip=_skip_logger(log, skipped))
+    data = calibrate.representative_dataset(
+        checked.calibration_images, drawn.batches, config, on_batch=progress.advance, on_skip=_skip_logger(log, skipped)
+    )
     with calling("MCT"):
         quantized = quantize.quantize(model, data, config)
     progress.close()
@@ -221,9 +250,14 @@ def _imx500_package(keras_file: Path, output_dir: Path, staging: artifacts.Stagi
         package = imx500.convert(converter, keras_file, work_dir, on_line)
     except imx500.ConverterError as exc:
         raise ToolkitError("IMX500 converter", exc, str(exc)) from exc
-    for source, name in ((package.packer_out, artifacts.PACKAGE_FILE), (package.dnn_params, artifacts.DNN_PARAMS_FILE),
-                         (package.memory_report, artifacts.MEMORY_REPORT_FILE)):
-        _write(staging, output_dir / name, source.read_bytes())
+    produced = {
+        artifacts.PACKAGE_FILE: package.packer_out,  # None where the model does not fit the chip
+        artifacts.DNN_PARAMS_FILE: package.dnn_params,
+        artifacts.MEMORY_REPORT_FILE: package.memory_report,
+    }
+    for name, source in produced.items():
+        if source is not None:
+            _write(staging, output_dir / name, source.read_bytes())
     return package.facts
 
 
@@ -231,10 +265,13 @@ def _evaluate(checked: inputs_mod.Inputs, model: Any, quantized_model: Any, expo
     from . import evaluate
 
     progress = Progress(log, "evaluate", len(checked.samples), "image", task="evaluation")
-    predictors = evaluate.predictors({"keras": model, "keras_quantized": quantized_model},
-                                     {name: file.staged for name, file in exported.models.items()})
-    evaluation = evaluate.evaluate(predictors, checked.samples, checked.config, on_images=progress.advance,
-                                   on_skip=_skip_logger(log, []))
+    predictors = evaluate.predictors(
+        {"keras": model, "keras_quantized": quantized_model},
+        {name: file.staged for name, file in exported.models.items()},
+    )
+    evaluation = evaluate.evaluate(
+        predictors, checked.samples, checked.config, on_images=progress.advance, on_skip=_skip_logger(log, [])
+    )
     progress.close()
     return evaluation
 
@@ -276,13 +313,26 @@ def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_
 
     config = values.config
     records = [staging.staged(final).record() for final in staging.pending]
-    versions = {"mctq_job": __version__, "tensorflow": tf.__version__, "numpy": numpy.__version__,
-                **quantize.versions()}
+    versions = {
+        "mctq_job": __version__,
+        "tensorflow": tf.__version__,
+        "numpy": numpy.__version__,
+        **quantize.versions(),
+    }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return report.manifest(
-        run_id=staging.run_id, started_at=started_at, finished_at=_now(), config_file=str(values.inputs.config_file),
-        config_doc=config.to_document(), config_sha256=config.digest(), versions=versions,
-        stage_seconds=dict(stages.seconds), peak_memory_bytes=peak, artifacts=records, outcome=outcome)
+        run_id=staging.run_id,
+        started_at=started_at,
+        finished_at=_now(),
+        config_file=str(values.inputs.config_file),
+        config_doc=config.to_document(),
+        config_sha256=config.digest(),
+        versions=versions,
+        stage_seconds=dict(stages.seconds),
+        peak_memory_bytes=peak,
+        artifacts=records,
+        outcome=outcome,
+    )
 
 
 def _make_folders(*folders: Path) -> None:
@@ -299,8 +349,9 @@ def _output_errors(folder: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno not in OUTPUT_ERRNOS:
             raise
-        raise OutputError(f"cannot write in {folder}: {exc.strerror}; expected a writable folder with free space",
-                          folder=str(folder)) from exc
+        raise OutputError(
+            f"cannot write in {folder}: {exc.strerror}; expected a writable folder with free space", folder=str(folder)
+        ) from exc
 
 
 def _write(staging: artifacts.Staging, final: Path, data: bytes) -> Path:
@@ -309,4 +360,4 @@ def _write(staging: artifacts.Staging, final: Path, data: bytes) -> Path:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

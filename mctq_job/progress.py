@@ -52,9 +52,13 @@ class Progress:
         done = min(self.current, self.total)
         eta = elapsed / done * (self.total - done) if done else None
         return {
-            "task": self.task, "current": self.current, "total": self.total, "unit": self.unit,
+            "task": self.task,
+            "current": self.current,
+            "total": self.total,
+            "unit": self.unit,
             "percent": round(100.0 * done / self.total, 1) if self.total else 100.0,
-            "elapsed_s": round(elapsed, 2), "eta_s": None if eta is None else round(eta, 2),
+            "elapsed_s": round(elapsed, 2),
+            "eta_s": None if eta is None else round(eta, 2),
         }
 
     def _emit(self) -> None:
@@ -62,7 +66,7 @@ class Progress:
         self.log.info(Event.PROGRESS.value, stage=self.stage, **self.fields())
 
 
-def _console_bar(task: str, total: int, unit: str):
+def _console_bar(task: str, total: int, unit: str) -> Any:
     from tqdm import tqdm  # people's bars; the JSON stream never needs tqdm
 
     # Drawn on the console stream itself: fd 2 is captured while libraries run.
@@ -84,7 +88,7 @@ class Heartbeat:
     def enter(self, stage: str | None) -> None:
         self.stage, self.stage_started = stage, time.monotonic()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

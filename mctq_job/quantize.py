@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import model_compression_toolkit as mct
@@ -17,12 +18,18 @@ RESOURCE_FIELDS = ("weights_memory", "activation_memory", "total_memory", "bops"
 
 @dataclass(frozen=True)
 class Quantized:
-    model: Any                              # MCT's quantized Keras model (fake-quant wrappers)
-    info: Any                               # MCT's UserInformation
-    resource_utilization: dict[str, Any]    # {"float_8bit": {...}, "final": {...} or None}
+    model: Any  # MCT's quantized Keras model (fake-quant wrappers)
+    info: Any  # MCT's UserInformation
+    resource_utilization: dict[str, Any]  # {"float_8bit": {...}, "final": {...} or None}
+    # {"path": "fast" or "mct", "reason": why}: which statistics collection ran (None: not from quantize())
+    statistics: dict[str, str] | None = None
+    skipped_images: tuple[tuple[Path, str], ...] = ()  # calibration images left out (on_corrupt_image: skip)
+
+    def summary(self) -> dict[str, Any]:
+        return {"resource_utilization": self.resource_utilization}
 
 
-def target_platform_capabilities(name: str, version: str):
+def target_platform_capabilities(name: str, version: str) -> Any:
     """MCT's TPC for the platform, repaired where MCT 2.6.1's own definition cannot run.
 
     The ``tflite`` TPC marks shape-only operators (reshape, max-pool, ...) as quantization
@@ -34,8 +41,9 @@ def target_platform_capabilities(name: str, version: str):
 
 def _preserving_fixed(operator_set: Any) -> Any:
     options = operator_set.qc_options
-    if options is None or not any(c.quantization_preserving and c.enable_activation_quantization
-                                  for c in options.quantization_configurations):
+    if options is None or not any(
+        c.quantization_preserving and c.enable_activation_quantization for c in options.quantization_configurations
+    ):
         return operator_set
     return operator_set.model_copy(update={"qc_options": options.clone_and_edit(enable_activation_quantization=False)})
 
@@ -43,31 +51,46 @@ def _preserving_fixed(operator_set: Any) -> Any:
 def quantize(model: Any, representative_data_gen: Callable, config: Config) -> Quantized:
     tpc = target_platform_capabilities(config.target_platform, config.target_platform_version)
     core_config = _core_config(config)
-    float_ru = mct.core.keras_resource_utilization_data(model, representative_data_gen, core_config=core_config,
-                                                       target_platform_capabilities=tpc)
-    options: dict[str, Any] = {"core_config": core_config, "target_platform_capabilities": tpc}
-    if config.mixed_precision is not None:
-        options["target_resource_utilization"] = mct.core.ResourceUtilization(
-            weights_memory=float_ru.weights_memory * config.mixed_precision.weights_memory_ratio)
-    gptq = config.gptq_options()
-    if gptq is None:
-        quantized, info = mct.ptq.keras_post_training_quantization(model, representative_data_gen, **options)
-    else:
-        gptq_config = mct.gptq.get_keras_gptq_config(
-            n_epochs=gptq.epochs, use_hessian_based_weights=gptq.hessian, use_hessian_sample_attention=gptq.hessian)
-        quantized, info = mct.gptq.keras_gradient_post_training_quantization(
-            model, representative_data_gen, gptq_config=gptq_config, **options)
+    from . import fast_statistics
+
+    # Bit-identical to MCT's own statistics collection, several times faster (fast_statistics.py).
+    with fast_statistics.faster_statistics() as status:
+        float_ru = mct.core.keras_resource_utilization_data(
+            model, representative_data_gen, core_config=core_config, target_platform_capabilities=tpc
+        )
+        options: dict[str, Any] = {"core_config": core_config, "target_platform_capabilities": tpc}
+        if config.mixed_precision is not None:
+            options["target_resource_utilization"] = mct.core.ResourceUtilization(
+                weights_memory=float_ru.weights_memory * config.mixed_precision.weights_memory_ratio
+            )
+        gptq = config.gptq_options()
+        if gptq is None:
+            quantized, info = mct.ptq.keras_post_training_quantization(model, representative_data_gen, **options)
+        else:
+            gptq_config = mct.gptq.get_keras_gptq_config(
+                n_epochs=gptq.epochs, use_hessian_based_weights=gptq.hessian, use_hessian_sample_attention=gptq.hessian
+            )
+            quantized, info = mct.gptq.keras_gradient_post_training_quantization(
+                model, representative_data_gen, gptq_config=gptq_config, **options
+            )
     final = getattr(info, "final_resource_utilization", None)
-    return Quantized(quantized, info, {"float_8bit": resource_record(float_ru),
-                                       "final": resource_record(final) if final is not None else None})
+    return Quantized(
+        quantized,
+        info,
+        {"float_8bit": resource_record(float_ru), "final": resource_record(final) if final is not None else None},
+        statistics={"path": "fast" if status.active else "mct", "reason": status.reason},
+    )
 
 
-def _core_config(config: Config):
+def _core_config(config: Config) -> Any:
     if config.mixed_precision is None:
         return mct.core.CoreConfig()
     mp = config.mixed_precision
-    return mct.core.CoreConfig(mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
-        num_of_images=mp.images, use_hessian_based_scores=mp.hessian))
+    return mct.core.CoreConfig(
+        mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
+            num_of_images=mp.images, use_hessian_based_scores=mp.hessian
+        )
+    )
 
 
 def resource_record(utilization: Any) -> dict[str, float | None]:

@@ -25,8 +25,15 @@ if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlo
 RESULTS_VERSION = 2
 MANIFEST_VERSION = 1
 #: manifest.json fields that differ between two runs of the same inputs and seed.
-VOLATILE_MANIFEST_FIELDS = ("run_id", "started_at", "finished_at", "stage_seconds", "peak_memory_bytes",
-                            "config_file", "versions.platform")
+VOLATILE_MANIFEST_FIELDS = (
+    "run_id",
+    "started_at",
+    "finished_at",
+    "stage_seconds",
+    "peak_memory_bytes",
+    "config_file",
+    "versions.platform",
+)
 #: results.json fields that differ between two runs of the same inputs and seed.
 VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
 #: Evaluated models in report order: (results.json key suffix, description).
@@ -37,8 +44,13 @@ MODELS = {
     "tflite_quantized": "model_quantized.tflite (quantized by MCT)",
 }
 #: Pairs of models whose per-image top-1 predictions are compared.
-AGREEMENT_PAIRS = (("keras", "keras_quantized"), ("tflite", "tflite_quantized"), ("keras", "tflite_quantized"),
-                   ("keras", "tflite"), ("keras_quantized", "tflite_quantized"))
+AGREEMENT_PAIRS = (
+    ("keras", "keras_quantized"),
+    ("tflite", "tflite_quantized"),
+    ("keras", "tflite_quantized"),
+    ("keras", "tflite"),
+    ("keras_quantized", "tflite_quantized"),
+)
 #: The accuracy gate compares the deliverable with the model it came from.
 GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
 
@@ -97,8 +109,11 @@ def _model_details(values: RunValues, name: str) -> dict[str, Any]:
         "top_5_accuracy": evaluation.top5_accuracy(name),
         "per_class": per_class(evaluation.labels, predicted, classes),
         "confusion": confusion(evaluation.labels, predicted),
-        "inference": {"batch_size": evaluation.batch_size, "threads": evaluation.threads,
-                      "ms_per_image": round(1000 * score.seconds / evaluation.image_count, 3)},
+        "inference": {
+            "batch_size": evaluation.batch_size,
+            "threads": evaluation.threads,
+            "ms_per_image": round(1000 * score.seconds / evaluation.image_count, 3),
+        },
         "latency": evaluation.latencies.get(name),
     }
     if exported:
@@ -125,7 +140,7 @@ def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
     if not len(labels):
         return []
     pairs, counts = np.unique(np.stack([labels, predicted], axis=1), axis=0, return_counts=True)
-    return [[int(t), int(p), int(n)] for (t, p), n in zip(pairs, counts)]
+    return [[int(t), int(p), int(n)] for (t, p), n in zip(pairs, counts, strict=True)]
 
 
 def agreement(evaluation: Evaluation) -> dict[str, float]:
@@ -135,9 +150,12 @@ def agreement(evaluation: Evaluation) -> dict[str, float]:
 
 
 def sizes(keras_parameters: int, tflite_bytes: int, tflite_quantized_bytes: int) -> dict[str, Any]:
-    return {"keras_parameters": keras_parameters, "tflite_bytes": tflite_bytes,
-            "tflite_quantized_bytes": tflite_quantized_bytes,
-            "quantized_to_float_ratio": round(tflite_quantized_bytes / tflite_bytes, 4)}
+    return {
+        "keras_parameters": keras_parameters,
+        "tflite_bytes": tflite_bytes,
+        "tflite_quantized_bytes": tflite_quantized_bytes,
+        "quantized_to_float_ratio": round(tflite_quantized_bytes / tflite_bytes, 4),
+    }
 
 
 def gate(accuracies: dict[str, float], max_drop: float | None) -> dict[str, Any] | None:
@@ -146,13 +164,29 @@ def gate(accuracies: dict[str, float], max_drop: float | None) -> dict[str, Any]
     if max_drop is None:
         return None
     drop = round(accuracies[GATE_REFERENCE] - accuracies[GATE_CANDIDATE], 12)
-    return {"reference": GATE_REFERENCE, "candidate": GATE_CANDIDATE, "top_1_drop": drop,
-            "max_top1_drop": max_drop, "passed": drop <= max_drop}
+    return {
+        "reference": GATE_REFERENCE,
+        "candidate": GATE_CANDIDATE,
+        "top_1_drop": drop,
+        "max_top1_drop": max_drop,
+        "passed": drop <= max_drop,
+    }
 
 
-def manifest(*, run_id: str, started_at: str, finished_at: str, config_file: str, config_doc: dict[str, Any],
-             config_sha256: str, versions: dict[str, str], stage_seconds: dict[str, float],
-             peak_memory_bytes: int, artifacts: list[dict[str, Any]], outcome: str) -> dict[str, Any]:
+def manifest(
+    *,
+    run_id: str,
+    started_at: str,
+    finished_at: str,
+    config_file: str,
+    config_doc: dict[str, Any],
+    config_sha256: str,
+    versions: dict[str, str],
+    stage_seconds: dict[str, float],
+    peak_memory_bytes: int,
+    artifacts: list[dict[str, Any]],
+    outcome: str,
+) -> dict[str, Any]:
     return {
         "manifest_version": MANIFEST_VERSION,
         "outcome": outcome,

@@ -15,10 +15,13 @@ import base64
 import html
 import io
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 # The per-class plot and the confusion matrices compare the pair the accuracy gate compares.
-from .report import GATE_CANDIDATE as CANDIDATE, GATE_REFERENCE as REFERENCE, MODELS
+from .report import GATE_CANDIDATE as CANDIDATE
+from .report import GATE_REFERENCE as REFERENCE
+from .report import MODELS
 
 TITLE = "mctq-job report"
 #: The plots' section headings, in page order.
@@ -47,15 +50,28 @@ code{font-size:.88rem;word-break:break-all}
 
 def render(results: dict[str, Any]) -> str:
     """The whole report.html for one results.json document."""
-    sections = (_summary(results), _gate(results), _settings(results), _accuracy_section(results),
-                _per_class_section(results), _confusion_section(results), _sizes_section(results),
-                _census(results), _imx500(results), _agreement(results), _latency(results), _resources(results),
-                _skipped(results))
+    sections = (
+        _summary(results),
+        _gate(results),
+        _settings(results),
+        _accuracy_section(results),
+        _per_class_section(results),
+        _confusion_section(results),
+        _sizes_section(results),
+        _census(results),
+        _imx500(results),
+        _agreement(results),
+        _latency(results),
+        _resources(results),
+        _skipped(results),
+    )
     body = "\n".join(section for section in sections if section)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{_e(TITLE)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"<h1>{_e(TITLE)}</h1>\n{body}\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(TITLE)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{_e(TITLE)}</h1>\n{body}\n</body>\n</html>\n"
+    )
 
 
 # --- HTML helpers -------------------------------------------------------------------------
@@ -104,7 +120,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A table from a header and rows of ready ``<td>`` cells."""
     head = "".join(_head(name) for name in header)
     body = "".join(f"<tr>{''.join(row)}</tr>" for row in rows)
-    return f"<div class=\"wrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _key_values(mapping: dict[str, Any], heading: str = "setting") -> str:
@@ -116,12 +132,12 @@ def _section(heading: str, *parts: str) -> str:
 
 
 def _note(text: str) -> str:
-    return f"<p class=\"note\">{_e(text)}</p>"
+    return f'<p class="note">{_e(text)}</p>'
 
 
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return f"<img src=\"data:image/png;base64,{data}\" alt=\"{_e(alt)}\">"
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
 def _models(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -142,10 +158,18 @@ def _models_table(results: dict[str, Any]) -> str:
     models = _models(results)
     if not models:
         return ""
-    rows = ([_head(name), _cell(model.get("description")), _share(model.get("top_1_accuracy")),
-             _share(model.get("top_5_accuracy")), _cell(model.get("correct")),
-             f"<td><code>{_e(_fmt(model.get('file')))}</code></td>", _cell(model.get("bytes"))]
-            for name, model in models.items())
+    rows = (
+        [
+            _head(name),
+            _cell(model.get("description")),
+            _share(model.get("top_1_accuracy")),
+            _share(model.get("top_5_accuracy")),
+            _cell(model.get("correct")),
+            f"<td><code>{_e(_fmt(model.get('file')))}</code></td>",
+            _cell(model.get("bytes")),
+        ]
+        for name, model in models.items()
+    )
     return _table(("model", "description", "top-1", "top-5", "correct", "file", "bytes"), rows)
 
 
@@ -155,9 +179,11 @@ def _gate(results: dict[str, Any]) -> str:
         return ""
     verdict = "passed" if gate.get("passed") else "failed"
     drop, limit = gate.get("top_1_drop"), gate.get("max_top1_drop")
-    text = (f"top-1 drop from {gate.get('reference')} to {gate.get('candidate')}: "
-            f"{_points(drop)} (at most {_points(limit)} allowed)")
-    return _section("Accuracy gate", f"<p><span class=\"gate {verdict}\">gate {verdict}</span></p>", _note(text))
+    text = (
+        f"top-1 drop from {gate.get('reference')} to {gate.get('candidate')}: "
+        f"{_points(drop)} (at most {_points(limit)} allowed)"
+    )
+    return _section("Accuracy gate", f'<p><span class="gate {verdict}">gate {verdict}</span></p>', _note(text))
 
 
 def _points(value: Any) -> str:
@@ -167,7 +193,7 @@ def _points(value: Any) -> str:
 def _settings(results: dict[str, Any]) -> str:
     quantization = results.get("quantization")
     tables = [_key_values(quantization, "quantization")] if isinstance(quantization, dict) else []
-    run = {key: results[key] for key in ("seed", "calibration") if key in results}
+    run: dict[str, Any] = {key: results[key] for key in ("seed", "calibration") if key in results}
     tables += [_key_values(run, "run")] if run else []
     return _section("Settings", *tables) if tables else ""
 
@@ -177,8 +203,11 @@ def _agreement(results: dict[str, Any]) -> str:
     if not agreement:
         return ""
     rows = ([_head(pair.replace("_vs_", " vs ")), _share(share)] for pair, share in agreement.items())
-    return _section("Agreement", _note("Share of images on which two models predict the same class, "
-                                       "right or wrong."), _table(("models", "same prediction"), rows))
+    return _section(
+        "Agreement",
+        _note("Share of images on which two models predict the same class, right or wrong."),
+        _table(("models", "same prediction"), rows),
+    )
 
 
 def _latency(results: dict[str, Any]) -> str:
@@ -188,21 +217,35 @@ def _latency(results: dict[str, Any]) -> str:
     rows = []
     for name, model in models.items():
         inference, latency = model.get("inference") or {}, model.get("latency") or {}
-        rows.append([_head(name), _cell(inference.get("ms_per_image")), _cell(inference.get("batch_size")),
-                     *(_cell(latency.get(key)) for key in ("batch_size", "threads", "runs", "median_ms", "p90_ms"))])
-    header = ("model", "evaluation ms/image", "evaluation batch", "latency batch", "threads", "runs",
-              "median ms", "p90 ms")
+        rows.append(
+            [
+                _head(name),
+                _cell(inference.get("ms_per_image")),
+                _cell(inference.get("batch_size")),
+                *(_cell(latency.get(key)) for key in ("batch_size", "threads", "runs", "median_ms", "p90_ms")),
+            ]
+        )
+    header = (
+        "model",
+        "evaluation ms/image",
+        "evaluation batch",
+        "latency batch",
+        "threads",
+        "runs",
+        "median ms",
+        "p90 ms",
+    )
     return _section("Latency", _table(header, rows))
 
 
 def _resources(results: dict[str, Any]) -> str:
-    columns = {name: values for name, values in (results.get("resource_utilization") or {}).items()
-               if isinstance(values, dict)}
+    columns = {
+        name: values for name, values in (results.get("resource_utilization") or {}).items() if isinstance(values, dict)
+    }
     if not columns:
         return ""
     metrics = list(dict.fromkeys(key for values in columns.values() for key in values))
-    rows = ([_head(metric), *(_cell(values.get(metric)) for values in columns.values())]
-            for metric in metrics)
+    rows = ([_head(metric), *(_cell(values.get(metric)) for values in columns.values())] for metric in metrics)
     return _section("MCT resource utilization", _table(("metric", *columns), rows))
 
 
@@ -211,23 +254,37 @@ def _census(results: dict[str, Any]) -> str:
     censuses = {name: model["census"] for name, model in _models(results).items() if model.get("census")}
     if not censuses:
         return ""
-    summary = ([_head(name), _cell("yes" if census.get("integer_only") else "no"),
-                _cell(census.get("runtime_weight_reshapes")), _cell(_models(results)[name].get("bytes"))]
-               for name, census in censuses.items())
+    summary = (
+        [
+            _head(name),
+            _cell("yes" if census.get("integer_only") else "no"),
+            _cell(census.get("runtime_weight_reshapes")),
+            _cell(_models(results)[name].get("bytes")),
+        ]
+        for name, census in censuses.items()
+    )
     operators = sorted({op for census in censuses.values() for op in census.get("operators", {})})
-    counts = ([_head(op), *(_cell(census.get("operators", {}).get(op, 0)) for census in censuses.values())]
-              for op in operators)
+    counts = (
+        [_head(op), *(_cell(census.get("operators", {}).get(op, 0)) for census in censuses.values())]
+        for op in operators
+    )
     io = results.get("quantized_io") or {}
-    io_rows = ([_head(side), _cell(facts.get("dtype")), _cell(facts.get("scale")), _cell(facts.get("zero_point"))]
-               for side, facts in io.items() if isinstance(facts, dict))
+    io_rows = (
+        [_head(side), _cell(facts.get("dtype")), _cell(facts.get("scale")), _cell(facts.get("zero_point"))]
+        for side, facts in io.items()
+        if isinstance(facts, dict)
+    )
     return _section(
         "TFLite operator census",
-        _note("Integer only: no operator between the input and the output computes in float (a QUANTIZE "
-              "after a float input and a DEQUANTIZE before a float output are the only exceptions). "
-              "Counts are by operator and the type of its first input."),
+        _note(
+            "Integer only: no operator between the input and the output computes in float (a QUANTIZE "
+            "after a float input and a DEQUANTIZE before a float output are the only exceptions). "
+            "Counts are by operator and the type of its first input."
+        ),
         _table(("model", "integer only", "run-time weight reshapes", "bytes"), summary),
         _table(("operator/input type", *censuses), counts),
-        _table(("model_quantized.tflite", "type", "scale", "zero point"), io_rows) if io else "")
+        _table(("model_quantized.tflite", "type", "scale", "zero point"), io_rows) if io else "",
+    )
 
 
 def _imx500(results: dict[str, Any]) -> str:
@@ -235,8 +292,10 @@ def _imx500(results: dict[str, Any]) -> str:
     if not isinstance(facts, dict):
         return ""
     fits = facts.get("fit_in_chip")
-    verdict = f"<p><span class=\"gate {'passed' if fits else 'failed'}\">{'fits' if fits else 'does not fit'} " \
-              f"the IMX500</span></p>"
+    verdict = (
+        f'<p><span class="gate {"passed" if fits else "failed"}">{"fits" if fits else "does not fit"} '
+        f"the IMX500</span></p>"
+    )
     return _section("IMX500 package", verdict, _key_values(facts, "fact"))
 
 
@@ -274,11 +333,14 @@ def _accuracy_section(results: dict[str, Any]) -> str:
     figure = _figure(8, 4.2)
     ax = figure.add_subplot()
     width = 0.38
-    for offset, key, label, color in ((-width / 2, "top_1_accuracy", "top-1", "#3b6fb6"),
-                                      (width / 2, "top_5_accuracy", "top-5", "#9cc3e6")):
+    for offset, key, label, color in (
+        (-width / 2, "top_1_accuracy", "top-1", "#3b6fb6"),
+        (width / 2, "top_5_accuracy", "top-5", "#9cc3e6"),
+    ):
         values = [models[name].get(key) for name in models]
-        bars = ax.bar([i + offset for i in range(len(models))], [v or 0 for v in values], width, label=label,
-                      color=color)
+        bars = ax.bar(
+            [i + offset for i in range(len(models))], [v or 0 for v in values], width, label=label, color=color
+        )
         ax.bar_label(bars, labels=[MISSING if v is None else f"{v:.3f}" for v in values], fontsize=8, padding=2)
     ax.set_xticks(range(len(models)), labels=list(models), parse_math=False)
     ax.set_ylim(0, 1.12)
@@ -294,8 +356,11 @@ def _class_changes(results: dict[str, Any]) -> list[tuple[float, str, dict[str, 
     models = _models(results)
     reference = (models.get(REFERENCE) or {}).get("per_class") or {}
     candidate = (models.get(CANDIDATE) or {}).get("per_class") or {}
-    rows = [(candidate[name]["top_1_accuracy"] - reference[name]["top_1_accuracy"], name, reference[name],
-             candidate[name]) for name in reference if name in candidate]
+    rows = [
+        (candidate[name]["top_1_accuracy"] - reference[name]["top_1_accuracy"], name, reference[name], candidate[name])
+        for name in reference
+        if name in candidate
+    ]
     return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
@@ -306,19 +371,34 @@ def _per_class_section(results: dict[str, Any]) -> str:
     note, split = "", None
     if len(rows) > PER_CLASS_LIMIT:
         split = PER_CLASS_SHOWN - 0.5
-        note = (f"{len(rows)} classes: only the {PER_CLASS_SHOWN} with the largest drop and the "
-                f"{PER_CLASS_SHOWN} with the largest gain are shown.")
+        note = (
+            f"{len(rows)} classes: only the {PER_CLASS_SHOWN} with the largest drop and the "
+            f"{PER_CLASS_SHOWN} with the largest gain are shown."
+        )
         rows = rows[:PER_CLASS_SHOWN] + rows[-PER_CLASS_SHOWN:]
     title = f"Top-1 accuracy per class: {CANDIDATE} minus {REFERENCE}"
-    return _section(PLOT_HEADINGS[1], _note(note) if note else "", _img(_per_class_png(rows, title, split), title),
-                    _per_class_table(rows))
+    return _section(
+        PLOT_HEADINGS[1],
+        _note(note) if note else "",
+        _img(_per_class_png(rows, title, split), title),
+        _per_class_table(rows),
+    )
 
 
 def _per_class_table(rows: list[tuple[float, str, dict, dict]]) -> str:
-    return _table(("class", "images", REFERENCE, CANDIDATE, "change"),
-                  ([_head(name), _cell(ref.get("images")), _share(ref["top_1_accuracy"]),
-                    _share(cand["top_1_accuracy"]), _cell(change, f"{100 * change:+.2f} pp")]
-                   for change, name, ref, cand in rows))
+    return _table(
+        ("class", "images", REFERENCE, CANDIDATE, "change"),
+        (
+            [
+                _head(name),
+                _cell(ref.get("images")),
+                _share(ref["top_1_accuracy"]),
+                _share(cand["top_1_accuracy"]),
+                _cell(change, f"{100 * change:+.2f} pp"),
+            ]
+            for change, name, ref, cand in rows
+        ),
+    )
 
 
 def _per_class_png(rows: list[tuple[float, str, dict, dict]], title: str, split: float | None) -> bytes:
@@ -358,16 +438,24 @@ def _matrix(triples: list[list[int]], size: int) -> Any:
 
 def _confusion_section(results: dict[str, Any]) -> str:
     models = _models(results)
-    shown = {name: models[name].get("confusion") for name in (REFERENCE, CANDIDATE)
-             if name in models and models[name].get("confusion")}
+    shown: dict[str, list[list[int]]] = {
+        name: models[name]["confusion"]
+        for name in (REFERENCE, CANDIDATE)
+        if name in models and models[name].get("confusion")
+    }
     if not shown:
         return ""
     labels = [label for triples in shown.values() for triple in triples for label in triple[:2]]
     size = max(len(results.get("classes") or {}), max(labels) + 1)
     figure = _figure(11, 5.4 if size <= CONFUSION_LABEL_LIMIT else 5)
     for index, (name, triples) in enumerate(shown.items()):
-        _heatmap(figure.add_subplot(1, len(shown), index + 1), _matrix(triples, size),
-                 _class_names(results, size) if size <= CONFUSION_LABEL_LIMIT else None, name, figure)
+        _heatmap(
+            figure.add_subplot(1, len(shown), index + 1),
+            _matrix(triples, size),
+            _class_names(results, size) if size <= CONFUSION_LABEL_LIMIT else None,
+            name,
+            figure,
+        )
     note = "Rows: true class; columns: predicted class; colour: share of the true class's images."
     alt = f"Confusion matrices of {' and '.join(shown)}"
     return _section(PLOT_HEADINGS[2], _note(note), _img(_png(figure), alt))
@@ -389,16 +477,15 @@ def _heatmap(ax: Any, matrix: Any, names: list[str] | None, title: str, figure: 
 
 def _sizes_section(results: dict[str, Any]) -> str:
     sizes = results.get("sizes") or {}
-    bars = {label: sizes.get(key) for label, key in (("TFLite float", "tflite_bytes"),
-                                                      ("TFLite quantized", "tflite_quantized_bytes"))}
-    bars = {label: value for label, value in bars.items() if value}
+    named = (("TFLite float", "tflite_bytes"), ("TFLite quantized", "tflite_quantized_bytes"))
+    bars = {label: float(sizes[key]) for label, key in named if sizes.get(key)}
     if not bars:
         return ""
     ratio = sizes.get("quantized_to_float_ratio")
     title = "Model sizes" + ("" if ratio is None else f": quantized / float = {ratio:.2f}")
     figure = _figure(6, 3.6)
     ax = figure.add_subplot()
-    drawn = ax.bar(list(bars), [value / 1024 for value in bars.values()], color=["#3b6fb6", "#e08a2c"][:len(bars)])
+    drawn = ax.bar(list(bars), [value / 1024 for value in bars.values()], color=["#3b6fb6", "#e08a2c"][: len(bars)])
     ax.bar_label(drawn, labels=[f"{value / 1024:,.1f} KiB" for value in bars.values()], fontsize=9, padding=2)
     ax.margins(y=0.15)
     ax.set_ylabel("KiB")

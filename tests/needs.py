@@ -24,3 +24,14 @@ def unavailable(name: str, reason: str, remedy: str) -> NoReturn:
         pytest.fail(f"CI or MCTQ_REQUIRE_{name.upper()}=1 is set, yet the {name} tests cannot run: {reason}; "
                     f"{remedy}", pytrace=False)
     pytest.skip(f"{reason}; {remedy} (under CI or MCTQ_REQUIRE_{name.upper()}=1 this is a failure)")
+
+
+def imx500_converter() -> str:
+    """The IMX500 converter's path: MCTQ_IMXCONV, else the one `make imx500-venv` builds."""
+    from pathlib import Path
+
+    named = os.environ.get("MCTQ_IMXCONV") or str(Path(__file__).resolve().parent.parent / ".venv-imx500" / "bin"
+                                                  / "imxconv-tf")
+    if not os.access(named, os.X_OK):
+        unavailable("imx500", f"no IMX500 converter at {named}", "make imx500-venv builds it (or set MCTQ_IMXCONV)")
+    return named

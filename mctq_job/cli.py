@@ -31,35 +31,41 @@ class _RunByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
+#: The options every job command takes: (declarations, settings), each also read from its variable.
+_JOB_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (
+        ("--config", "config_path"),
+        {
+            "type": click.Path(path_type=Path),
+            "default": "configuration.json",
+            "envvar": "MCTQ_CONFIG",
+            "help": "configuration.json; relative paths inside it resolve against its folder.",
+        },
+    ),
+    (
+        ("--log-format",),
+        {
+            "type": click.Choice(LOG_FORMATS),
+            "default": "json",
+            "envvar": "MCTQ_LOG_FORMAT",
+            "help": "json: one JSON event per stdout line; console: readable lines and bars.",
+        },
+    ),
+    (
+        ("--log-level",),
+        {
+            "type": click.Choice(LOG_LEVELS, case_sensitive=False),
+            "default": "info",
+            "envvar": "MCTQ_LOG_LEVEL",
+            "help": "Least severe level written.",
+        },
+    ),
+)
+
+
 def _job_options(command: Any) -> Any:
-    command = click.option(
-        "--log-level",
-        type=click.Choice(LOG_LEVELS, case_sensitive=False),
-        default="info",
-        envvar="MCTQ_LOG_LEVEL",
-        show_default=True,
-        show_envvar=True,
-        help="Least severe level written.",
-    )(command)
-    command = click.option(
-        "--log-format",
-        type=click.Choice(LOG_FORMATS),
-        default="json",
-        envvar="MCTQ_LOG_FORMAT",
-        show_default=True,
-        show_envvar=True,
-        help="json: one JSON event per stdout line; console: readable lines and bars.",
-    )(command)
-    command = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path),
-        default="configuration.json",
-        envvar="MCTQ_CONFIG",
-        show_default=True,
-        show_envvar=True,
-        help="configuration.json; relative paths inside it resolve against its folder.",
-    )(command)
+    for declarations, settings in reversed(_JOB_OPTIONS):
+        command = click.option(*declarations, show_default=True, show_envvar=True, **settings)(command)
     return command
 
 

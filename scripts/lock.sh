@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Re-pin requirements.lock and requirements-dev.lock from the .in files (needs the package index).
+# Re-pin requirements.lock, requirements-dev.lock and requirements-imx500.lock from the .in files
+# (needs the package index); `scripts/lock.sh imx500` re-pins the converter's lock alone.
 # The resolution is pip's own (`pip install --dry-run --report`); nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,15 @@ PY
   rm -f "$report"
 }
 
+# The IMX500 converter's lock stands alone: it goes into its own venv (.venv-imx500), whose
+# TensorFlow and mct-quantizers differ from the job's. `scripts/lock.sh imx500` re-pins only it.
+pin_imx500() {
+  pin requirements-imx500.in requirements-imx500.lock "IMX500 converter: every package of .venv-imx500 (mk/imx500.mk), never the job's venv."
+  echo "lock: wrote requirements-imx500.lock ($(grep -c '==' requirements-imx500.lock) pins)"
+}
+if [ "${1:-}" = imx500 ]; then pin_imx500; exit 0; fi
+
 pin requirements.in requirements.lock "Runtime: every package the job (and the container image) installs."
 pin requirements-dev.in requirements-dev.lock "Development and tests, installed on top of requirements.lock." requirements.lock
 echo "lock: wrote requirements.lock ($(grep -c '==' requirements.lock) pins) and requirements-dev.lock ($(grep -c '==' requirements-dev.lock) pins)"
+pin_imx500

@@ -1,0 +1,367 @@
+"""Sony's IMX500 converter (``imxconv-tf``): find it, hand it MCT's Keras export, run it as a
+killable subprocess and read the packaged model's memory report.
+
+The converter lives in its own venv (``make imx500-venv``) or in the ``mctq-job:imx500`` image,
+never in the job's venv: it pins its own TensorFlow and mct-quantizers, and Sony's licence
+allows its use but not its redistribution. So it is only ever run as a separate process, and
+nothing here imports TensorFlow or MCT at import time.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: Environment variable naming the converter's executable; the mctq-job:imx500 image sets it.
+ENV = "MCTQ_IMXCONV"
+EXECUTABLE = "imxconv-tf"
+CONFIG_KEY = "imx500.package"
+
+#: The imx500 ``target_platform_version`` values whose quantized models converter 3.19.2
+#: converts (each was converted for real, docs/imx500.md).
+ACCEPTED_TPC_VERSIONS: tuple[str, ...] = ("1.0", "4.0", "5.0", "6.0")
+
+#: ``--version`` starts Python and reads package metadata only: seconds, even on a busy machine.
+VERSION_TIMEOUT_S = 60.0
+#: Between SIGTERM and SIGKILL of the converter's process group.
+KILL_GRACE_S = 3.0
+#: Lines of converter output kept for a ConverterError's message.
+TAIL_LINES = 20
+
+REPORT_SUFFIX = "_MemoryReport.json"
+PACKAGE_FILE = "packerOut.zip"
+DNN_PARAMS_FILE = "dnnParams.xml"
+OUTPUT_FOLDER = "imxconv-output"
+TEMP_FOLDER = "imxconv-tmp"
+
+_HOW_TO_GET = (
+    f"build its venv with `make imx500-venv` and set {ENV}=.venv-imx500/bin/{EXECUTABLE}, "
+    f"or run the mctq-job:imx500 image (`make image-imx500`); the default image and venv do "
+    f"not contain it because Sony's licence allows its use but not its redistribution"
+)
+
+
+@dataclass(frozen=True)
+class Converter:
+    path: Path
+    version: str
+
+
+@dataclass(frozen=True)
+class Package:
+    """What a conversion left. A model that does not fit in the chip's memory gets only its
+    memory report: the converter then exits 1 without packerOut.zip and dnnParams.xml."""
+
+    packer_out: Path | None  # packerOut.zip: what goes onto the IMX500; None when it does not fit
+    dnn_params: Path | None  # dnnParams.xml; None when it does not fit
+    memory_report: Path  # <model name>_MemoryReport.json
+    facts: dict[str, Any]  # memory_facts() of that report
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.facts["fit_in_chip"])
+
+
+class ConverterError(Exception):
+    """The converter exited non-zero (or produced no package); carries its exit code and the
+    last lines it printed, which say why."""
+
+    def __init__(self, message: str, *, returncode: int | None, tail: list[str]):
+        super().__init__(message)
+        self.returncode = returncode
+        self.tail = list(tail)
+
+
+# ---------------------------------------------------------------------------------------
+# Finding the converter
+
+
+def find_converter(environ: Mapping[str, str] | None = None) -> Converter:
+    """The converter named by MCTQ_IMXCONV, else ``imxconv-tf`` on PATH, checked to run.
+
+    Raises ConfigError (key ``imx500.package``) when it is missing or does not answer."""
+    env = os.environ if environ is None else environ
+    path = _locate(env)
+    return Converter(path=path, version=_probe_version(path, env))
+
+
+def _locate(env: Mapping[str, str]) -> Path:
+    named = env.get(ENV, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.absolute()
+        raise _config_error(f"{ENV}={named} is not an executable file")
+    found = shutil.which(EXECUTABLE, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise _config_error(f"{ENV} is not set and {EXECUTABLE} is not on PATH")
+    return Path(found).absolute()
+
+
+def _probe_version(path: Path, env: Mapping[str, str]) -> str:
+    """``imxconv-tf --version`` prints e.g. ``imxconv-tf 3.19.2``."""
+    try:
+        probe = subprocess.run(
+            [str(path), "--version"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=VERSION_TIMEOUT_S,
+            env=_child_env(env),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise _config_error(f"{path} --version did not answer within {VERSION_TIMEOUT_S:.0f} s") from None
+    except OSError as exc:
+        raise _config_error(f"{path} cannot be started: {exc.strerror or exc}") from None
+    output = (probe.stdout + probe.stderr).strip()
+    match = re.search(r"\b(\d+\.\d+(?:\.\d+)*)\b", output)
+    if probe.returncode != 0 or match is None:
+        last = output.splitlines()[-1] if output else "no output"
+        raise _config_error(f"{path} --version failed (exit {probe.returncode}): {last}")
+    return match.group(1)
+
+
+def _config_error(problem: str) -> ConfigError:
+    return ConfigError(f"{CONFIG_KEY}: the IMX500 converter is needed but {problem}; {_HOW_TO_GET}", key=CONFIG_KEY)
+
+
+def _child_env(env: Mapping[str, str], temp_dir: Path | None = None) -> dict[str, str]:
+    """The converter's environment: its own venv's packages only (no PYTHONPATH/PYTHONHOME
+    leaking the job's TensorFlow in), unbuffered so lines arrive as they are printed."""
+    child = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    child.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL=child.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    if temp_dir is not None:
+        # Python's temp files and JNA's native-library cache go into the run's own folder, so
+        # they are removed with it and a read-only HOME never matters.
+        child.update(TMPDIR=str(temp_dir), XDG_CACHE_HOME=str(temp_dir / "cache"))
+    return child
+
+
+# ---------------------------------------------------------------------------------------
+# Export and conversion
+
+
+def export_keras(quantized_model: Any, destination: Path) -> None:
+    """MCT's Keras export of its quantized model (Keras serialization, MCTQ quantization
+    format): the file the converter reads, loadable with mct_quantizers.keras_load_quantized_model."""
+    import model_compression_toolkit as mct
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    mct.exporter.keras_export_model(
+        model=quantized_model,
+        save_model_path=str(destination),
+        serialization_format=mct.exporter.KerasExportSerializationFormat.KERAS,
+        quantization_format=mct.exporter.QuantizationFormat.MCTQ,
+    )
+
+
+def convert(converter: Converter, keras_file: Path, work_dir: Path, on_line: Callable[[str], None]) -> Package:
+    """Run the converter on ``keras_file``; its outputs go to ``work_dir/imxconv-output``, its
+    temporary files to ``work_dir/imxconv-tmp``. Every output line is passed to ``on_line``.
+
+    A model too large for the chip is not an error here: the Package's facts say
+    ``fit_in_chip: False`` and it has no packerOut.zip (the caller decides, e.g. require_fit).
+    Raises ConverterError when the converter fails for any other reason."""
+    output_dir = work_dir / OUTPUT_FOLDER
+    temp_dir = _private_temp_dir(work_dir)
+    command = [
+        str(converter.path),
+        "--input-path",
+        str(Path(keras_file).absolute()),
+        "--output-dir",
+        str(output_dir.absolute()),
+        "--overwrite-output",
+        "--report-size-unit",
+        "B",
+    ]
+    returncode, tail = _run_streaming(command, _child_env(os.environ, temp_dir), on_line)
+    report_file = _memory_report_file(output_dir)
+    facts = memory_facts(_read_json(report_file), converter.version) if report_file else None
+    refused_as_too_large = facts is not None and not facts["fit_in_chip"]
+    if returncode != 0 and not refused_as_too_large:
+        raise ConverterError(
+            _failure_message(converter, f"exited with code {returncode}", tail), returncode=returncode, tail=tail
+        )
+    return _collect_package(converter, output_dir, report_file, facts, tail)
+
+
+def _private_temp_dir(work_dir: Path) -> Path | None:
+    """A temp folder inside ``work_dir``; None (the system's) when its path holds characters a
+    shell would split on, since the converter hands its temp paths to ``sh -c`` unquoted."""
+    temp_dir = (work_dir / TEMP_FOLDER).absolute()
+    if not re.fullmatch(r"[\w./+@:,=-]+", str(temp_dir)):
+        return None
+    (temp_dir / "cache").mkdir(parents=True, exist_ok=True)
+    return temp_dir
+
+
+def _failure_message(converter: Converter, what: str, tail: list[str]) -> str:
+    meaningful = [line for line in tail if re.search(r"error|fail|exception", line, re.IGNORECASE)]
+    quote = (meaningful or tail or ["no output"])[-1].strip()
+    return f"IMX500 converter {converter.path.name} {converter.version} {what}: {quote}"
+
+
+def _memory_report_file(output_dir: Path) -> Path | None:
+    reports = sorted(output_dir.glob(f"*{REPORT_SUFFIX}"))
+    return reports[0] if reports else None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _collect_package(
+    converter: Converter, output_dir: Path, report_file: Path | None, facts: dict[str, Any] | None, tail: list[str]
+) -> Package:
+    """The package's files; packerOut.zip and dnnParams.xml must exist for a model that fits."""
+    if report_file is None or facts is None:
+        raise ConverterError(_failure_message(converter, f"wrote no *{REPORT_SUFFIX}", tail), returncode=0, tail=tail)
+    packer_out, dnn_params = output_dir / PACKAGE_FILE, output_dir / DNN_PARAMS_FILE
+    missing = [p.name for p in (packer_out, dnn_params) if not p.is_file()]
+    if facts["fit_in_chip"] and missing:
+        raise ConverterError(
+            _failure_message(converter, f"wrote no {', '.join(missing)}", tail), returncode=0, tail=tail
+        )
+    return Package(
+        packer_out=packer_out if packer_out.is_file() else None,
+        dnn_params=dnn_params if dnn_params.is_file() else None,
+        memory_report=report_file,
+        facts=facts,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The running converter: streamed, registered, and killable as a whole process group
+
+_running: dict[int, subprocess.Popen] = {}
+_running_lock = threading.Lock()
+
+
+def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Run ``command`` in a new session (its own process group: the converter starts a shell,
+    Java and more Python below it); return its exit code and last output lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,
+    )
+    with _running_lock:
+        _running[process.pid] = process
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\r\n")
+            tail.append(line)
+            on_line(line)
+        return process.wait(), list(tail)
+    finally:
+        # Also on an exception in on_line or an interruption: no converter outlives its caller.
+        _stop_group(process)
+        with _running_lock:
+            _running.pop(process.pid, None)
+
+
+def running_process_groups() -> list[int]:
+    """Process-group ids of the converters running now (each group is one conversion)."""
+    with _running_lock:
+        return sorted(_running)
+
+
+def terminate_running() -> None:
+    """Stop every converter this process started, with all of their children: SIGTERM to
+    each process group, SIGKILL to what is left after KILL_GRACE_S. Safe from any thread."""
+    with _running_lock:
+        processes = list(_running.values())
+    for process in processes:
+        _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    for process in processes:
+        _wait_group_gone(process, deadline)
+    for process in processes:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of the process's group and reap the leader."""
+    if _signal_group(process.pid, signal.SIGKILL):
+        _wait_group_gone(process, time.monotonic() + KILL_GRACE_S)
+    try:
+        process.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait_group_gone(process: subprocess.Popen, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the leader, so a zombie leader does not count as alive
+        if not _signal_group(process.pid, 0):
+            return
+        time.sleep(0.05)
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to the group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# The memory report
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?B)\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+def size_bytes(text: str) -> int:
+    """A reported size in bytes: ``"96256B"`` (``--report-size-unit B``) or ``"94.00KB"``
+    (the converter's default, powers of 1024)."""
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise ValueError(f"not a memory size: {text!r}")
+    return round(float(match.group(1)) * _UNIT_BYTES[match.group(2).upper()])
+
+
+def memory_facts(report: dict, converter_version: str) -> dict[str, Any]:
+    """What results.json says about the package, from the converter's memory report.
+
+    Memory usage is runtime (activations) + model (weights and program) + reserved memory;
+    the utilization is computed from the byte counts, not the report's rounded percentage."""
+    section = report.get("Memory Report", report)
+    usage = size_bytes(section["Memory Usage"])
+    total = size_bytes(section["Total Memory Available On Chip"])
+    return {
+        "converter_version": converter_version,
+        "fit_in_chip": bool(section["Fit In Chip"]),
+        "memory_usage": section["Memory Usage"],
+        "memory_usage_bytes": usage,
+        "model_memory_bytes": size_bytes(section["Model Memory Physical Size"]),
+        "runtime_memory_bytes": size_bytes(section["Runtime Memory Physical Size"]),
+        "reserved_memory_bytes": size_bytes(section.get("Reserved Memory", "0B")),
+        "total_memory_bytes": total,
+        "utilization": usage / total if total else None,
+    }

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,11 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()), pid=os.getpid()
     )
     process = lifecycle.Process(log)
-    process.handle_signals(_stop_converter, artifacts.abort_all)
+    process.handle_signals(
+        _if_loaded("mctq_job.imx500", "terminate_running"),
+        _if_loaded("mctq_job.float_worker", "stop_all"),
+        artifacts.abort_all,
+    )
     began = time.monotonic()
     try:
         from . import pipeline
@@ -131,11 +136,15 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
     )
 
 
-def _stop_converter() -> None:
-    """Stop the IMX500 converter's process group, if the run started one (then its module is loaded)."""
-    converter = sys.modules.get("mctq_job.imx500")
-    if converter is not None:
-        converter.terminate_running()
+def _if_loaded(module: str, function: str) -> Callable[[], object]:
+    """A clean-up calling ``module.function()`` only where the run imported that module: a
+    child process (the IMX500 converter, the float conversion's worker) exists only then."""
+
+    def cleanup() -> object:
+        loaded = sys.modules.get(module)
+        return getattr(loaded, function)() if loaded is not None else None
+
+    return cleanup
 
 
 @main.command()

@@ -68,16 +68,18 @@ def export(
     quantized_io: str = "float",
     write: Callable[[Path, bytes], Path] | None = None,
     keras_export: bool = False,
+    float_tflite: Callable[[], bytes] | None = None,
 ) -> Exported:
     """Stage both TFLite files (and, with ``keras_export``, model_quantized.keras) in
-    ``staging``; ``write`` stages bytes, mapping disk errors."""
+    ``staging``; ``write`` stages bytes, mapping disk errors. ``float_tflite`` gives
+    model.tflite's bytes where a worker made them; otherwise they are converted here."""
     write = write or staging.write_bytes
     keras = export_keras(quantized_model, output_dir / KERAS_FILE, staging) if keras_export else None
     quantized_final = output_dir / QUANTIZED_FILE
     quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format, quantized_io)
     quantized_temp = write(quantized_final, quantized_bytes)
     float_final = output_dir / MODEL_FILE
-    float_temp = write(float_final, convert_float(model))
+    float_temp = write(float_final, float_tflite() if float_tflite else convert_float(model))
     return Exported(
         {
             "tflite": _described(float_final, float_temp),

@@ -172,6 +172,7 @@ def _heavy_stages(
     with stages("model") as summary:
         loaded = model_mod.load(checked)
         summary.update(loaded.info.summary())
+    conversion = _start_float_conversion(checked, loaded.info.parameters)
     with stages("calibrate", batches=config.iteration_count, batch_size=config.batch_size) as summary:
         drawn = calibrate.draw(len(checked.calibration_images), config)
         summary.update(drawn.summary())
@@ -190,6 +191,7 @@ def _heavy_stages(
             config.quantized_io,
             write=lambda final, data: _write(staging, final, data),
             keras_export=config.target_platform == "imx500",
+            float_tflite=conversion and (lambda: _float_bytes(conversion, log)),
         )
         summary.update(exported.summary())
     chip = None
@@ -205,6 +207,26 @@ def _heavy_stages(
         result = _report(values, stages, staging, log, started_at)
         summary["artifacts"] = len(result.published)
     return result
+
+
+def _start_float_conversion(checked: inputs_mod.Inputs, parameters: int) -> Any:
+    """model.tflite's conversion in a worker, overlapping quantization, for models large enough to gain."""
+    import tempfile
+
+    from . import float_worker
+
+    if parameters < float_worker.WORKER_MIN_PARAMETERS:
+        return None
+    capture = Path(tempfile.mkdtemp(prefix="float-tflite-")) / "native-output.txt"  # in the run's private temp folder
+    return float_worker.FloatConversion(checked.config.source_keras_model, capture)
+
+
+def _float_bytes(conversion: Any, log: Logger) -> bytes:
+    try:
+        return conversion.result()
+    finally:
+        if text := conversion.output():
+            log.debug(Event.LIBRARY_LOG.value, logger="native", message=text[:16000], worker="float-tflite")
 
 
 def _skip_logger(log: Logger, found: list[tuple[Path, str]]) -> Any:

@@ -121,6 +121,20 @@ def image_for_tests(client: Any) -> Built:
     return Built(image, digest, False, time.monotonic() - began)
 
 
+IMX500_IMAGE = "mctq-job:imx500"
+
+
+def imx500_image_for_tests(client: Any, job_image: Any) -> Any:
+    """mctq-job:imx500 built FROM ``job_image`` with the Makefile's own recipe (`make
+    image-imx500`); docker's layer cache makes a rebuild on an unchanged base quick."""
+    job_image.tag("mctq-job", "imx500-test-base")
+    proc = make("image-imx500", "IMAGE=mctq-job:imx500-test-base", f"IMX500_IMAGE={IMX500_IMAGE}")
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        pytest.fail(f"`make image-imx500` failed (exit {proc.returncode}):\n{tail}", pytrace=False)
+    return client.images.get(IMX500_IMAGE)
+
+
 @dataclass
 class ContainerRun:
     exit_code: int

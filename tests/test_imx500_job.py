@@ -155,3 +155,24 @@ def test_sigterm_during_the_converter_stops_it_and_leaves_nothing_partial(projec
     assert not any(_group_alive(group) for group in groups)
     for folder in (project / "output", project / "evaluate" / "results"):
         assert not folder.exists() or not list(folder.iterdir())
+
+
+@pytest.mark.container
+def test_the_imx500_image_packages_a_mounted_project_hardened(digits_template, tmp_path):
+    """mctq-job:imx500 with --read-only --tmpfs /tmp --network none --cap-drop ALL and a UID it has
+    never seen: the converter runs (nothing to chmod or download at run time) and the package lands."""
+    from container_support import (docker_client, image_for_tests, imx500_image_for_tests, make_group0_writable,
+                                   run_container)
+
+    client = docker_client()
+    image = imx500_image_for_tests(client, image_for_tests(client).image)
+    project = tmp_path / "project"
+    shutil.copytree(digits_template, project)
+    packaging(project)
+    make_group0_writable(project)
+    run = run_container(client, image, hardened=True, user="23456:0", mounts={project: "/workspace"}, timeout=1800)
+    assert run.exit_code == 0, run.explain()
+    names = {p.name for p in (project / "output").iterdir()}
+    assert names == set(artifacts.output_dir_files("imx500", imx500_package=True))
+    results = json.loads((project / "evaluate" / "results" / artifacts.RESULTS_FILE).read_text())
+    assert results["imx500"]["fit_in_chip"] is True

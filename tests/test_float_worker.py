@@ -1,0 +1,72 @@
+"""model.tflite converted in a worker process while MCT quantizes: the same bytes as the
+in-process conversion, published the same way, and no worker outlives an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+WORKER_ALWAYS = "import mctq_job.float_worker as w\nw.WORKER_MIN_PARAMETERS = 0\n"
+
+
+def test_the_worker_converts_to_the_same_bytes_as_the_job_itself(project, tmp_path):
+    """Same model file in, byte-identical model.tflite out, and the worker is gone afterwards."""
+    import tensorflow as tf
+
+    from mctq_job import export, float_worker
+
+    model_path = project / "model" / "saved_model"
+    conversion = float_worker.FloatConversion(model_path, tmp_path / "native.txt")
+    in_process = export.convert_float(tf.keras.models.load_model(str(model_path), compile=False))
+    assert conversion.result() == in_process
+    assert not conversion.process.is_alive() and conversion.process.exitcode == 0
+
+
+def test_a_worker_that_fails_is_a_toolkit_failure_naming_the_converter(tmp_path):
+    """No model at the path: the worker reports TensorFlow's error, raised as exit 5 for the converter."""
+    from mctq_job import float_worker
+    from mctq_job.errors import ToolkitError
+
+    conversion = float_worker.FloatConversion(tmp_path / "missing", tmp_path / "native.txt")
+    with pytest.raises(ToolkitError) as failure:
+        conversion.result()
+    assert failure.value.tool == float_worker.TOOL and "missing" in failure.value.message
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_sigterm_while_the_worker_runs_leaves_no_worker_and_no_file(project):
+    """Interrupted during quantization with the worker converting: exit 143, the worker ended too."""
+    code = WORKER_ALWAYS + "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "stage.start" and event["stage"] == "quantize":
+            break
+    workers = _children(proc.pid)
+    assert workers, "no worker process was started"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143
+    assert json.loads(rest.strip().splitlines()[-1])["error"] == "interrupted"
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    for folder in (project / "output", project / "evaluate" / "results"):
+        assert not folder.exists() or not list(folder.iterdir())

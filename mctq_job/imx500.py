@@ -265,11 +265,12 @@ def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[s
         env=env,
         start_new_session=True,
     )
+    output = process.stdout
+    assert output is not None  # stdout=PIPE
     with _running_lock:
         _running[process.pid] = process
     try:
-        assert process.stdout is not None
-        for raw in process.stdout:
+        for raw in output:
             line = raw.rstrip("\r\n")
             tail.append(line)
             on_line(line)
@@ -279,6 +280,7 @@ def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[s
         _stop_group(process)
         with _running_lock:
             _running.pop(process.pid, None)
+        output.close()
 
 
 def running_process_groups() -> list[int]:

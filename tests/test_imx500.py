@@ -99,14 +99,29 @@ def test_sizes_in_bytes_and_in_the_converters_human_units():
 
 
 def test_memory_facts_add_up():
-    report = {"Memory Report": {
-        "Runtime Memory Physical Size": "1000B", "Model Memory Physical Size": "3000B",
-        "Reserved Memory": "24B", "Memory Usage": "4024B", "Total Memory Available On Chip": "8048B",
-        "Memory Utilization": "50%", "Fit In Chip": True}}
+    report = {
+        "Memory Report": {
+            "Runtime Memory Physical Size": "1000B",
+            "Model Memory Physical Size": "3000B",
+            "Reserved Memory": "24B",
+            "Memory Usage": "4024B",
+            "Total Memory Available On Chip": "8048B",
+            "Memory Utilization": "50%",
+            "Fit In Chip": True,
+        }
+    }
     facts = imx500.memory_facts(report, "9.9.9")
-    assert facts == {"converter_version": "9.9.9", "fit_in_chip": True, "memory_usage": "4024B",
-                     "memory_usage_bytes": 4024, "model_memory_bytes": 3000, "runtime_memory_bytes": 1000,
-                     "reserved_memory_bytes": 24, "total_memory_bytes": 8048, "utilization": 0.5}
+    assert facts == {
+        "converter_version": "9.9.9",
+        "fit_in_chip": True,
+        "memory_usage": "4024B",
+        "memory_usage_bytes": 4024,
+        "model_memory_bytes": 3000,
+        "runtime_memory_bytes": 1000,
+        "reserved_memory_bytes": 24,
+        "total_memory_bytes": 8048,
+        "utilization": 0.5,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,9 +144,11 @@ def quantize_for_imx500(model, pixels, tpc_version: str = "1.0", core_config=Non
 
     half = len(pixels) // 2
     quantized, _ = mct.ptq.keras_post_training_quantization(
-        model, lambda: iter([[pixels[:half]], [pixels[half:]]]),
+        model,
+        lambda: iter([[pixels[:half]], [pixels[half:]]]),
         target_platform_capabilities=target_platform_capabilities("imx500", tpc_version),
-        core_config=core_config or mct.core.CoreConfig())
+        core_config=core_config or mct.core.CoreConfig(),
+    )
     return quantized
 
 
@@ -139,8 +156,8 @@ def quantize_for_imx500(model, pixels, tpc_version: str = "1.0", core_config=Non
 def digits_float(digits_template):
     import tensorflow as tf
 
-    return tf.keras.models.load_model(str(digits_template / "model" / "saved_model")), \
-        calibration_pixels(digits_template)
+    model = tf.keras.models.load_model(str(digits_template / "model" / "saved_model"))
+    return model, calibration_pixels(digits_template)
 
 
 @pytest.fixture(scope="session")
@@ -180,8 +197,9 @@ def test_digits_facts_are_those_of_the_memory_report(digits_package, converter):
     assert facts["fit_in_chip"] is report["Fit In Chip"] is True and package.fits
     assert facts["memory_usage"] == report["Memory Usage"]
     assert facts["model_memory_bytes"] == int(report["Model Memory Physical Size"].rstrip("B"))
-    assert facts["memory_usage_bytes"] == (facts["model_memory_bytes"] + facts["runtime_memory_bytes"]
-                                           + facts["reserved_memory_bytes"])
+    assert facts["memory_usage_bytes"] == (
+        facts["model_memory_bytes"] + facts["runtime_memory_bytes"] + facts["reserved_memory_bytes"]
+    )
     assert facts["total_memory_bytes"] == int(report["Total Memory Available On Chip"].rstrip("B"))
     assert 8_000_000 < facts["total_memory_bytes"] <= 8 * 1024 * 1024
     assert facts["utilization"] == pytest.approx(int(report["Memory Utilization"].rstrip("%")) / 100, abs=0.01)
@@ -208,9 +226,13 @@ def test_exported_keras_predicts_like_the_quantized_model_in_a_fresh_process(dig
 
     quantized, pixels, exported = digits_keras
     np.save(tmp_path / "x.npy", pixels)
-    subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(exported), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, capture_output=True, timeout=300,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(exported), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     expected = quantized.predict(pixels, verbose=0)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6, atol=1e-6)
 
@@ -236,8 +258,11 @@ def test_model_too_large_for_the_chip_does_not_fit(converter, tmp_path):
     hidden = tf.keras.layers.Dense(2880, activation="relu")(tf.keras.layers.Flatten()(inputs))
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(10)(hidden))
     pixels = np.random.default_rng(0).normal(size=(8, IMAGE_SIDE, IMAGE_SIDE, 3)).astype("float32")
-    fast = mct.core.CoreConfig(quantization_config=mct.core.QuantizationConfig(
-        weights_error_method=mct.core.QuantizationErrorMethod.NOCLIPPING))
+    fast = mct.core.CoreConfig(
+        quantization_config=mct.core.QuantizationConfig(
+            weights_error_method=mct.core.QuantizationErrorMethod.NOCLIPPING
+        )
+    )
     imx500.export_keras(quantize_for_imx500(model, pixels, core_config=fast), tmp_path / "model_quantized.keras")
 
     package = imx500.convert(converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None)

@@ -224,7 +224,7 @@ class _Swap:
 
 
 _active: _Swap | None = None
-_lock = threading.Lock()
+_in_use = threading.Lock()   # held while the replacements are installed
 
 
 def fast_update_statistics(self: Any, x: Any, weights: Any = None) -> None:
@@ -314,17 +314,17 @@ def faster_statistics(workers: int | None = None) -> Iterator[Status]:
     methods are back. With another MCT version nothing is replaced and the Status says why.
     ``workers``: threads for the per-tensor updates (default: the usable CPUs). Not re-entrant:
     a nested or concurrent block runs MCT's own code and says so."""
-    global _active
     current = status()
     if not current.active:
         yield current
         return
-    with _lock:
-        busy = _active is not None
-    if busy:
+    if not _in_use.acquire(blocking=False):
         yield Status(False, "another faster_statistics block is active; MCT's own code runs here")
         return
-    yield from _swapped(workers, current)
+    try:
+        yield from _swapped(workers, current)
+    finally:
+        _in_use.release()
 
 
 def _swapped(workers: int | None, current: Status) -> Iterator[Status]:

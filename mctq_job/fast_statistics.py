@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import inspect
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,16 +36,20 @@ HISTOGRAM_CHUNK = 16384
 #: Elements per block of the channels-first copy.
 TRANSPOSE_BLOCK = 32768
 
-_FLOAT_TO_INT = {np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
+_FLOAT_TO_INT: dict[np.dtype, Any] = {
+    np.dtype(np.float32): np.dtype(np.int32),
+    np.dtype(np.float64): np.dtype(np.int64),
+}
 
 
 @dataclass(frozen=True)
 class Status:
-    active: bool   # True: the fast path replaces MCT's collector internals inside the block
-    reason: str    # why it is or is not active, for the run's log
+    active: bool  # True: the fast path replaces MCT's collector internals inside the block
+    reason: str  # why it is or is not active, for the run's log
 
 
 # --- exact pieces -----------------------------------------------------------------------------
+
 
 def histogram_range(channel_min: np.ndarray, channel_max: np.ndarray) -> tuple[np.float64, np.float64] | None:
     """Stands for ``numpy.lib.histograms._get_outer_edges(a, None)`` (the range ``np.histogram``
@@ -60,8 +66,9 @@ def histogram_range(channel_min: np.ndarray, channel_max: np.ndarray) -> tuple[n
     return first, last
 
 
-def uniform_histogram(values: np.ndarray, first: np.float64, last: np.float64,
-                      n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+def uniform_histogram(
+    values: np.ndarray, first: np.float64, last: np.float64, n_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Stands for ``np.histogram(values, bins=n_bins)`` (numpy 1.26) given that ``first``/``last``
     are the range it would find for ``values`` (float64, all within the range).
 
@@ -72,7 +79,7 @@ def uniform_histogram(values: np.ndarray, first: np.float64, last: np.float64,
     The range check numpy applies is always true here, and bin counts are order-free integer
     sums, so counting whole chunks instead of numpy's 64K blocks changes nothing."""
     edges = np.linspace(first, last, n_bins + 1, endpoint=True, dtype=np.result_type(first, last, values))
-    next_edge = np.append(edges[1:-1], np.inf)   # inf: the last bin is never incremented out of
+    next_edge = np.append(edges[1:-1], np.inf)  # inf: the last bin is never incremented out of
     width = np.subtract(last, first, dtype=edges.dtype)
     flat = values.reshape(-1)
     counts = np.zeros(n_bins, np.intp)
@@ -81,29 +88,43 @@ def uniform_histogram(values: np.ndarray, first: np.float64, last: np.float64,
     edge = np.empty_like(scaled)
     outside = np.empty(scaled.size, bool)
     for start in range(0, flat.size, HISTOGRAM_CHUNK):
-        chunk = flat[start:start + HISTOGRAM_CHUNK]
+        chunk = flat[start : start + HISTOGRAM_CHUNK]
         size = chunk.size
-        counts += np.bincount(_bin_indices(chunk, first, width, n_bins, edges, next_edge,
-                                           scaled[:size], index[:size], edge[:size], outside[:size]),
-                              minlength=n_bins)
+        counts += np.bincount(
+            _bin_indices(
+                chunk, first, width, n_bins, edges, next_edge, scaled[:size], index[:size], edge[:size], outside[:size]
+            ),
+            minlength=n_bins,
+        )
     return counts, edges
 
 
-def _bin_indices(chunk, first, width, n_bins, edges, next_edge, scaled, index, edge, outside) -> np.ndarray:
+def _bin_indices(
+    chunk: np.ndarray,
+    first: np.float64,
+    width: np.float64,
+    n_bins: int,
+    edges: np.ndarray,
+    next_edge: np.ndarray,
+    scaled: np.ndarray,
+    index: np.ndarray,
+    edge: np.ndarray,
+    outside: np.ndarray,
+) -> np.ndarray:
     """numpy 1.26's uniform-bin index computation for one chunk, written into preallocated buffers."""
     np.subtract(chunk, first, out=scaled)
     np.divide(scaled, width, out=scaled)
     np.multiply(scaled, n_bins, out=scaled)
-    np.copyto(index, scaled, casting="unsafe")          # float -> intp truncation, as astype(np.intp)
-    np.minimum(index, n_bins - 1, out=index)            # index == n_bins only for x == last
-    np.take(edges, index, out=edge, mode="clip")     # indices are in range: no clipping
+    np.copyto(index, scaled, casting="unsafe")  # float -> intp truncation, as astype(np.intp)
+    np.minimum(index, n_bins - 1, out=index)  # index == n_bins only for x == last
+    np.take(edges, index, out=edge, mode="clip")  # indices are in range: no clipping
     np.less(chunk, edge, out=outside)
-    if np.count_nonzero(outside):                       # rare: skip the pass when nothing moves
-        np.subtract(index, outside, out=index)          # numpy decrements first ...
+    if np.count_nonzero(outside):  # rare: skip the pass when nothing moves
+        np.subtract(index, outside, out=index)  # numpy decrements first ...
     np.take(next_edge, index, out=edge, mode="clip")
     np.greater_equal(chunk, edge, out=outside)
     if np.count_nonzero(outside):
-        np.add(index, outside, out=index)               # ... then increments from the new index
+        np.add(index, outside, out=index)  # ... then increments from the new index
     return index
 
 
@@ -123,7 +144,7 @@ def channel_rows(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     transposed = np.transpose(x, order)
     as_view = transposed.view()
     try:
-        as_view.shape = (n, -1)                          # succeeds only when no copy is needed
+        as_view.shape = (n, -1)  # succeeds only when no copy is needed
     except AttributeError:
         rows = _transposed_float64(x, transposed, channels_last=axis == x.ndim - 1)
         return rows, rows
@@ -143,7 +164,7 @@ def _transposed_float64(x: np.ndarray, transposed: np.ndarray, channels_last: bo
     positions = x.reshape(-1, n)
     step = max(16, TRANSPOSE_BLOCK // n)
     for start in range(0, positions.shape[0], step):
-        np.copyto(rows[:, start:start + step], positions[start:start + step].T)
+        np.copyto(rows[:, start : start + step], positions[start : start + step].T)
     return rows
 
 
@@ -155,9 +176,11 @@ def has_negative_zero(x: np.ndarray) -> bool:
 
 # --- replacements -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Batch:
     """What one ``update_statistics`` call adds to a ``StatsCollector``'s four collectors."""
+
     channel_max: np.ndarray
     channel_min: np.ndarray
     channel_mean: np.ndarray
@@ -174,15 +197,21 @@ def batch_statistics(x: np.ndarray, axis: int, n_bins: int) -> _Batch | None:
     if edges_range is None:
         return None
     if 0 in (edges_range[0], edges_range[1]) and has_negative_zero(x):
-        return None                                      # np.histogram's own min/max decides the zero's sign
+        return None  # np.histogram's own min/max decides the zero's sign
     counts, edges = uniform_histogram(flat, *edges_range, n_bins)
     return _Batch(channel_max, channel_min, np.mean(rows, axis=-1), counts, edges)
 
 
 def _fits_fast_path(collector: Any, x: Any, weights: Any) -> bool:
-    return (weights is None and isinstance(x, np.ndarray) and x.dtype in _FLOAT_TO_INT and x.ndim >= 1
-            and x.size > 0 and collector.mc.axis == collector.mpcc.axis
-            and collector.hc._n_bins == collector.weighted_hc._n_bins)
+    return (
+        weights is None
+        and isinstance(x, np.ndarray)
+        and x.dtype in _FLOAT_TO_INT
+        and x.ndim >= 1
+        and x.size > 0
+        and collector.mc.axis == collector.mpcc.axis
+        and collector.hc._n_bins == collector.weighted_hc._n_bins
+    )
 
 
 def _store(collector: Any, batch: _Batch) -> None:
@@ -224,7 +253,13 @@ class _Swap:
 
 
 _active: _Swap | None = None
-_in_use = threading.Lock()   # held while the replacements are installed
+_in_use = threading.Lock()  # held while the replacements are installed
+
+
+def _installed() -> _Swap:
+    if _active is None:
+        raise RuntimeError("fast_statistics replacement called outside faster_statistics()")
+    return _active
 
 
 def fast_update_statistics(self: Any, x: Any, weights: Any = None) -> None:
@@ -235,7 +270,7 @@ def fast_update_statistics(self: Any, x: Any, weights: Any = None) -> None:
     every tensor has its own collector, so the updates of one batch are independent, and
     ``infer`` returns only after all of them finished. Hessian weights and anything outside
     float32/float64 arrays go to MCT's own method."""
-    swap = _active
+    swap = _installed()
     if not _fits_fast_path(self, x, weights):
         swap.update_statistics(self, x, weights)
         return
@@ -251,7 +286,7 @@ def infer_then_wait(self: Any, inputs_list: Any) -> Any:
     and, before returning, waits for the statistics updates it handed to the workers, re-raising
     the first error one of them hit. So when ``infer`` returns, the collectors hold what MCT's
     sequential loop would have stored."""
-    swap = _active
+    swap = _installed()
     pending: list[Future] = []
     swap.batch.pending = pending
     try:
@@ -267,45 +302,66 @@ def infer_then_wait(self: Any, inputs_list: Any) -> Any:
 
 # --- the switch -------------------------------------------------------------------------------
 
-def _targets() -> tuple[type, type]:
+
+def _targets() -> tuple[Any, Any]:
     from model_compression_toolkit.core.common.collectors.statistics_collector import StatsCollector
     from model_compression_toolkit.core.common.model_collector import ModelCollector
+
     return StatsCollector, ModelCollector
 
 
 def replaced_functions() -> dict[str, Callable]:
     """The MCT and numpy functions whose behaviour this module reproduces, by qualified name."""
-    from model_compression_toolkit.core.common.collectors import (histogram_collector, mean_collector,
-                                                                  min_max_per_channel_collector,
-                                                                  statistics_collector,
-                                                                  weighted_histogram_collector)
-    from numpy.lib import histograms
+    from model_compression_toolkit.core.common.collectors import (
+        histogram_collector,
+        mean_collector,
+        min_max_per_channel_collector,
+        statistics_collector,
+        weighted_histogram_collector,
+    )
+
+    histograms: Any = importlib.import_module("numpy.lib.histograms")
+
     stats_collector, model_collector = _targets()
-    functions = [stats_collector.__init__, stats_collector.update_statistics, model_collector.infer,
-                 statistics_collector.standardize_tensor, histogram_collector.HistogramCollector.__init__,
-                 histogram_collector.HistogramCollector.update,
-                 weighted_histogram_collector.WeightedHistogramCollector.update,
-                 mean_collector.MeanCollector.__init__, mean_collector.MeanCollector.update,
-                 min_max_per_channel_collector.MinMaxPerChannelCollector.__init__,
-                 min_max_per_channel_collector.MinMaxPerChannelCollector.update,
-                 histograms.histogram, histograms._get_outer_edges, histograms._get_bin_edges,
-                 histograms._unsigned_subtract]
+    functions = [
+        stats_collector.__init__,
+        stats_collector.update_statistics,
+        model_collector.infer,
+        statistics_collector.standardize_tensor,
+        histogram_collector.HistogramCollector.__init__,
+        histogram_collector.HistogramCollector.update,
+        weighted_histogram_collector.WeightedHistogramCollector.update,
+        mean_collector.MeanCollector.__init__,
+        mean_collector.MeanCollector.update,
+        min_max_per_channel_collector.MinMaxPerChannelCollector.__init__,
+        min_max_per_channel_collector.MinMaxPerChannelCollector.update,
+        histograms.histogram,
+        histograms._get_outer_edges,
+        histograms._get_bin_edges,
+        histograms._unsigned_subtract,
+    ]
     return {f"{f.__module__}.{f.__qualname__}": f for f in functions}
 
 
 def source_hashes() -> dict[str, str]:
     """sha256 of each reproduced function's source, to notice the day MCT or numpy changes it."""
-    return {name: hashlib.sha256(inspect.getsource(f).encode()).hexdigest()
-            for name, f in replaced_functions().items()}
+    return {name: hashlib.sha256(inspect.getsource(f).encode()).hexdigest() for name, f in replaced_functions().items()}
 
 
 def status() -> Status:
     import model_compression_toolkit as mct
+
     if mct.__version__ != PINNED_MCT_VERSION:
-        return Status(False, f"MCT {mct.__version__} is installed; the fast statistics path was checked "
-                             f"against MCT {PINNED_MCT_VERSION} only, so MCT's own code runs")
-    return Status(True, f"MCT {mct.__version__}: statistics collected by mctq_job.fast_statistics "
-                        f"(bit-identical to MCT's own collectors)")
+        return Status(
+            False,
+            f"MCT {mct.__version__} is installed; the fast statistics path was checked "
+            f"against MCT {PINNED_MCT_VERSION} only, so MCT's own code runs",
+        )
+    return Status(
+        True,
+        f"MCT {mct.__version__}: statistics collected by mctq_job.fast_statistics "
+        f"(bit-identical to MCT's own collectors)",
+    )
 
 
 @contextlib.contextmanager
@@ -330,6 +386,7 @@ def faster_statistics(workers: int | None = None) -> Iterator[Status]:
 def _swapped(workers: int | None, current: Status) -> Iterator[Status]:
     global _active
     from .images import usable_cpus
+
     stats_collector, model_collector = _targets()
     with ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="mctq-stats") as pool:
         _active = _Swap(stats_collector.update_statistics, model_collector.infer, pool)

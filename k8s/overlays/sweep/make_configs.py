@@ -62,7 +62,7 @@ def build(sweep_file: Path) -> dict[str, str]:
     completions = len(runs)
     parallelism = int(sweep.get("parallelism", completions))
     max_failed = int(sweep.get("max_failed_indexes", completions))
-    if not 1 <= parallelism:
+    if parallelism < 1:
         raise SweepError("parallelism must be at least 1")
     if not 0 <= max_failed <= completions:
         raise SweepError(f"max_failed_indexes must be between 0 and the number of runs ({completions})")
@@ -121,8 +121,9 @@ def _check_schema(config: dict, name: str) -> None:
     if str(root) not in sys.path and (root / "mctq_job").is_dir():
         sys.path.append(str(root))
     try:
-        from mctq_job.config import Config
         from pydantic import ValidationError
+
+        from mctq_job.config import Config
     except ImportError:
         return
     try:

@@ -1,0 +1,121 @@
+"""k8s/collect_results.py, run as its users run it: on a folder of run outputs given as an
+argument, or piped into `python -` as in the loader pod, its table and exit status read."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "k8s" / "collect_results.py"
+MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+
+
+def write_run(root: Path, name: str, accuracy: float, *, platform: str = "imx500", batches: int = 10,
+              gate: dict | None = None) -> dict:
+    """A run's output as the job leaves it: <name>/evaluation/results.json, and
+    <name>/model/manifest.json recording results.json's SHA-256. Returns the manifest."""
+    results = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
+    results |= {"image_count": 140, "target_platform": platform, "seed": 0, "gate": gate}
+    results_file = root / name / "evaluation" / "results.json"
+    results_file.parent.mkdir(parents=True)
+    results_file.write_text(json.dumps(results))
+    manifest = {"outcome": "success", "config": {"iteration_count": batches, "batch_size": 16, "target_platform": platform},
+                "peak_memory_bytes": 700 * 2**20, "stage_seconds": {"quantize": 2.0, "evaluate": 1.5},
+                "artifacts": [{"name": "results.json", "path": f"/output/sweep/{name}/evaluation/results.json",
+                               "sha256": hashlib.sha256(results_file.read_bytes()).hexdigest()}]}
+    (root / name / "model").mkdir()
+    (root / name / "model" / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def collect(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(root), *args], capture_output=True, text=True)
+
+
+def test_one_row_per_run_in_natural_order(tmp_path):
+    """CSV: one row per run, named after its folder, in natural order (2 before 10), with the
+    settings from manifest.json, the four accuracies, the drop from Keras to the quantized
+    TFLite model, the peak memory in MiB and the seconds summed over the stages."""
+    write_run(tmp_path, "10-qnnpack", 0.95, platform="qnnpack", batches=3)
+    write_run(tmp_path, "2-imx500", 0.97)
+    proc = collect(tmp_path, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["run"] for r in rows] == ["2-imx500", "10-qnnpack"]
+    row = rows[1]
+    assert (row["target_platform"], row["iteration_count"], row["status"]) == ("qnnpack", "3", "ok")
+    assert float(row["keras"]) == 0.95 and float(row["drop"]) == pytest.approx(0.03)
+    assert (row["peak_memory_mb"], row["seconds"]) == ("700", "3.5")
+
+
+def test_markdown_by_default_and_from_stdin_as_in_the_loader_pod(tmp_path):
+    """Without --format the table is Markdown; the script piped into `python - ROOT` (how
+    k8s/README.md runs it in the loader pod) prints the same table."""
+    write_run(tmp_path, "0-a", 0.9)
+    by_path = collect(tmp_path)
+    piped = subprocess.run([sys.executable, "-", str(tmp_path)], input=SCRIPT.read_text(), capture_output=True,
+                           text=True)
+    assert piped.returncode == by_path.returncode == 0, piped.stderr
+    assert piped.stdout == by_path.stdout
+    header, rule, row = by_path.stdout.splitlines()
+    assert header.startswith("| run | target_platform |") and row.startswith("| 0-a | imx500 | 10 | 16 | 0 | 140 | 0.9000 |")
+
+
+def test_runs_are_paired_by_hash_wherever_they_were_copied(tmp_path):
+    """Results and manifests are paired by the SHA-256 the manifest records, not by path:
+    folders copied to another root still pair, and two runs with identical results.json files
+    each get their own manifest (the nearest)."""
+    copied = tmp_path / "copied"
+    write_run(tmp_path / "sweep", "0-a", 0.9, batches=3)
+    write_run(tmp_path / "sweep", "1-b", 0.9, batches=7)
+    shutil.copytree(tmp_path / "sweep", copied)
+    proc = collect(copied, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [(r["run"], r["iteration_count"], r["status"]) for r in rows] == [("0-a", 3, "ok"), ("1-b", 7, "ok")]
+
+
+def test_the_gate_column_shows_each_runs_verdict(tmp_path):
+    """`gate` is passed or failed where the run had an accuracy gate, empty where it had none;
+    a failed gate is still a complete run (exit 0)."""
+    write_run(tmp_path, "0-a", 0.9, gate={"passed": True, "top_1_drop": 0.0, "max_top1_drop": 0.01})
+    write_run(tmp_path, "1-b", 0.8, gate={"passed": False, "top_1_drop": 0.2, "max_top1_drop": 0.01})
+    write_run(tmp_path, "2-c", 0.7)
+    proc = collect(tmp_path, "--format", "json")
+    assert proc.returncode == 0
+    assert [r["gate"] for r in json.loads(proc.stdout)] == ["passed", "failed", None]
+
+
+def test_incomplete_or_changed_runs_are_listed_and_exit_1(tmp_path):
+    """A results.json without manifest (a run that failed or still runs), a manifest without
+    results.json, and a results.json changed after its manifest was written are each listed
+    with their status; the script names them and exits 1."""
+    write_run(tmp_path, "0-ok", 0.9)
+    (tmp_path / "1-running" / "evaluation").mkdir(parents=True)
+    shutil.copy(tmp_path / "0-ok" / "evaluation" / "results.json", tmp_path / "1-running" / "evaluation")
+    write_run(tmp_path, "2-lost", 0.8)
+    shutil.rmtree(tmp_path / "2-lost" / "evaluation")
+    write_run(tmp_path, "3-edited", 0.7)
+    results = tmp_path / "3-edited" / "evaluation" / "results.json"
+    results.write_text(results.read_text().replace("0.7", "0.75", 1))
+    proc = collect(tmp_path, "--format", "json")
+    rows = [(r["run"], r["status"] == "ok") for r in json.loads(proc.stdout)]
+    assert proc.returncode == 1
+    # 3-edited twice: its results.json and its manifest.json, neither paired.
+    assert rows == [("0-ok", True), ("1-running", False), ("2-lost", False), ("3-edited", False), ("3-edited", False)]
+    assert all(run in proc.stderr for run in ("1-running", "2-lost", "3-edited"))
+
+
+@pytest.mark.parametrize("make_root", [lambda p: p, lambda p: p / "missing"], ids=["empty", "missing"])
+def test_nothing_to_collect_exits_2(tmp_path, make_root):
+    """An empty folder, or one that does not exist, gives no table and exit 2."""
+    proc = collect(make_root(tmp_path))
+    assert proc.returncode == 2 and proc.stdout == "" and "collect_results:" in proc.stderr

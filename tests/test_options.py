@@ -92,3 +92,22 @@ def test_a_failed_gate_writes_everything_and_exits_with_its_own_code(project):
     results = json.loads((project / "evaluate" / "results" / "results.json").read_text())
     assert results["gate"]["passed"] is False
     assert termination.read_text().startswith("accuracy_gate_failed (exit 8): top-1 accuracy dropped by")
+
+
+def test_with_another_mct_version_the_job_runs_unmodified_mct_and_says_so(project, finished_run: JobRun):
+    """The statistics speed-up is pinned to one MCT version: with the check forced to fail, the run
+    still succeeds on MCT's own code, a quantize.statistics event says so, and the model is the same."""
+    import subprocess
+    import sys
+
+    code = ("import mctq_job.fast_statistics as f\nf.PINNED_MCT_VERSION = '0.0'\n"
+            "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=900)
+    result = JobRun(proc.returncode, proc.stdout, proc.stderr, project)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (statistics,) = result.named("quantize.statistics")
+    assert statistics["path"] == "mct" and "0.0" in statistics["reason"] and "2.6.1" in statistics["reason"]
+    (fast,) = finished_run.named("quantize.statistics")
+    assert fast["path"] == "fast"
+    quantized = "model_quantized.tflite"
+    assert (project / "output" / quantized).read_bytes() == (finished_run.cwd / "output" / quantized).read_bytes()

@@ -57,8 +57,9 @@ imx500-converter:
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not container"
 
+# QUICK=1: the digits workloads only (skips MobileNetV2 224x224, about 10 minutes).
 bench: venv
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick)
 
 lock:
 	PYTHON=$(PYTHON) scripts/lock.sh

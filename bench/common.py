@@ -7,8 +7,11 @@ Nothing here imports TensorFlow at import time: ``irreducible.py`` times that im
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -24,6 +27,76 @@ WORK = OUT / "work"
 REPEAT = 3
 
 Predictor = Callable[["np.ndarray"], "np.ndarray"]
+
+
+#: Seconds between two samples of a process tree's memory.
+SAMPLE_EVERY_S = 0.2
+
+
+def parent_pids() -> dict[int, int]:
+    """Every live process's parent, from /proc/PID/stat (the field after the command's ')')."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended while we read
+            continue
+    return parents
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and all its live descendants (a worker's own workers too)."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parent_pids().items():
+        children.setdefault(parent, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and its descendants, summed (resident pages of /proc/PID/statm)."""
+    pages = 0
+    for pid in process_tree(root):
+        try:
+            pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class SampledRun:
+    """A finished subprocess: exit code, its output, wall seconds, peak summed RSS of its tree."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_tree_bytes: int
+
+
+def run_sampled(args: Sequence[str], cwd: Path | None = None, log: Path | None = None) -> SampledRun:
+    """Run ``args`` to the end while sampling its process tree's memory every SAMPLE_EVERY_S.
+    Output goes through files (``log`` stem), so a chatty process never blocks on a pipe."""
+    log = log or WORK / "sampled"
+    out_file, err_file = log.with_suffix(".stdout"), log.with_suffix(".stderr")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    peak, began = 0, time.perf_counter()
+    with out_file.open("w") as out, err_file.open("w") as err:
+        proc = subprocess.Popen(list(args), cwd=cwd, stdout=out, stderr=err, text=True)
+        while True:
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            try:
+                proc.wait(SAMPLE_EVERY_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    wall = round(time.perf_counter() - began, 2)
+    return SampledRun(proc.returncode, out_file.read_text(), err_file.read_text(), wall, peak)
 
 
 def load_inputs(config_file: Path) -> "Inputs":
@@ -100,8 +173,8 @@ def median(samples: Iterable[float]) -> float:
     return round(statistics.median(samples), 3)
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    return round(numerator / denominator, 2)
+def ratio(numerator: float, denominator: float, digits: int = 2) -> float:
+    return round(numerator / denominator, digits)
 
 
 def mb(n_bytes: int) -> int:

@@ -19,12 +19,12 @@ import json
 import pstats
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: Images per calibration batch, and the model's input side.
 BATCH_SIZE = 50
@@ -87,15 +87,9 @@ def quantized_digest(model) -> str:
 
 
 def int8_tflite_digest(model) -> str:
-    import model_compression_toolkit as mct
-    from model_compression_toolkit.exporter import KerasExportSerializationFormat, QuantizationFormat
+    from tflite_export import mct_int8_bytes
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.tflite"
-        mct.exporter.keras_export_model(model=model, save_model_path=str(path),
-                                        serialization_format=KerasExportSerializationFormat.TFLITE,
-                                        quantization_format=QuantizationFormat.INT8)
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(mct_int8_bytes(model)).hexdigest()
 
 
 def measure(batches: int = 10, iterations: int = 1, batch_size: int = BATCH_SIZE) -> dict[str, Any]:

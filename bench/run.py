@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""`make bench`: the spec's responsiveness targets, the job's cost, and four comparisons,
-all measured in one run on a generated workload: the digits demo project (examples/digits.py,
-built if missing) and copies of it under bench-results/work/ (hard links). Prints one
-markdown table per measure and saves them to bench-results/bench.md, every number (with the
-machine and a timestamp) to bench-results/bench.json.
+"""`make bench`: the job at real size against the notebook's way, the job's responsiveness and
+cost, and four comparisons on the digits demo, all in one run. Prints one markdown table per
+measure and saves them to bench-results/bench.md, every number (with the machine and a
+timestamp) to bench-results/bench.json.
 
-Responsiveness targets (from the functional spec): UI response <= 1.2 s (`validate`,
-`--help`, first log line of `run`); an update at least every 5 s while the job works.
+    python bench/run.py               everything (about 10-15 minutes on 2 cores)
+    python bench/run.py --quick       the digits workloads only (`make bench QUICK=1`)
+    python bench/run.py --write-docs  copy bench-results/bench.json to docs/bench.json and
+                                      regenerate docs/benchmarks.md's tables from it
 
-Comparisons:
+Real size (realsize.py, realsize_compare.py): MobileNetV2 224x224 with camera-size JPEGs; the
+job and notebook_path.py each in their own process, memory summed over the process tree;
+latency and size of the four .tflite files. Digits: responsiveness (UI response <= 1.2 s for
+`validate`, `--help` and the first log line of `run`; an update at least every 5 s), the
+fully integer model's size and top-1, the IMX500 converter, and
   (a) evaluation throughput of both .tflite models, the job's batched way against the
       notebook's one-image-at-a-time loop, on 10x the validation images (throughput.py);
   (b) the job's wall time against the sum of its irreducible parts, each timed alone in a
@@ -16,11 +21,12 @@ Comparisons:
   (c) MCT's INT8 model against the TFLite converter's own full-integer quantization
       (tflite_int8.py);
   (d) the job's peak memory with 1x and 10x the validation images.
-Timed comparisons are repeated (common.REPEAT) and their medians reported: 2 cores are noisy.
+Timed digits comparisons are repeated (common.REPEAT) and their medians reported.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -30,14 +36,18 @@ import subprocess
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import common
+import docs_tables
+import imx500_convert
 import irreducible
-import throughput
+import realsize_compare
 import tflite_int8
+import throughput
 import workload
-from common import OUT, WORK, markdown_table
+from common import OUT, WORK
 from workload import DEMO, ENTRY, JobRun
 
 from mctq_job.images import usable_cpus
@@ -73,23 +83,10 @@ def responsiveness(run: JobRun) -> dict[str, Any]:
         "help_s": common.median(timed_command(["--help"]) for _ in range(UI_REPEAT)),
         "validate_s": common.median(timed_command(["validate"]) for _ in range(UI_REPEAT)),
         "first_log_line_s": common.median(first_line_latency() for _ in range(3)),
+        "images": f"{run.results['calibration']['images_available']:,} + {run.results['image_count']:,} images",
         "run": {"wall_s": run.wall_s, "max_gap_between_lines_s": run.max_gap_s, "stage_seconds": run.stage_seconds,
                 "peak_memory_mb": common.mb(run.peak_memory_bytes)},
     }
-
-
-def responsiveness_table(figures: dict[str, Any], run: JobRun) -> str:
-    images = f"{run.results['calibration']['images_available']:,} + {run.results['image_count']:,} images"
-    job = figures["run"]
-    rows = [
-        ("`--help`", f"{figures['help_s']} s", "<= 1.2 s"),
-        (f"`validate` (demo: {images})", f"{figures['validate_s']} s", "<= 1.2 s"),
-        ("first log line of `run`", f"{figures['first_log_line_s']} s", "<= 1.2 s"),
-        ("longest gap between log lines", f"{job['max_gap_between_lines_s']} s", "< 5 s"),
-        ("whole demo job, wall", f"{job['wall_s']} s", "-"),
-        ("peak memory (RSS)", f"{job['peak_memory_mb']} MB", "-"),
-    ] + [(f"stage `{k}`", f"{v} s", "-") for k, v in job["stage_seconds"].items()]
-    return markdown_table(("measure", "value", "target"), rows)
 
 
 def memory_scaling(runs: list[JobRun]) -> dict[str, Any]:
@@ -102,23 +99,38 @@ def memory_scaling(runs: list[JobRun]) -> dict[str, Any]:
                              for key in ("validation_images", "wall_s", "evaluate_stage_s", "peak_memory_bytes")}}
 
 
-def memory_table(figures: dict[str, Any]) -> str:
-    rows = [(f"{r['validation_images']:,}", r["wall_s"], r["evaluate_stage_s"],
-             f"{common.mb(r['peak_memory_bytes'])} MB ({r['peak_memory_bytes']:,} bytes)") for r in figures["runs"]]
-    rows.append((f"ratio {figures['validation_images_ratio']}x / 1x", f"{figures['wall_s_ratio']}x",
-                 f"{figures['evaluate_stage_s_ratio']}x", f"{figures['peak_memory_bytes_ratio']}x"))
-    return markdown_table(("validation images", "job wall (s)", "stage `evaluate` (s)",
-                           "peak memory (RSS, manifest.json)"), rows)
-
-
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "platform": platform.platform(),
             "python": platform.python_version(), "tensorflow": metadata.version("tensorflow-cpu"),
             "model_compression_toolkit": metadata.version("model-compression-toolkit")}
 
 
-def measure() -> tuple[dict[str, Any], dict[str, str]]:
-    """Every figure, and the markdown table of each section."""
+def digits_int8(run: JobRun) -> dict[str, Any]:
+    """The digits targets of the fully integer model_quantized.tflite, from the job's results.json:
+    its size over model.tflite's, and how far its top-1 is from MCT's quantized Keras model's."""
+    results = run.results
+    top1 = {name: round(results[f"top_1_accuracy_{name}"], 4)
+            for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")}
+    values = {"size_over_float": round(results["sizes"]["quantized_to_float_ratio"], 3),
+              "top1_gap_to_mct_keras": round(abs(top1["tflite_quantized"] - top1["keras_quantized"]), 4)}
+    return {"top_1": top1, **realsize_compare.targets(values, docs_tables.DIGITS_LIMITS)}
+
+
+def imx500_conversion(config_file: Path) -> dict[str, Any]:
+    """bench/imx500_convert.py on ``config_file`` in a fresh process, or why it was skipped."""
+    if not imx500_convert.VENV_CONVERTER.exists():
+        return {"skipped": f"no converter at {imx500_convert.VENV_CONVERTER.relative_to(common.ROOT)} "
+                           "(make imx500-venv builds it)"}
+    proc = subprocess.run([sys.executable, imx500_convert.__file__, "--config", str(config_file)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:  # a result to report, not a reason to lose the other figures
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"skipped": f"the conversion failed (exit {proc.returncode}): {last[:300]}"}
+    return json.loads(proc.stdout)
+
+
+def measure_digits() -> dict[str, Any]:
+    """Every digits figure (the report's ``figures`` and ``comparisons``)."""
     demo_config = workload.ensure_demo()
     projects = [workload.copy_project(demo_config, WORK / "x1"),
                 workload.copy_project(demo_config, WORK / f"x{SCALE}", validation_copies=SCALE)]
@@ -129,32 +141,60 @@ def measure() -> tuple[dict[str, Any], dict[str, str]]:
     figures = responsiveness(runs[0])
     note(f"(b) irreducible parts, {common.REPEAT} times in a fresh process")
     parts = irreducible.measure(projects[0].config_file, [run.wall_s for run in demo_runs])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before this process imports TensorFlow
+    note("IMX500 conversion of the digits model")
+    chip = imx500_conversion(projects[0].config_file)
     note(f"(a) evaluation throughput on {SCALE}x the validation images")
     speed = throughput.compare(runs[1])
     note("(c) TFLite converter full-integer quantization")
     int8 = tflite_int8.compare(runs[0], parts)
-    memory = memory_scaling(runs)
-    comparisons = {"evaluation_throughput": speed, "irreducible": parts, "tflite_int8": int8, "memory_scaling": memory}
-    sections = {
-        "Responsiveness and cost (demo project)": responsiveness_table(figures, runs[0]),
-        "(a) Evaluation throughput: the job's way vs the notebook's": throughput.table(speed),
-        "(b) Job wall time vs the sum of its irreducible parts": irreducible.table(parts),
-        "(c) MCT INT8 vs the TFLite converter's full-integer quantization": tflite_int8.table(int8),
-        f"(d) Peak memory with 1x and {SCALE}x the validation images": memory_table(memory),
-    }
-    return {"figures": figures, "comparisons": comparisons}, sections
+    return {"figures": figures, "comparisons": {
+        "evaluation_throughput": speed, "irreducible": parts, "tflite_int8": int8,
+        "memory_scaling": memory_scaling(runs), "digits_int8": digits_int8(runs[0]), "imx500": chip}}
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """Every figure: the real-size workload first (unless ``quick``), on a machine not yet warm
+    with this process's TensorFlow, then the digits workloads."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before this process imports TensorFlow
+    realsize_figures = None
+    if not quick:
+        note("real size: MobileNetV2 224x224, the job and the notebook's way, each in its own process")
+        realsize_figures = realsize_compare.measure()
+        (WORK / "realsize-figures.json").write_text(json.dumps(realsize_figures, indent=2) + "\n")  # kept if a later part fails
+    numbers = measure_digits()
+    if realsize_figures is not None:
+        numbers["comparisons"]["realsize"] = realsize_figures
+    return numbers
+
+
+def write_docs(source: Path = OUT / "bench.json") -> None:
+    """Publish ``source`` as docs/bench.json and rewrite docs/benchmarks.md's tables from it."""
+    report = json.loads(source.read_text())
+    if "realsize" not in report["comparisons"]:
+        sys.exit(f"bench: {source} is a QUICK run (no real-size figures); run the full `make bench` first")
+    docs_tables.DOCS_JSON.write_text(source.read_text())
+    docs_tables.PAGE.write_text(docs_tables.render_page(docs_tables.PAGE.read_text(), report))
+    note(f"wrote {docs_tables.DOCS_JSON.relative_to(common.ROOT)} and {docs_tables.PAGE.relative_to(common.ROOT)}")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the digits workloads only")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="measure nothing: copy bench-results/bench.json to docs/ and rewrite its tables")
+    args = parser.parse_args()
+    if args.write_docs:
+        write_docs()
+        return
     began = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
-    numbers, sections = measure()
+    numbers = measure(args.quick)
     wall = round(time.perf_counter() - began, 1)
     report = {"measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-              "targets": {"ui_response_s": 1.2, "max_gap_s": 5.0}, "bench_wall_s": wall, **numbers}
-    markdown = "\n\n".join(f"#### {title}\n\n{table}" for title, table in sections.items())
+              "quick": args.quick, "targets": {"ui_response_s": 1.2, "max_gap_s": 5.0}, "bench_wall_s": wall,
+              **numbers}
     (OUT / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = "\n\n".join(f"#### {title}\n\n{table}" for title, table in docs_tables.tables(report).values())
     (OUT / "bench.md").write_text(markdown + "\n")
     print(markdown)
     print(f"\nbench wall time {wall} s; saved {OUT / 'bench.json'} and {OUT / 'bench.md'}")

@@ -1,6 +1,6 @@
 # mctq-job: quantize a Keras image classifier with MCT, export TFLite, measure accuracy.
 # Build:  docker build -t mctq-job .          (or `make image`; offline sites: `make image-offline`)
-# Run:    docker run --rm -v "$PWD:/workspace" mctq-job        (see the README (Container))
+# Run:    docker run --rm -v "$PWD:/workspace" mctq-job        (see docs/container.md)
 #
 # Written for both the legacy builder and BuildKit: no RUN --mount, no heredocs, no COPY --chmod.
 

@@ -11,7 +11,7 @@ help:
 	@echo "make test   run the test suite (real TensorFlow and MCT)"
 	@echo "make bench  responsiveness and the four comparisons (throughput, overhead, TFLite int8, memory)"
 	@echo "make lock   re-pin requirements*.lock from requirements*.in"
-	@echo "make image / image-offline / docker-demo   the container image (see README, Container)"
+	@echo "make image / image-offline / docker-demo   the container image (see docs/container.md)"
 
 venv: $(VENV)/.installed
 

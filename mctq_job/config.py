@@ -568,7 +568,7 @@ def _render(value: Any) -> str:
 
 
 def keys_table_markdown() -> str:
-    """The README's table of configuration keys, generated from the schema."""
+    """The table of configuration keys in docs/configuration.md, generated from the schema."""
     rows = ["| key | required | type | accepted |", "| --- | --- | --- | --- |"]
     models: list[tuple[type[BaseModel], str]] = [(Config, ""), *((m, f"{k}.") for k, m in NESTED_MODELS.items())]
     for model, prefix in models:

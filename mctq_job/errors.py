@@ -1,7 +1,7 @@
 """The error hierarchy and the exit-code table: the one source for both.
 
 Stages raise these; only the CLI turns them into a process exit. Each class carries its
-``exit_code``; the README table, the Kubernetes podFailurePolicy and the tests all read
+``exit_code``; the table in docs/running.md, the Kubernetes podFailurePolicy and the tests all read
 :data:`EXIT_CODES` instead of repeating numbers.
 """
 
@@ -232,7 +232,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
 
 
 def exit_code_table_markdown() -> str:
-    """The README's exit-code table, generated here so it cannot drift."""
+    """The exit-code table of docs/running.md, generated here so it cannot drift."""
     rows = ["| code | name | meaning |", "| --- | --- | --- |"]
     rows += [f"| {e.code} | `{e.name}` | {e.meaning} |" for e in EXIT_CODES]
     return "\n".join(rows)

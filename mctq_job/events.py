@@ -47,7 +47,7 @@ EVENT_MEANINGS: dict[Event, str] = {
 
 
 def event_table_markdown() -> str:
-    """The README's event table, generated here so it cannot drift."""
+    """The event table of docs/running.md, generated here so it cannot drift."""
     rows = ["| event | meaning |", "| --- | --- |"]
     rows += [f"| `{event.value}` | {EVENT_MEANINGS[event]} |" for event in Event]
     return "\n".join(rows)

@@ -1,4 +1,4 @@
-# Container image targets, included by the top-level Makefile (the README (Container)):
+# Container image targets, included by the top-level Makefile (docs/container.md):
 #
 #   make image           docker build with registry access; BASE_IMAGE=... to override the base
 #   make image-offline   no registry: a local Debian base (scripts/build-base-image.sh), then the

@@ -1,6 +1,6 @@
 """The container image (issue 3), for real: built once per session through `make image-offline`
 (or reused when an image already carries the digest of its inputs), then the job run in it
-the three ways the README (Container) shows: one project folder at /workspace; read-only /config
+the three ways docs/container.md shows: one project folder at /workspace; read-only /config
 and /data with a writable /output; and hardened (read-only root, no network, no capabilities,
 no new privileges, an arbitrary UID). Plus a bad configuration, `docker stop` in mid-run, and
 the pinned versions. Skips without a Docker engine, unless MCTQ_REQUIRE_DOCKER=1 (CI)."""
@@ -247,5 +247,5 @@ def test_labels_and_configuration(built, image):
     assert config["Entrypoint"][0].endswith("/tini"), config["Entrypoint"]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["TF_CPP_MIN_LOG_LEVEL"] == "2" and env["PYTHONUNBUFFERED"] == "1"
-    # The size the README (Container) states (about 1.49 GB): a guard against a lost trimming step.
+    # The size docs/container.md states (about 1.49 GB): a guard against a lost trimming step.
     assert image.attrs["Size"] < 1.6e9, f"image grew to {image.attrs['Size'] / 1e9:.2f} GB"

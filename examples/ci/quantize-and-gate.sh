@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quantize a project with the mctq-job image and gate on accuracy, for CI pipelines that
 # generate model artifacts. The models, results.json and report.html are written whether the
-# gate passes or not; the exit status says which (see the README's exit-code table):
+# gate passes or not; the exit status says which (see the exit-code table in docs/running.md):
 #
 #   examples/ci/quantize-and-gate.sh PROJECT_DIR MAX_TOP1_DROP
 #

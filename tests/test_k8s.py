@@ -1,14 +1,8 @@
-"""The Kubernetes manifests under k8s/: k8s/base (one configuration as a Job), the overlays
-sweep (an Indexed Job, one configuration per index) and imx500 (the base Job with the IMX500
-converter's image), and k8s/loader (a helper pod for the volumes).
-
-Offline: every kustomization renders with `kubectl kustomize` and passes the Kubernetes
-schemas in strict mode; every pod passes the restricted Pod Security Standard; each Job's
-podFailurePolicy is the exit-code table; every configuration is valid and fits the mounts;
-no two runs share an output folder. Marker `container`: the rendered sweep's pod template run
-with the real image, once per index. Without kubectl, or without a Docker engine or an image
-built from the current sources, those tests skip; under CI (or MCTQ_REQUIRE_KUBECTL=1,
-MCTQ_REQUIRE_DOCKER=1) they fail, and CI builds the image when none matches the sources.
+"""The Kubernetes manifests under k8s/ (base, overlays/sweep, overlays/imx500, loader), checked
+offline after `kubectl kustomize`, and (marker `container`) the sweep's rendered pod template
+run with the real image. Without kubectl, a Docker engine or an image built from the current
+sources these tests skip; under CI (or MCTQ_REQUIRE_KUBECTL=1, MCTQ_REQUIRE_DOCKER=1) they
+fail, and the image is built when none matches the sources.
 """
 
 from __future__ import annotations
@@ -356,15 +350,20 @@ def _on_volume(output: Path, path: str) -> Path:
 
 
 @pytest.mark.container
-def test_rehearsed_sweep_every_index_runs_its_own_configuration(rehearsal):
+def test_rehearsed_sweep_every_index_runs_its_own_configuration_within_its_limit(rehearsal):
     """Every pod exits 0 having read its own config-<index>.json (through the ConfigMap's
-    symbolic links), and leaves its one-line summary at terminationMessagePath."""
+    symbolic links), leaves its one-line summary at terminationMessagePath, and was not
+    OOM-killed: its measured peak times 1.25 stays within the memory limit."""
     runs, output = rehearsal
-    for index, run in runs.items():
-        assert run.exit_code == 0, f"index {index}: {run.explain()}"
+    limit = quantity(job("sweep")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+    for index, (path, config) in configs_by_index("sweep").items():
+        run = runs[index]
+        assert run.exit_code == 0 and not run.oom_killed, f"index {index}: {run.explain()}"
         read, = (e for e in run.named("stage.finish") if e.get("stage") == "config")
-        assert read["config_file"] == str(configs_by_index("sweep")[index][0])
+        assert read["config_file"] == str(path)
         assert run.termination_message.startswith("success: keras="), run.termination_message
+        peak = json.loads((_on_volume(output, config["output_dir"]) / "manifest.json").read_text())["peak_memory_bytes"]
+        assert peak * HEADROOM <= limit, f"index {index}: peak {peak / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
 
 
 @pytest.mark.container
@@ -387,13 +386,3 @@ def test_rehearsed_sweep_writes_each_result_set_to_its_own_folders_only(rehearsa
     assert table.returncode == 0, table.stderr
     assert len(json.loads(table.stdout)) == len(runs)
 
-
-@pytest.mark.container
-def test_rehearsed_sweep_fits_its_memory_limit_with_headroom(rehearsal):
-    """No pod was OOM-killed, and each run's measured peak times 1.25 stays within the limit."""
-    runs, output = rehearsal
-    limit = quantity(job("sweep")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
-    for index, (_path, config) in configs_by_index("sweep").items():
-        assert not runs[index].oom_killed
-        peak = json.loads((_on_volume(output, config["output_dir"]) / "manifest.json").read_text())["peak_memory_bytes"]
-        assert peak * HEADROOM <= limit, f"index {index}: peak {peak / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"

@@ -125,7 +125,7 @@ def _imx500_converter(config: config_mod.Config) -> dict[str, str]:
 
 def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> RunResult:
     """The whole job. ``max_top1_drop`` (the command line's) overrides the configuration's.
-    Raises AccuracyGateError after publishing everything when the gate fails."""
+    Raises Imx500NotFitError or AccuracyGateError after publishing everything when a gate fails."""
     started_at = _now()
     with Heartbeat(log) as heartbeat:
         stages = _Stages(log, heartbeat)
@@ -141,23 +141,9 @@ def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> R
             finally:
                 if staging.pending:  # not committed: a stage failed
                     staging.abort()
-    chip = result.results.get("imx500")
-    if chip and checked.config.imx500 and checked.config.imx500.require_fit and not chip["fit_in_chip"]:
-        raise Imx500NotFitError(
-            f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
-            f"of {chip['total_memory_bytes']}; packerOut.zip, the memory report, the models and results are written "
-            f"for inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
-            fit_in_chip=False,
-            utilization=chip["utilization"],
-        )
-    verdict = result.results.get("gate")
-    if verdict and not verdict["passed"]:
-        raise AccuracyGateError(
-            f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to {QUANTIZED_FILE}, "
-            f"more than max_top1_drop {verdict['max_top1_drop']}; the models, results.json and report.html are "
-            f"written for inspection",
-            **verdict,
-        )
+    failed_gate = _failed_gate(checked.config, result.results)
+    if failed_gate is not None:
+        raise failed_gate
     return result
 
 
@@ -308,7 +294,8 @@ def _report(values: Any, stages: _Stages, staging: artifacts.Staging, log: Logge
         (log.info if verdict["passed"] else log.error)(Event.ACCURACY_GATE.value, **verdict)
     _write(staging, config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results))
     _write(staging, config.evaluate_result_dir / REPORT_FILE, report_html.render(results).encode())
-    outcome = _outcome(values.config, results)
+    failed_gate = _failed_gate(values.config, results)
+    outcome = failed_gate.kind if failed_gate else "success"
     manifest = _manifest(values, staging, stages, started_at, outcome)
     _write(staging, config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest))
     published = staging.commit()
@@ -317,14 +304,25 @@ def _report(values: Any, stages: _Stages, staging: artifacts.Staging, log: Logge
     return RunResult(results, manifest, published)
 
 
-def _outcome(config: config_mod.Config, results: dict[str, Any]) -> str:
-    """The manifest's ``outcome``: success, or the gate that failed (the artifacts are published either way)."""
+def _failed_gate(config: config_mod.Config, results: dict[str, Any]) -> MctqError | None:
+    """The error of a gate the published run failed (the chip's fit first, then accuracy), or None."""
     chip, verdict = results.get("imx500"), results.get("gate")
     if chip and config.imx500 and config.imx500.require_fit and not chip["fit_in_chip"]:
-        return Imx500NotFitError.kind
+        return Imx500NotFitError(
+            f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
+            f"of {chip['total_memory_bytes']}; the memory report, the models and results are written for "
+            f"inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
+            fit_in_chip=False,
+            utilization=chip["utilization"],
+        )
     if verdict and not verdict["passed"]:
-        return AccuracyGateError.kind
-    return "success"
+        return AccuracyGateError(
+            f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to {QUANTIZED_FILE}, "
+            f"more than max_top1_drop {verdict['max_top1_drop']}; the models, results.json and report.html are "
+            f"written for inspection",
+            **verdict,
+        )
+    return None
 
 
 def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_at: str, outcome: str) -> dict:

@@ -1,0 +1,472 @@
+"""A fully integer TFLite file made from MCT's quantized Keras model, and its census.
+
+``full_integer`` rebuilds MCT's model as a plain Keras graph in which every quantized weight is a
+constant behind a fake-quant op carrying MCT's exact grid, and every activation holder is a
+fake-quant op with MCT's exact range; TensorFlow Lite's converter then turns each fake-quant
+pair into int8 tensors, so every kernel runs as an int8 kernel with MCT's numbers.
+``census`` and ``io_quantization`` describe any TFLite file: which operators run on which
+input type, whether anything between the input and the output computes in float, and the
+input/output quantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+QUANTIZED_IO = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+
+#: Activations that TFLite fuses into a kernel, so that a kernel followed by one of them needs no
+#: range of its own (MCT leaves such an intermediate tensor unquantized as well).
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+
+
+def full_integer(
+    quantized_model: Any, quantized_io: str = "float", representative_data: Callable[[], Iterable] | None = None
+) -> bytes:
+    """TFLite bytes of MCT's ``quantized_model`` with int8 kernels, int8 constant weights and MCT's
+    activation ranges; ``quantized_io`` "float" keeps float32 input/output, "int8"/"uint8" makes
+    the model take and return integers quantized with MCT's input and output ranges.
+
+    ``representative_data`` (MCT's kind: a callable yielding lists of input batches) is needed only
+    where MCT leaves a tensor unquantized that TFLite must quantize (for example a convolution
+    followed by swish, or an operator the target platform does not quantize): those tensors get
+    the range measured on that data; without it such a model raises ValueError."""
+    if quantized_io not in QUANTIZED_IO:
+        raise ValueError(f"quantized_io must be one of {sorted(QUANTIZED_IO)}, not {quantized_io!r}")
+    model = fake_quant_model(quantized_model, representative_data)
+    function = tf.function(model).get_concrete_function([tf.TensorSpec(t.shape, tf.float32) for t in model.inputs])
+    # From a concrete function, and without TFLITE_BUILTINS_INT8: that option makes the converter
+    # ask for a representative dataset before it has seen the fake-quant ops. census() checks
+    # that nothing stayed in float.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantized_io != "float":
+        converter.inference_input_type = QUANTIZED_IO[quantized_io]
+        converter.inference_output_type = QUANTIZED_IO[quantized_io]
+    return converter.convert()
+
+
+def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Iterable] | None = None) -> tf.keras.Model:
+    """MCT's model with its wrappers and holders replaced by converter-friendly fake-quant layers,
+    and measured ranges on the tensors MCT leaves unquantized but TFLite needs quantized."""
+    holder_after = _holders_by_producer(quantized_model)
+    measured = _measured_ranges(quantized_model, _unranged_layers(quantized_model, holder_after), representative_data)
+
+    def replacement(layer: Any) -> Any:
+        kind = type(layer).__name__
+        if kind == "KerasActivationQuantizationHolder":
+            return ActivationFakeQuant.from_quantizer(layer.activation_holder_quantizer, name=layer.name)
+        if kind == "KerasQuantizationWrapper":
+            return _then_quantized(FakeQuantWeightsLayer(layer), measured.get(layer.name))
+        if isinstance(layer, tf.keras.layers.Concatenate):
+            held = holder_after.get(layer.name)
+            return RequantizingConcatenate(
+                layer, *(_range(held.activation_holder_quantizer) if held else measured[layer.name])
+            )
+        if _is_valid_average_pool(layer) and layer.name in holder_after:
+            return AveragePoolAsDepthwise(layer)
+        return _then_quantized(layer, measured.get(layer.name))
+
+    return tf.keras.models.clone_model(quantized_model, clone_function=replacement)
+
+
+#: Layers whose output, when MCT leaves it unquantized, keeps its input's quantization in both
+#: MCT (quantization preserving) and TFLite (same-scale operators): they never need a range.
+RANGE_PRESERVING = (
+    tf.keras.layers.Reshape,
+    tf.keras.layers.Flatten,
+    tf.keras.layers.MaxPooling2D,
+    tf.keras.layers.Dropout,
+    tf.keras.layers.ZeroPadding2D,
+    tf.keras.layers.Permute,
+    tf.keras.layers.InputLayer,
+    tf.keras.layers.Cropping2D,
+    tf.keras.layers.UpSampling2D,
+    tf.keras.layers.AveragePooling2D,
+)
+
+
+def _unranged_layers(model: Any, holder_after: dict[str, Any]) -> list[Any]:
+    """Layers whose output MCT leaves unquantized although TFLite needs its range: not held, not
+    range preserving, and not consumed only by a ReLU that TFLite fuses into them."""
+    return [
+        layer
+        for layer in model.layers
+        if layer.name not in holder_after
+        and type(layer).__name__ != "KerasActivationQuantizationHolder"
+        and not isinstance(layer, RANGE_PRESERVING)
+        and not _feeds_only_fused_relu(layer, holder_after)
+        and not _is_model_output(model, layer)
+    ]
+
+
+def _consumers(layer: Any) -> list[Any]:
+    return [node.outbound_layer for node in layer.outbound_nodes]
+
+
+def _feeds_only_fused_relu(layer: Any, holder_after: dict[str, Any]) -> bool:
+    consumers = _consumers(layer)
+    return bool(consumers) and all(_is_relu(c) and c.name in holder_after for c in consumers)
+
+
+def _is_relu(layer: Any) -> bool:
+    if isinstance(layer, tf.keras.layers.ReLU):
+        return layer.negative_slope == 0 and layer.threshold == 0
+    return (
+        isinstance(layer, tf.keras.layers.Activation)
+        and getattr(layer.activation, "__name__", "") in FUSABLE_ACTIVATIONS[1:]
+    )
+
+
+def _is_model_output(model: Any, layer: Any) -> bool:
+    return any(output is layer.output for output in model.outputs)
+
+
+def _measured_ranges(
+    model: Any, layers: list[Any], representative_data: Callable[[], Iterable] | None
+) -> dict[str, tuple[float, float]]:
+    """(min, max) of each layer's output in MCT's model over the representative data."""
+    if not layers:
+        return {}
+    if representative_data is None:
+        raise ValueError(
+            "MCT leaves these outputs unquantized and TFLite needs their range: "
+            f"{', '.join(layer.name for layer in layers)}; pass representative_data"
+        )
+    probe = tf.keras.Model(model.inputs, [layer.output for layer in layers])
+    lows, highs = np.full(len(layers), np.inf), np.full(len(layers), -np.inf)
+    for inputs in representative_data():
+        outputs = probe(inputs if len(inputs) > 1 else inputs[0])
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        lows = np.minimum(lows, [float(tf.reduce_min(o)) for o in outputs])
+        highs = np.maximum(highs, [float(tf.reduce_max(o)) for o in outputs])
+    return {
+        layer.name: (min(0.0, lo), max(0.0, hi, lo + 1e-6)) for layer, lo, hi in zip(layers, lows, highs, strict=False)
+    }
+
+
+def _then_quantized(layer: Any, measured: tuple[float, float] | None) -> Any:
+    return layer if measured is None else QuantizedOutput(layer, *measured)
+
+
+class QuantizedOutput(tf.keras.layers.Layer):
+    """A layer followed by a fake-quant with a range measured on data (for outputs MCT keeps float)."""
+
+    def __init__(self, layer: Any, minimum: float, maximum: float, **kwargs: Any):
+        super().__init__(name=layer.name, **kwargs)
+        self.inner = layer
+        self.quantize = ActivationFakeQuant(minimum, maximum)
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self.quantize(self.inner(*args, **kwargs))
+
+
+def _holders_by_producer(model: Any) -> dict[str, Any]:
+    """Each activation holder of MCT's model, keyed by the name of the layer whose output it quantizes."""
+    holders = {}
+    for layer in model.layers:
+        if type(layer).__name__ == "KerasActivationQuantizationHolder":
+            for node in layer.inbound_nodes:
+                producers = node.inbound_layers
+                for producer in producers if isinstance(producers, list) else [producers]:
+                    holders[producer.name] = layer
+    return holders
+
+
+def _range(quantizer: Any) -> tuple[float, float]:
+    """(min, max) of an MCT activation quantizer."""
+    if not hasattr(quantizer, "min_range"):
+        raise NotImplementedError(f"{type(quantizer).__name__} (look-up table) has no int8 TFLite form")
+    return float(quantizer.min_range[0]), float(quantizer.max_range[0])
+
+
+class ActivationFakeQuant(tf.keras.layers.Layer):
+    """MCT's activation quantization as one fake-quant op: the converter reads its range as the
+    int8 scale and zero point of the tensor."""
+
+    def __init__(self, minimum: float, maximum: float, num_bits: int = 8, **kwargs: Any):
+        super().__init__(**kwargs)
+        if num_bits != 8:
+            raise NotImplementedError(f"{num_bits}-bit activations have no int8 TFLite form")
+        self.minimum, self.maximum, self.num_bits = float(minimum), float(maximum), num_bits
+
+    @classmethod
+    def from_quantizer(cls, quantizer: Any, **kwargs: Any) -> ActivationFakeQuant:
+        return cls(*_range(quantizer), quantizer.num_bits, **kwargs)
+
+    def call(self, inputs: Any) -> Any:
+        return tf.quantization.fake_quant_with_min_max_vars(inputs, self.minimum, self.maximum, self.num_bits)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "minimum": self.minimum, "maximum": self.maximum, "num_bits": self.num_bits}
+
+
+NEGLIGIBLE = 1e-30
+
+
+class RequantizingConcatenate(tf.keras.layers.Layer):
+    """Concatenate whose inputs are first put on the output's grid.
+
+    TFLite's int8 concatenation needs one scale for all inputs and the output; left alone, the
+    converter picks one input's range for all of them and clips the others (a signed input can
+    lose its negative half). Quantizing each input with the output's range first gives exactly
+    MCT's result, since MCT quantizes the concatenated values elementwise with that range; the
+    converter turns these into integer requantize operators. Where MCT leaves the concatenation
+    unquantized (its inputs keep their own grids), the range measured on data stands in."""
+
+    def __init__(self, concatenate: Any, minimum: float, maximum: float, **kwargs: Any):
+        super().__init__(name=concatenate.name, **kwargs)
+        self.axis = concatenate.axis
+        self.requantize = ActivationFakeQuant(minimum, maximum)
+
+    def call(self, inputs: Any) -> Any:
+        # The converter merges a fake-quant that directly follows another one; an addition of a
+        # negligible constant keeps the requantization as an int8 ADD with its own output range.
+        return tf.concat([self.requantize(t + NEGLIGIBLE) for t in inputs], axis=self.axis)
+
+
+def _is_valid_average_pool(layer: Any) -> bool:
+    return (
+        isinstance(layer, tf.keras.layers.AveragePooling2D)
+        and layer.padding == "valid"
+        and layer.data_format == "channels_last"
+    )
+
+
+class AveragePoolAsDepthwise(tf.keras.layers.Layer):
+    """Average pooling as a depthwise convolution with every weight 1/(window size).
+
+    TFLite's int8 average pooling keeps the input's scale, so MCT's own output range would come
+    from a second rounding of the already rounded average; the convolution rounds once, straight
+    to MCT's range, like MCT. The weight is exact: int8 127 with scale 1/(127 x window size)."""
+
+    def __init__(self, pool: Any, **kwargs: Any):
+        super().__init__(name=pool.name, **kwargs)
+        self.pool_size, self.strides = tuple(pool.pool_size), tuple(pool.strides)
+
+    def call(self, inputs: Any) -> Any:
+        weight = 1.0 / float(np.prod(self.pool_size))
+        kernel = tf.constant(np.full(self.pool_size + (inputs.shape[-1], 1), weight, np.float32))
+        kernel = tf.quantization.fake_quant_with_min_max_vars(kernel, -128 * weight / 127, weight, 8)
+        return tf.nn.depthwise_conv2d(inputs, kernel, (1,) + self.strides + (1,), "VALID")
+
+
+class WeightGrid:
+    """One quantized weight of MCT as int8 values on a per-channel (or per-tensor) grid of scales,
+    with the zero point 0 that TFLite requires of int8 weights."""
+
+    def __init__(self, quantizer: Any, weight: np.ndarray, layer: Any, layout: tuple | None = None):
+        self.shape = weight.shape
+        self.axis = _output_channel_axis(quantizer, layer, weight.ndim)
+        self.scales = _grid_scales(quantizer, weight.shape, self.axis, layer)
+        quantized = np.asarray(quantizer(tf.constant(weight, tf.float32)))
+        self.integers = self._integers(quantized)
+        if layout is not None:  # a new shape with the same output channels last (Dense as 1x1 conv)
+            self.integers, self.shape = self.integers.reshape(layout), layout
+            self.axis = None if self.axis is None else len(layout) - 1
+
+    def _integers(self, quantized: np.ndarray) -> np.ndarray:
+        on_last = self._channels_last(quantized)
+        integers = np.round(on_last / self.scales)
+        if np.abs(on_last - integers * self.scales).max() > 1e-6 * max(1.0, np.abs(on_last).max()):
+            raise ValueError("MCT's quantized weight is not on its own grid")
+        if integers.min() < -128 or integers.max() > 127:
+            raise ValueError("MCT's quantized weight does not fit int8")
+        return integers.astype(np.int8)
+
+    def _channels_last(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with TFLite's output channels on the last axis (depthwise: in x multiplier)."""
+        if self.axis is None:
+            return values.reshape(-1)
+        if self.axis == "depthwise":
+            return values.reshape(values.shape[:-2] + (-1,))
+        return np.moveaxis(values, self.axis, -1)
+
+    def fake_quantized(self) -> tf.Tensor:
+        """The weight as a constant behind a fake-quant op whose range gives exactly MCT's grid."""
+        values = tf.constant(self.integers.astype(np.float32) * self.scales, tf.float32)
+        if self.axis is None:
+            scale = float(self.scales)
+            grid = tf.quantization.fake_quant_with_min_max_vars(values, -128 * scale, 127 * scale, 8)
+            return tf.reshape(grid, self.shape)
+        grid = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            values, (-128 * self.scales).astype(np.float32), (127 * self.scales).astype(np.float32), 8
+        )
+        if self.axis == "depthwise":
+            return tf.reshape(grid, self.shape)
+        if self.axis == len(self.shape) - 1:
+            return grid
+        return tf.experimental.numpy.moveaxis(grid, -1, self.axis)
+
+
+def _output_channel_axis(quantizer: Any, layer: Any, ndim: int) -> Any:
+    if not getattr(quantizer, "per_channel", False):
+        return None
+    if isinstance(layer, tf.keras.layers.DepthwiseConv2D):
+        return "depthwise"
+    return quantizer.channel_axis % ndim
+
+
+def _grid_scales(quantizer: Any, shape: tuple, axis: Any, layer: Any) -> Any:
+    """Step of MCT's grid per TFLite output channel, checked to put zero on the grid's middle."""
+    minimum, maximum = np.asarray(quantizer.min_range, np.float64), np.asarray(quantizer.max_range, np.float64)
+    steps = 2**quantizer.num_bits - 1
+    scales = (maximum - minimum) / steps
+    zero_points = -minimum / scales
+    if not np.allclose(zero_points, 2 ** (quantizer.num_bits - 1)):
+        raise NotImplementedError("TFLite int8 weights need a symmetric grid; MCT's is not")
+    if axis is None:
+        return np.float32(scales.reshape(-1)[0])
+    if axis == "depthwise":
+        multiplier = shape[-1]
+        if scales.size == shape[-2] and quantizer.channel_axis % len(shape) == 2:  # one per input channel
+            scales = np.repeat(scales, multiplier)
+        elif scales.size != shape[-2] * multiplier:
+            raise ValueError(f"{layer.name}: {scales.size} scales for {shape[-2] * multiplier} channels")
+    return scales.astype(np.float32)
+
+
+class FakeQuantWeightsLayer(tf.keras.layers.Layer):
+    """An MCT-wrapped layer (Conv2D, DepthwiseConv2D, Dense, ...) computing with its weights as
+    fake-quantized constants, the way MCT's wrapper computes with its quantized weights."""
+
+    def __init__(self, wrapper: Any, **kwargs: Any):
+        super().__init__(name=wrapper.name, **kwargs)
+        self.inner = wrapper.layer
+        self.grids = {
+            name: WeightGrid(quantizer, np.asarray(weight), self.inner, _layout(self.inner, weight))
+            for name, weight, quantizer in wrapper.get_weights_vars()
+        }
+        if any(not isinstance(name, str) for name in self.grids):
+            raise NotImplementedError(f"{wrapper.name}: positional (constant-operand) weights are not supported")
+
+    def call(self, inputs: Any) -> Any:
+        if isinstance(self.inner, tf.keras.layers.Dense):
+            return self._dense_as_pointwise_conv(inputs)
+        for name, grid in self.grids.items():
+            setattr(self.inner, name, grid.fake_quantized())
+        return self.inner.call(inputs)
+
+    def _dense_as_pointwise_conv(self, inputs):
+        """Dense as a 1x1 convolution: the converter keeps MCT's per-channel weight grid for a
+        convolution, not for a fully connected operator (it would fall back to one scale)."""
+        middle = [int(d) for d in inputs.shape[1:-1]]
+        pixels = int(np.prod(middle)) if middle else 1
+        kernel = self.grids["kernel"].fake_quantized()  # must feed the convolution directly
+        outputs = tf.nn.conv2d(tf.reshape(inputs, [-1, pixels, 1, inputs.shape[-1]]), kernel, 1, "VALID")
+        if self.inner.use_bias:
+            outputs = tf.nn.bias_add(outputs, self.inner.bias)
+        outputs = self.inner.activation(outputs)
+        return tf.reshape(outputs, [-1] + middle + [outputs.shape[-1]])
+
+
+def _layout(layer: Any, weight: Any) -> tuple | None:
+    """Shape the weight takes in the rebuilt graph: a Dense kernel becomes a 1x1 convolution's."""
+    if isinstance(layer, tf.keras.layers.Dense):
+        return (1, 1) + tuple(weight.shape)
+    return None
+
+
+#: Operators that only move or re-index data: applied to constants, they reshape weights at run time.
+DATA_MOVEMENT = frozenset(
+    {
+        "RESHAPE",
+        "TRANSPOSE",
+        "EXPAND_DIMS",
+        "SQUEEZE",
+        "STRIDED_SLICE",
+        "SLICE",
+        "PACK",
+        "UNPACK",
+        "GATHER",
+        "SHAPE",
+        "CONCATENATION",
+        "SPLIT",
+        "TILE",
+        "BROADCAST_TO",
+    }
+)
+
+
+def census(tflite_bytes: bytes) -> dict[str, Any]:
+    """Operators of a TFLite file counted as "<OP>/<first input dtype>", whether everything between
+    the input and the output computes in integers, and how many operators reshape weights at run time."""
+    graph = _Graph(tflite_bytes)
+    operators: dict[str, int] = {}
+    for op in graph.operators:
+        key = f"{graph.op_name(op)}/{graph.dtype(op.inputs[0]) if len(op.inputs) else 'none'}"
+        operators[key] = operators.get(key, 0) + 1
+    return {
+        "operators": dict(sorted(operators.items())),
+        "integer_only": not any(graph.computes_in_float(op) for op in graph.operators),
+        "runtime_weight_reshapes": sum(graph.reshapes_constants(op) for op in graph.operators),
+    }
+
+
+def io_quantization(tflite_bytes: bytes) -> dict[str, dict[str, Any]]:
+    """dtype, scale and zero point of the first input and output (scale 0.0 for float tensors)."""
+    interpreter = tf.lite.Interpreter(model_content=tflite_bytes)
+    return {
+        "input": _io_record(interpreter.get_input_details()[0]),
+        "output": _io_record(interpreter.get_output_details()[0]),
+    }
+
+
+def _io_record(detail: dict) -> dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
+
+
+class _Graph:
+    """The first subgraph of a TFLite flatbuffer, read with the schema module TensorFlow ships."""
+
+    def __init__(self, tflite_bytes: bytes):
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
+        self.subgraph = model.subgraphs[0]
+        self.operators = self.subgraph.operators or []
+        self.codes = model.operatorCodes
+        self.names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        self.types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+        self.constant = {
+            i
+            for i, t in enumerate(self.subgraph.tensors)
+            if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)
+        }
+        self.inputs, self.outputs = set(self.subgraph.inputs), set(self.subgraph.outputs)
+        self.constant_derived = self._constant_derived()
+
+    def op_name(self, op: Any) -> str:
+        code = self.codes[op.opcodeIndex]
+        return self.names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+    def dtype(self, tensor: int) -> str:
+        return self.types[self.subgraph.tensors[tensor].type]
+
+    def computes_in_float(self, op: Any) -> bool:
+        """True for an operator reading or writing float tensors, except the QUANTIZE of a model
+        input and the DEQUANTIZE of a model output (the boundary of a float-I/O model)."""
+        name = self.op_name(op)
+        if name == "QUANTIZE" and set(op.inputs) <= self.inputs:
+            return False
+        if name == "DEQUANTIZE" and set(op.outputs) <= self.outputs:
+            return False
+        tensors = [t for t in list(op.inputs) + list(op.outputs) if t >= 0]
+        return any(self.dtype(t).startswith("float") for t in tensors)
+
+    def reshapes_constants(self, op: Any) -> bool:
+        """True for a data-movement operator whose data comes from constants only: work on weights
+        that a converter would have done once, done at every inference."""
+        return self.op_name(op) in DATA_MOVEMENT and len(op.inputs) > 0 and op.inputs[0] in self.constant_derived
+
+    def _constant_derived(self) -> set[int]:
+        derived = set(self.constant)
+        for op in self.operators:  # TFLite stores operators in execution order
+            if all(t in derived for t in op.inputs if t >= 0):
+                derived.update(op.outputs)
+        return derived

@@ -61,7 +61,7 @@ def latency_and_size(project: Project) -> dict[str, Any]:
     """Size and single-image latency (usable CPUs as threads) of the four files; the converter's
     full-integer model is made here from the job's calibration batches."""
     import tensorflow as tf
-    from tflite_export import latency_ms
+    from tflite_export import latencies_ms
     from tflite_int8 import convert
 
     from mctq_job.images import usable_cpus
@@ -72,9 +72,10 @@ def latency_and_size(project: Project) -> dict[str, Any]:
     files = tflite_files(project)
     seconds, data = common.timed(convert, model, batches, repeat=1)
     files["converter_int8"].write_bytes(data)
-    threads, image = usable_cpus(), batches[0][:1]
-    figures = {name: {"bytes": path.stat().st_size,
-                      "latency_ms": round(latency_ms(path.read_bytes(), image, threads, LATENCY_RUNS), 2)}
+    threads = usable_cpus()
+    latency = latencies_ms({name: path.read_bytes() for name, path in files.items()}, batches[0][:1], threads,
+                           LATENCY_RUNS)
+    figures = {name: {"bytes": path.stat().st_size, "latency_ms": round(latency[name], 2)}
                for name, path in files.items()}
     return {"threads": threads, "runs": LATENCY_RUNS, "converter_calibration_samples": sum(map(len, batches)),
             "converter_seconds": seconds, "files": figures}

@@ -74,30 +74,40 @@ def mct_int8_bytes(quantized) -> bytes:
         return destination.read_bytes()
 
 
-def latency_ms(tflite_bytes: bytes, image, threads: int, runs: int) -> float:
-    """Median milliseconds of one single-image invocation."""
+def latencies_ms(files: dict[str, bytes], image, threads: int, runs: int) -> dict[str, dict[str, float]]:
+    """Median and fastest milliseconds of one single-image invocation of each file. The files
+    take turns in blocks (two passes over all files), so that load from other processes on a
+    shared machine falls on all of them alike; one invocation at a time per file would not do,
+    since an interpreter's worker threads keep spinning briefly after each call and slow the
+    next file's. The fastest run is the figure least moved by outside load."""
     import tensorflow as tf
 
     from mctq_job.evaluate import _quantize_input
 
-    interpreter = tf.lite.Interpreter(model_content=tflite_bytes, num_threads=threads)
-    interpreter.allocate_tensors()
-    source = interpreter.get_input_details()[0]
-    interpreter.set_tensor(source["index"], _quantize_input(image, source))
-    for _ in range(5):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - began) * 1000)
-    return statistics.median(times)
+    interpreters = {}
+    for name, data in files.items():
+        interpreter = tf.lite.Interpreter(model_content=data, num_threads=threads)
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+        interpreter.set_tensor(source["index"], _quantize_input(image, source))
+        for _ in range(3):
+            interpreter.invoke()
+        interpreters[name] = interpreter
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for _ in range(2):
+        for name, interpreter in interpreters.items():
+            for _ in range(max(1, runs // 2)):
+                began = time.perf_counter()
+                interpreter.invoke()
+                times[name].append((time.perf_counter() - began) * 1000)
+    return {name: {"median": statistics.median(values), "fastest": min(values)} for name, values in times.items()}
 
 
 def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 4, batch_size: int = 16,
-            threads: int = 2, runs: int = 50, platform: str = "imx500") -> dict[str, Any]:
+            threads: int = 2, runs: int = 50, platform: str = "imx500", keep: Path | None = None) -> dict[str, Any]:
     """Size, latency and census of the four TFLite files, and the ratios the export is held to:
-    full-integer latency over the converter's, full-integer size over float."""
+    full-integer latency over the converter's, full-integer size over float. ``keep``: a folder
+    that also receives the four files."""
     import tensorflow as tf
 
     from mctq_job import tflite_int8
@@ -108,17 +118,25 @@ def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 
     quantized = mct_quantized(model, calibration, platform)
     mct_seconds = time.perf_counter() - began
     files = {"float": tf.lite.TFLiteConverter.from_keras_model(model).convert(),
-             "full_integer": tflite_int8.full_integer(quantized),
+             "full_integer": tflite_int8.full_integer(
+                 quantized, representative_data=lambda: ([batch] for batch in calibration)),
              "mct_int8": mct_int8_bytes(quantized),
              "converter_int8": converter_full_integer(model, calibration)}
-    image = calibration[0][:1]
-    figures = {name: {"bytes": len(data), "latency_ms": latency_ms(data, image, threads, runs),
-                      "census": tflite_int8.census(data)} for name, data in files.items()}
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (keep / f"{name}.tflite").write_bytes(data)
+    latency = latencies_ms(files, calibration[0][:1], threads, runs)
+    figures = {name: {"bytes": len(data), "latency_ms": latency[name]["median"],
+                      "fastest_ms": latency[name]["fastest"], "census": tflite_int8.census(data)}
+               for name, data in files.items()}
     return {"model": model.name, "input_shape": list(model.input_shape[1:]), "platform": platform,
             "calibration": f"{batches} batches of {batch_size} random images", "threads": threads, "runs": runs,
             "mct_ptq_seconds": round(mct_seconds, 1), "files": figures,
             "full_integer_latency_over_converter": figures["full_integer"]["latency_ms"]
             / figures["converter_int8"]["latency_ms"],
+            "full_integer_fastest_over_converter": figures["full_integer"]["fastest_ms"]
+            / figures["converter_int8"]["fastest_ms"],
             "full_integer_size_over_float": figures["full_integer"]["bytes"] / figures["float"]["bytes"]}
 
 
@@ -129,8 +147,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--keep", type=Path, default=None, help="also write the four .tflite files to this folder")
     args = parser.parse_args()
-    figures = measure(batches=args.batches, batch_size=args.batch_size, threads=args.threads, runs=args.runs)
+    figures = measure(batches=args.batches, batch_size=args.batch_size, threads=args.threads, runs=args.runs,
+                      keep=args.keep)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out is not None:

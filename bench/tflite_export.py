@@ -74,8 +74,13 @@ def mct_int8_bytes(quantized) -> bytes:
         return destination.read_bytes()
 
 
-def latencies_ms(files: dict[str, bytes], image, threads: int, runs: int) -> dict[str, dict[str, float]]:
-    """Median and fastest milliseconds of one single-image invocation of each file. The files
+def latencies_ms(files: dict[str, bytes], image, threads: int, runs: int) -> dict[str, float]:
+    """Median milliseconds of one single-image invocation of each file (see latency_runs_ms)."""
+    return {name: statistics.median(values) for name, values in latency_runs_ms(files, image, threads, runs).items()}
+
+
+def latency_runs_ms(files: dict[str, bytes], image, threads: int, runs: int) -> dict[str, list[float]]:
+    """Milliseconds of each single-image invocation of each file, ``runs`` per file. The files
     take turns in blocks (two passes over all files), so that load from other processes on a
     shared machine falls on all of them alike; one invocation at a time per file would not do,
     since an interpreter's worker threads keep spinning briefly after each call and slow the
@@ -100,7 +105,7 @@ def latencies_ms(files: dict[str, bytes], image, threads: int, runs: int) -> dic
                 began = time.perf_counter()
                 interpreter.invoke()
                 times[name].append((time.perf_counter() - began) * 1000)
-    return {name: {"median": statistics.median(values), "fastest": min(values)} for name, values in times.items()}
+    return times
 
 
 def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 4, batch_size: int = 16,
@@ -126,9 +131,9 @@ def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 
         keep.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (keep / f"{name}.tflite").write_bytes(data)
-    latency = latencies_ms(files, calibration[0][:1], threads, runs)
-    figures = {name: {"bytes": len(data), "latency_ms": latency[name]["median"],
-                      "fastest_ms": latency[name]["fastest"], "census": tflite_int8.census(data)}
+    latency = latency_runs_ms(files, calibration[0][:1], threads, runs)
+    figures = {name: {"bytes": len(data), "latency_ms": statistics.median(latency[name]),
+                      "fastest_ms": min(latency[name]), "census": tflite_int8.census(data)}
                for name, data in files.items()}
     return {"model": model.name, "input_shape": list(model.input_shape[1:]), "platform": platform,
             "calibration": f"{batches} batches of {batch_size} random images", "threads": threads, "runs": runs,

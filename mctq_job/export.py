@@ -10,7 +10,7 @@ area and are published later, all together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,14 +69,19 @@ def export(
     write: Callable[[Path, bytes], Path] | None = None,
     keras_export: bool = False,
     float_tflite: Callable[[], bytes] | None = None,
+    representative_data: Callable[[], Iterator[list[Any]]] | None = None,
 ) -> Exported:
     """Stage both TFLite files (and, with ``keras_export``, model_quantized.keras) in
     ``staging``; ``write`` stages bytes, mapping disk errors. ``float_tflite`` gives
-    model.tflite's bytes where a worker made them; otherwise they are converted here."""
+    model.tflite's bytes where a worker made them; otherwise they are converted here.
+    ``representative_data`` (the calibration batches) gives the full-integer export the ranges of
+    the few tensors MCT leaves unquantized but TFLite must quantize; it is read only for those."""
     write = write or staging.write_bytes
     keras = export_keras(quantized_model, output_dir / KERAS_FILE, staging) if keras_export else None
     quantized_final = output_dir / QUANTIZED_FILE
-    quantized_bytes = quantized_tflite(quantized_model, staging.temp_path(quantized_final), export_format, quantized_io)
+    quantized_bytes = quantized_tflite(
+        quantized_model, staging.temp_path(quantized_final), export_format, quantized_io, representative_data
+    )
     quantized_temp = write(quantized_final, quantized_bytes)
     float_final = output_dir / MODEL_FILE
     float_temp = write(float_final, float_tflite() if float_tflite else convert_float(model))
@@ -108,13 +113,19 @@ def _described(final: Path, staged: Path) -> TFLiteFile:
     return TFLiteFile(final, staged, len(data), census(data), io_quantization(data))
 
 
-def quantized_tflite(quantized_model: Any, scratch: Path, export_format: str, quantized_io: str) -> bytes:
+def quantized_tflite(
+    quantized_model: Any,
+    scratch: Path,
+    export_format: str,
+    quantized_io: str,
+    representative_data: Callable[[], Iterator[list[Any]]] | None = None,
+) -> bytes:
     """model_quantized.tflite's bytes. MCT's exporter writes a file: ``scratch`` is its place."""
     if export_format == "int8":
         from .tflite_int8 import full_integer
 
         with calling("TensorFlow Lite converter"):
-            return full_integer(quantized_model, quantized_io)
+            return full_integer(quantized_model, quantized_io, representative_data)
     with calling("MCT exporter"):
         mct.exporter.keras_export_model(
             model=quantized_model,

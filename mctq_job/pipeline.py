@@ -178,6 +178,7 @@ def _heavy_stages(
             write=lambda final, data: _write(staging, final, data),
             keras_export=config.target_platform == "imx500",
             float_tflite=conversion and (lambda: _float_bytes(conversion, log)),
+            representative_data=_calibration_data(checked, drawn),
         )
         summary.update(exported.summary())
     chip = None
@@ -223,15 +224,20 @@ def _skip_logger(log: Logger, found: list[tuple[Path, str]]) -> Any:
     return skip
 
 
+def _calibration_data(checked: inputs_mod.Inputs, drawn: Any, **callbacks: Any) -> Any:
+    """MCT's representative dataset: the drawn batches, decoded each time it is read."""
+    from . import calibrate
+
+    return calibrate.representative_dataset(checked.calibration_images, drawn.batches, checked.config, **callbacks)
+
+
 def _quantize(checked: inputs_mod.Inputs, model: Any, drawn: Any, log: Logger) -> Any:
-    from . import calibrate, quantize  # imports MCT
+    from . import quantize  # imports MCT
 
     config = checked.config
     skipped: list[tuple[Path, str]] = []
     progress = Progress(log, "quantize", config.iteration_count, "batch", task="calibration")
-    data = calibrate.representative_dataset(
-        checked.calibration_images, drawn.batches, config, on_batch=progress.advance, on_skip=_skip_logger(log, skipped)
-    )
+    data = _calibration_data(checked, drawn, on_batch=progress.advance, on_skip=_skip_logger(log, skipped))
     with calling("MCT"):
         quantized = quantize.quantize(model, data, config)
     progress.close()

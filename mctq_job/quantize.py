@@ -4,9 +4,10 @@ platform, method (PTQ or GPTQ) and optional mixed-precision weights."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import model_compression_toolkit as mct
 

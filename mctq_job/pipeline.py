@@ -158,7 +158,6 @@ def _heavy_stages(
     with stages("model") as summary:
         loaded = model_mod.load(checked)
         summary.update(loaded.info.summary())
-    conversion = _start_float_conversion(checked, loaded.info.parameters)
     with stages("calibrate", batches=config.iteration_count, batch_size=config.batch_size) as summary:
         drawn = calibrate.draw(len(checked.calibration_images), config)
         summary.update(drawn.summary())
@@ -168,6 +167,7 @@ def _heavy_stages(
     with stages("export", export_format=config.export_format) as summary, _output_errors(config.output_dir):
         from . import export
 
+        conversion = _start_float_conversion(checked, loaded.info.parameters)
         exported = export.export(
             loaded.model,
             quantized.model,
@@ -197,12 +197,14 @@ def _heavy_stages(
 
 
 def _start_float_conversion(checked: inputs_mod.Inputs, parameters: int) -> Any:
-    """model.tflite's conversion in a worker, overlapping quantization, for models large enough to gain."""
+    """model.tflite's conversion in a worker, overlapping the quantized export (both mostly on one
+    core), for models large enough to gain and where a second core is there to take it."""
     import tempfile
 
     from . import float_worker
+    from .images import usable_cpus
 
-    if parameters < float_worker.WORKER_MIN_PARAMETERS:
+    if parameters < float_worker.WORKER_MIN_PARAMETERS or usable_cpus() < 2:
         return None
     capture = Path(tempfile.mkdtemp(prefix="float-tflite-")) / "native-output.txt"  # in the run's private temp folder
     return float_worker.FloatConversion(checked.config.source_keras_model, capture)

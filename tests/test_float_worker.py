@@ -1,5 +1,5 @@
-"""model.tflite converted in a worker process while MCT quantizes: the same bytes as the
-in-process conversion, published the same way, and no worker outlives an interrupted run."""
+"""model.tflite converted in a worker process beside the quantized export: the same bytes as
+the in-process conversion, published the same way, and no worker outlives an interrupted run."""
 
 from __future__ import annotations
 
@@ -50,16 +50,18 @@ def _children(pid: int) -> set[int]:
 
 
 def test_sigterm_while_the_worker_runs_leaves_no_worker_and_no_file(project):
-    """Interrupted during quantization with the worker converting: exit 143, the worker ended too."""
+    """Interrupted during the export with the worker converting: exit 143, the worker ended too."""
     code = WORKER_ALWAYS + "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
-        if event["event"] == "stage.start" and event["stage"] == "quantize":
+        if event["event"] == "stage.start" and event["stage"] == "export":
             break
-    workers = _children(proc.pid)
+    deadline = time.monotonic() + 30
+    while not (workers := _children(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert workers, "no worker process was started"
     proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()

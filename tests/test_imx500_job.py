@@ -19,7 +19,7 @@ import pytest
 import needs
 from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
 from mctq_job import artifacts
-from mctq_job.errors import ConfigError, Imx500NotFitError
+from mctq_job.errors import ConfigError, Imx500NotFitError, ToolkitError
 from mctq_job.imx500 import size_bytes
 
 pytestmark = pytest.mark.slow
@@ -92,6 +92,19 @@ def test_without_a_converter_validate_names_the_key_and_how_to_get_it(project, t
     assert result.returncode == ConfigError.exit_code
     message = result.events[-1]["message"]
     assert "imx500.package" in message and "make imx500-venv" in message and "licence" in message
+
+
+def test_the_converter_failing_is_exit_5_naming_it_and_quoting_it(project, converter):
+    """A converter that cannot run its back end (here: no shell tools on PATH) fails for real:
+    exit 5, the error names the IMX500 converter and quotes its last error line; nothing is published."""
+    packaging(project)
+    result = run_cli(cwd=project, env={"MCTQ_IMXCONV": converter, "PATH": "/nonexistent"})
+    assert result.returncode == ToolkitError.exit_code, result.stdout[-3000:]
+    failed = result.events[-1]
+    assert failed["error"] == "toolkit_failure" and failed["stage"] == "imx500"
+    assert failed["tool"] == "IMX500 converter" and "error code" in failed["message"].lower()
+    for folder in (project / "output", project / "evaluate" / "results"):
+        assert not folder.exists() or not list(folder.iterdir())
 
 
 def too_large_project(project: Path) -> None:

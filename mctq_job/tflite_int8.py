@@ -96,7 +96,8 @@ def _unranged_layers(model: Any, holder_after: dict[str, Any]) -> list[Any]:
     return [
         layer
         for layer in model.layers
-        if layer.name not in holder_after
+        if layer.inbound_nodes  # not a layer MCT only attached (the metadata layer of newer TPCs)
+        and layer.name not in holder_after
         and type(layer).__name__ != "KerasActivationQuantizationHolder"
         and not isinstance(layer, RANGE_PRESERVING)
         and not _feeds_only_fused_relu(layer, holder_after)

@@ -51,6 +51,9 @@ OUTPUT_DIR_FILES = output_dir_files()
 ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
 
 _live: set[Staging] = set()
+# Temporary paths of aborted stagings: a library still writing when a signal aborted the run
+# (MCT's exporter) can create one after the abort; abort_all() removes those again.
+_aborted_temps: list[Path] = []
 _lock = threading.RLock()  # held while committing or aborting, so the two never interleave
 
 
@@ -171,15 +174,24 @@ class Staging:
                     removed.append(temp)
                 except FileNotFoundError:
                     pass
+            _aborted_temps.extend(self.pending.values())
             self.pending.clear()
             _live.discard(self)
             return removed
 
 
 def abort_all() -> list[Path]:
-    """Remove the temporary files of every live staging (signal handler, failure path)."""
+    """Remove the temporary files of every live staging (signal handler, failure path), and any
+    that a still-running writer created after an earlier abort."""
     with _lock:
-        return [p for staging in list(_live) for p in staging.abort()]
+        removed = [p for staging in list(_live) for p in staging.abort()]
+        for temp in _aborted_temps:
+            try:
+                temp.unlink()
+                removed.append(temp)
+            except FileNotFoundError:
+                pass
+        return removed
 
 
 def _fsync_file(path: Path) -> None:

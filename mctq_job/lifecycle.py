@@ -102,6 +102,8 @@ class Process:
             Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=removed, **exc.event_fields()
         )
         termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+        for cleanup in self._cleanups:  # again: the main thread may still have been writing (MCT's exporter)
+            cleanup()
         exit_now(exc.exit_code)
 
 

@@ -11,9 +11,10 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,7 +100,7 @@ def run_sampled(args: Sequence[str], cwd: Path | None = None, log: Path | None =
     return SampledRun(proc.returncode, out_file.read_text(), err_file.read_text(), wall, peak)
 
 
-def load_inputs(config_file: Path) -> "Inputs":
+def load_inputs(config_file: Path) -> Inputs:
     """The checked inputs of ``config_file``, exactly as the job's ``inputs`` stage finds them."""
     from mctq_job import config, inputs
 
@@ -107,7 +108,7 @@ def load_inputs(config_file: Path) -> "Inputs":
     return inputs.check(config.load(path), path)
 
 
-def calibration_batches(checked: "Inputs") -> list["np.ndarray"]:
+def calibration_batches(checked: Inputs) -> list[np.ndarray]:
     """The job's calibration batches (same seeded draw, same preprocessing), decoded up front."""
     from mctq_job import calibrate, images
 
@@ -117,17 +118,17 @@ def calibration_batches(checked: "Inputs") -> list["np.ndarray"]:
                               cfg.preprocessing).pixels for draw in draws]
 
 
-def validation_paths(checked: "Inputs") -> list[Path]:
+def validation_paths(checked: Inputs) -> list[Path]:
     return [sample.path for sample in checked.samples]
 
 
-def validation_labels(checked: "Inputs") -> "np.ndarray":
+def validation_labels(checked: Inputs) -> np.ndarray:
     import numpy as np
 
     return np.asarray([sample.label for sample in checked.samples], dtype=np.int64)
 
 
-def validation_pixels(checked: "Inputs") -> "np.ndarray":
+def validation_pixels(checked: Inputs) -> np.ndarray:
     """Every validation image preprocessed into one float32 array, decoded on every core."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -138,7 +139,7 @@ def validation_pixels(checked: "Inputs") -> "np.ndarray":
         return images.load_batch(validation_paths(checked), cfg.input_tensor_size, cfg.preprocessing, pool).pixels
 
 
-def batched_predictions(predictors: dict[str, Predictor], checked: "Inputs") -> dict[str, "np.ndarray"]:
+def batched_predictions(predictors: dict[str, Predictor], checked: Inputs) -> dict[str, np.ndarray]:
     """Top-1 class of every validation image for each model, the job's way: each image decoded
     once (the next batch on every core while the current one runs), batches of the job's size."""
     import numpy as np
@@ -155,7 +156,7 @@ def batched_predictions(predictors: dict[str, Predictor], checked: "Inputs") -> 
     return {name: np.concatenate(chunks) for name, chunks in predicted.items()}
 
 
-def top1(predicted: "np.ndarray", labels: "np.ndarray") -> float:
+def top1(predicted: np.ndarray, labels: np.ndarray) -> float:
     return round(float((predicted == labels).mean()), 4)
 
 

@@ -190,7 +190,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     numbers = measure(args.quick)
     wall = round(time.perf_counter() - began, 1)
-    report = {"measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+    report = {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
               "quick": args.quick, "targets": {"ui_response_s": 1.2, "max_gap_s": 5.0}, "bench_wall_s": wall,
               **numbers}
     (OUT / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

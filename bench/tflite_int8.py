@@ -15,13 +15,12 @@ import common
 
 if TYPE_CHECKING:
     import numpy as np
-
     from workload import JobRun
 
 FILE = common.WORK / "tflite_converter_int8.tflite"
 
 
-def compare(job: "JobRun", irreducible: dict[str, Any]) -> dict[str, Any]:
+def compare(job: JobRun, irreducible: dict[str, Any]) -> dict[str, Any]:
     """Figures of the converter's INT8 model, made from the inputs of ``job``'s project, next to
     the job's; ``irreducible`` (comparison b) gives MCT's quantization and export timed alone."""
     import tensorflow as tf
@@ -50,7 +49,7 @@ def compare(job: "JobRun", irreducible: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def convert(model: Any, batches: list["np.ndarray"]) -> bytes:
+def convert(model: Any, batches: list[np.ndarray]) -> bytes:
     import tensorflow as tf
 
     def representative_dataset():

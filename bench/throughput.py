@@ -20,14 +20,14 @@ import common
 
 if TYPE_CHECKING:
     import numpy as np
+    from workload import JobRun
 
     from mctq_job.inputs import Inputs
-    from workload import JobRun
 
 MODEL_NAMES = {"tflite": "model.tflite", "tflite_quantized": "model_quantized.tflite"}
 
 
-def compare(run: "JobRun") -> dict[str, Any]:
+def compare(run: JobRun) -> dict[str, Any]:
     """Figures of both ways over every validation image of the project of ``run``, with the
     models that run wrote; its results.json gives the top-1 both ways must reproduce."""
     from mctq_job.evaluate import EVAL_BATCH_SIZE
@@ -55,14 +55,14 @@ def compare(run: "JobRun") -> dict[str, Any]:
     }
 
 
-def batched(checked: "Inputs", model_files: dict[str, Path]) -> dict[str, "np.ndarray"]:
+def batched(checked: Inputs, model_files: dict[str, Path]) -> dict[str, np.ndarray]:
     """The job's evaluation loop for both models at once."""
     from mctq_job.evaluate import TFLitePredictor
 
     return common.batched_predictions({name: TFLitePredictor(file) for name, file in model_files.items()}, checked)
 
 
-def one_by_one(checked: "Inputs", model_file: Path) -> "np.ndarray":
+def one_by_one(checked: Inputs, model_file: Path) -> np.ndarray:
     """The notebook's loop for one model: open, preprocess and invoke one image at a time."""
     import numpy as np
     import tensorflow as tf

@@ -102,7 +102,7 @@ class JobRun:
     @property
     def max_gap_s(self) -> float:
         stamps = [dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in self.events]
-        return round(max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:])), 2)
+        return round(max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)), 2)
 
     @property
     def stage_seconds(self) -> dict[str, float]:

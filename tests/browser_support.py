@@ -7,12 +7,10 @@ the driver's path is always given to selenium, so it never tries to download one
 
 from __future__ import annotations
 
-import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, NoReturn
-
-import pytest
+from typing import Any, NoReturn
 
 import needs
 

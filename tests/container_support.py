@@ -9,13 +9,13 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NoReturn
-
-import pytest
+from typing import Any, NoReturn
 
 import needs
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_LABEL = "io.mctq-job.inputs-digest"

@@ -8,15 +8,14 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, miscalibrate
+
 from mctq_job import cli
-from mctq_job.errors import AccuracyGateError
 from mctq_job.artifacts import OUTPUT_DIR_FILES, RESULT_DIR_FILES
+from mctq_job.errors import AccuracyGateError
 
 WORKFLOW = ROOT / "examples" / "ci" / "github-actions.yml"
 SCRIPT = ROOT / "examples" / "ci" / "quantize-and-gate.sh"

@@ -10,16 +10,15 @@ import logging
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import structlog
 from click.testing import CliRunner, Result
-
 from conftest import ENTRYPOINT, read_config, run_cli, write_config
+
 from mctq_job import config as config_mod
 from mctq_job.cli import main
-from mctq_job.errors import ConfigError, EXIT_CODES, InputDataError
+from mctq_job.errors import EXIT_CODES, ConfigError, InputDataError
 from mctq_job.events import Event
 
 

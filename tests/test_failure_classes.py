@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import JobRun, read_config, write_config
+
 from mctq_job.errors import InternalError, ToolkitError
 
 pytestmark = pytest.mark.slow

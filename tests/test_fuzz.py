@@ -4,13 +4,13 @@ the table and a message, never a traceback."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import read_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from mctq_job.cli import main
 from mctq_job.config import Config, Preprocessing
 from mctq_job.errors import EXIT_CODES

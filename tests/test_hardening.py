@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
 
-from conftest import ENTRYPOINT, JobRun, read_config, run_cli, save_image, write_config
-from mctq_job import artifacts
-from mctq_job.errors import EXIT_CODES, InputDataError, Interrupted, OutputError, OutputLockedError
 from mctq_job.artifacts import ARTIFACT_NAMES
+from mctq_job.errors import EXIT_CODES, InputDataError, Interrupted, OutputError, OutputLockedError
 
 pytestmark = pytest.mark.slow
 SIGTERM_EXIT = 128 + signal.SIGTERM
@@ -202,9 +201,9 @@ def test_second_run_on_the_same_output_folder_refuses_cleanly(project, tmp_path)
                          "evaluate_result_dir": str(project / "evaluate" / "results")})
     first = subprocess.Popen([sys.executable, str(ENTRYPOINT)], cwd=project, stdout=subprocess.PIPE, text=True)
     for line in first.stdout:
-        if json.loads(line)["event"] == "stage.start":  # after "config": the lock is taken after inputs
-            if json.loads(line)["stage"] == "model":
-                break
+        event = json.loads(line)
+        if event["event"] == "stage.start" and event["stage"] == "model":  # the lock is taken after inputs
+            break
     second = run_cli(cwd=other)
     assert second.returncode == OutputLockedError.exit_code
     assert "another mctq-job run is writing to" in second.events[-1]["message"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import save_image
 from PIL import Image
 
-from conftest import save_image
+from mctq_job import images
 from mctq_job.config import Preprocessing
 from mctq_job.errors import InputDataError
-from mctq_job import images
 
 
 def test_shorter_side_resize_then_centre_crop_matches_the_notebook_geometry():

@@ -14,10 +14,10 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import needs
+import pytest
 from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
+
 from mctq_job import artifacts
 from mctq_job.errors import ConfigError, Imx500NotFitError, ToolkitError
 from mctq_job.imx500 import size_bytes
@@ -174,8 +174,13 @@ def test_sigterm_during_the_converter_stops_it_and_leaves_nothing_partial(projec
 def test_the_imx500_image_packages_a_mounted_project_hardened(digits_template, tmp_path):
     """mctq-job:imx500 with --read-only --tmpfs /tmp --network none --cap-drop ALL and a UID it has
     never seen: the converter runs (nothing to chmod or download at run time) and the package lands."""
-    from container_support import (docker_client, image_for_tests, imx500_image_for_tests, make_group0_writable,
-                                   run_container)
+    from container_support import (
+        docker_client,
+        image_for_tests,
+        imx500_image_for_tests,
+        make_group0_writable,
+        run_container,
+    )
 
     client = docker_client()
     image = imx500_image_for_tests(client, image_for_tests(client).image)

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import read_config, run_cli, save_image, write_config
+
 from mctq_job import config as config_mod
 from mctq_job import inputs
-from mctq_job.errors import ConfigError, InputDataError, MctqError, OutputError
 from mctq_job.artifacts import ARTIFACT_NAMES
+from mctq_job.errors import ConfigError, InputDataError, MctqError
 
 
 def check(project: Path) -> inputs.Inputs:

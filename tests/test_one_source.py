@@ -11,9 +11,9 @@ import tomllib
 from importlib import metadata
 
 import pytest
-
 from conftest import ROOT
 from container_support import hardened_flags
+
 from mctq_job import config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

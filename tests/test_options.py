@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import JobRun, miscalibrate, read_config, run_cli, write_config
-from mctq_job.errors import AccuracyGateError
+
 from mctq_job.artifacts import ARTIFACT_NAMES
+from mctq_job.errors import AccuracyGateError
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import base64
 import io
 import re
-from pathlib import Path
 
 import pytest
+from browser_support import assert_renders_in_browser
 from PIL import Image
 
-from browser_support import assert_renders_in_browser
 from mctq_job import report_html
 
 MODELS = report_html.MODELS
@@ -23,7 +22,7 @@ EXTERNAL = re.compile(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', re.IGNORECA
 
 def per_class(names: list[str], correct: list[int], images: int) -> dict:
     return {name: {"label": label, "images": images, "correct": right, "top_1_accuracy": right / images}
-            for label, (name, right) in enumerate(zip(names, correct))}
+            for label, (name, right) in enumerate(zip(names, correct, strict=False))}
 
 
 def confusion(correct: list[int], images: int) -> list[list[int]]:

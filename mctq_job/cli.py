@@ -141,8 +141,9 @@ def _if_loaded(module: str, function: str) -> Callable[[], object]:
     child process (the IMX500 converter, the float conversion's worker) exists only then."""
 
     def cleanup() -> object:
-        loaded = sys.modules.get(module)
-        return getattr(loaded, function)() if loaded is not None else None
+        # getattr with a default: a signal can come while the main thread is still importing it
+        call = getattr(sys.modules.get(module), function, None)
+        return call() if call is not None else None
 
     return cleanup
 

@@ -26,6 +26,9 @@ UMASK_ENV = "MCTQ_UMASK"
 TERMINATION_LOG_ENV = "MCTQ_TERMINATION_LOG"
 TERMINATION_LOG_DEFAULT = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes
+#: After SIGTERM/SIGINT the process ends within this many seconds whatever a clean-up does
+#: (``docker stop`` waits 10 s, Kubernetes 30 s before SIGKILL).
+INTERRUPT_DEADLINE_S = 8.0
 
 
 class Process:
@@ -38,6 +41,7 @@ class Process:
         self._cleanups: list[Callable[[], object]] = []
         # Set by the signal watcher before it cleans up; from then on only it may end the process.
         self._interrupting = threading.Event()
+        self._signum = 0
 
     def handle_signals(self, *cleanups: Callable[[], object]) -> None:
         """From now on SIGINT/SIGTERM run ``cleanups`` (child processes, staged files), remove
@@ -68,8 +72,9 @@ class Process:
         """Report a failed run (with the traceback of the original exception, where one is kept)
         and exit with the error's code."""
         self._yield_to_interrupt()
-        for cleanup in self._cleanups:
-            cleanup()
+        _, problems = self._run_cleanups()
+        if problems:
+            fields["cleanup_errors"] = problems
         original = getattr(exc, "original", None)
         self.log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields, exc_info=original)
         termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
@@ -83,28 +88,46 @@ class Process:
     def _yield_to_interrupt(self) -> None:
         """The main thread stops here while the watcher reports the interruption and exits
         130/143: a failure it caused (its staging area vanished) must not end the run with
-        another code."""
+        another code. The watcher's deadline ends the process; the wait below is only a fence."""
         if self._interrupting.is_set():
-            while True:
-                time.sleep(60)
+            time.sleep(2 * INTERRUPT_DEADLINE_S)
+            exit_now(Interrupted(self._signum).exit_code)
 
     def _interrupted(self, signum: int) -> NoReturn:
-        """Runs on the signal watcher thread: clean up, report, and end the process now."""
+        """Runs on the signal watcher thread: clean up, report, and end the process now. A
+        clean-up that raises or blocks cannot keep the process alive: each one's failure is
+        reported, and a timer ends the process at INTERRUPT_DEADLINE_S regardless."""
+        self._signum = signum
         self._interrupting.set()
-        removed = 0
-        for cleanup in self._cleanups:
-            result = cleanup()
-            removed += len(result) if isinstance(result, list) else 0
-        for path in self._tempdirs:
-            shutil.rmtree(path, ignore_errors=True)
         exc = Interrupted(signum)
-        self.log.error(
-            Event.RUN_FAILED.value, message=exc.message, removed_temporary_files=removed, **exc.event_fields()
-        )
-        termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
-        for cleanup in self._cleanups:  # again: the main thread may still have been writing (MCT's exporter)
-            cleanup()
-        exit_now(exc.exit_code)
+        # os._exit, not exit_now: a flush could block on the very stream a stuck clean-up holds
+        deadline = threading.Timer(INTERRUPT_DEADLINE_S, os._exit, (exc.exit_code,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            removed, problems = self._run_cleanups()
+            for path in self._tempdirs:
+                shutil.rmtree(path, ignore_errors=True)
+            fields: dict[str, object] = {"removed_temporary_files": removed}
+            if problems:
+                fields["cleanup_errors"] = problems
+            self.log.error(Event.RUN_FAILED.value, message=exc.message, **fields, **exc.event_fields())
+            termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+            self._run_cleanups()  # again: the main thread may still have been writing (MCT's exporter)
+        finally:
+            exit_now(exc.exit_code)
+
+    def _run_cleanups(self) -> tuple[int, list[str]]:
+        """Every clean-up, each guarded: (temporary files removed, what failed)."""
+        removed, problems = 0, []
+        for cleanup in self._cleanups:
+            try:
+                result = cleanup()
+            except Exception as error:  # noqa: BLE001 - the process must still end; say what failed
+                problems.append(f"{getattr(cleanup, '__qualname__', cleanup)}: {type(error).__name__}: {error}")
+                continue
+            removed += len(result) if isinstance(result, list) else 0
+        return removed, problems
 
 
 def apply_umask(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:

@@ -3,12 +3,16 @@ session, fresh copies of it per test, and a runner for the real command line."""
 
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,80 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     proc = subprocess.run([sys.executable, str(ENTRYPOINT), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return JobRun(proc.returncode, proc.stdout, proc.stderr, Path(cwd))
+
+
+#: No single test (with the set-up it triggers, such as an image build) takes this long; one
+#: that does is hung: its threads' tracebacks are printed and the run ends, so CI says where.
+HUNG_TEST_S = 1800
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(HUNG_TEST_S, exit=True, file=sys.__stderr__)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+class LiveRun:
+    """The job running in the background, its JSON lines read as they come by a thread, so that
+    every wait on it is bounded: a job that hangs fails its test instead of the whole suite."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None):
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, text=True)
+        self.events: list[dict] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _next(self, deadline: float) -> dict | None:
+        try:
+            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            self.proc.kill()
+            raise AssertionError(f"the job printed nothing more in time; last events: {self.events[-3:]}") from None
+        if line is None:
+            return None
+        self.events.append(json.loads(line))
+        return self.events[-1]
+
+    def until(self, predicate, timeout: float = 600) -> dict:
+        """The first event (from here on) for which ``predicate`` is true."""
+        deadline = time.monotonic() + timeout
+        while (event := self._next(deadline)) is not None:
+            if predicate(event):
+                return event
+        raise AssertionError(f"the job ended (exit {self.proc.wait()}) before the awaited event; last: {self.events[-3:]}")
+
+    def finish(self, timeout: float = 120) -> int:
+        """Read to the end and return the exit code; a job still running after ``timeout`` fails."""
+        deadline = time.monotonic() + timeout
+        while self._next(deadline) is not None:
+            pass
+        return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
+
+
+def is_stage_start(stage: str):
+    return lambda event: event["event"] == "stage.start" and event.get("stage") == stage
 
 
 @pytest.fixture(scope="session")

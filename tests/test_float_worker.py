@@ -3,15 +3,13 @@ the in-process conversion, published the same way, and no worker outlives an int
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import LiveRun, is_stage_start
 
 pytestmark = pytest.mark.slow
 
@@ -52,21 +50,15 @@ def _children(pid: int) -> set[int]:
 def test_sigterm_while_the_worker_runs_leaves_no_worker_and_no_file(project):
     """Interrupted during the export with the worker converting: exit 143, the worker ended too."""
     code = WORKER_ALWAYS + "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=project, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "stage.start" and event["stage"] == "export":
-            break
-    deadline = time.monotonic() + 30
-    while not (workers := _children(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert workers, "no worker process was started"
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 143
-    assert json.loads(rest.strip().splitlines()[-1])["error"] == "interrupted"
+    with LiveRun([sys.executable, "-c", code], cwd=project) as job:
+        job.until(is_stage_start("export"))
+        deadline = time.monotonic() + 30
+        while not (workers := _children(job.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers, "no worker process was started"
+        job.proc.send_signal(signal.SIGTERM)
+        assert job.finish(timeout=60) == 143
+        assert job.events[-1]["error"] == "interrupted"
     time.sleep(0.5)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
                 and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]

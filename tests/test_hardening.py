@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
+from conftest import ENTRYPOINT, JobRun, LiveRun, is_stage_start, read_config, run_cli, write_config
 
 from mctq_job.artifacts import ARTIFACT_NAMES
 from mctq_job.errors import EXIT_CODES, InputDataError, Interrupted, OutputError, OutputLockedError
@@ -117,15 +117,10 @@ MOMENTS = {
 
 
 def stop_when(project: Path, moment) -> tuple[int, list[dict]]:
-    proc = subprocess.Popen([sys.executable, str(ENTRYPOINT)], cwd=project, stdout=subprocess.PIPE, text=True)
-    events = []
-    for line in proc.stdout:
-        events.append(json.loads(line))
-        if moment(events[-1]):
-            proc.send_signal(signal.SIGTERM)
-            break
-    events += [json.loads(line) for line in proc.stdout.read().splitlines()]
-    return proc.wait(timeout=120), events
+    with LiveRun([sys.executable, str(ENTRYPOINT)], cwd=project) as job:
+        job.until(moment)
+        job.proc.send_signal(signal.SIGTERM)
+        return job.finish(timeout=120), job.events
 
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
@@ -199,16 +194,12 @@ def test_second_run_on_the_same_output_folder_refuses_cleanly(project, tmp_path)
     cfg = read_config(other)
     write_config(other, {**cfg, "output_dir": str(project / "output"),
                          "evaluate_result_dir": str(project / "evaluate" / "results")})
-    first = subprocess.Popen([sys.executable, str(ENTRYPOINT)], cwd=project, stdout=subprocess.PIPE, text=True)
-    for line in first.stdout:
-        event = json.loads(line)
-        if event["event"] == "stage.start" and event["stage"] == "model":  # the lock is taken after inputs
-            break
-    second = run_cli(cwd=other)
-    assert second.returncode == OutputLockedError.exit_code
-    assert "another mctq-job run is writing to" in second.events[-1]["message"]
-    first.stdout.read()
-    assert first.wait(timeout=300) == 0
+    with LiveRun([sys.executable, str(ENTRYPOINT)], cwd=project) as first:
+        first.until(is_stage_start("model"))  # the lock is taken after inputs
+        second = run_cli(cwd=other)
+        assert second.returncode == OutputLockedError.exit_code
+        assert "another mctq-job run is writing to" in second.events[-1]["message"]
+        assert first.finish(timeout=300) == 0
     assert set(output_files(project)) == FINAL_NAMES
 
 

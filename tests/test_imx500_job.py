@@ -16,7 +16,7 @@ from pathlib import Path
 
 import needs
 import pytest
-from conftest import ENTRYPOINT, JobRun, read_config, run_cli, write_config
+from conftest import ENTRYPOINT, JobRun, LiveRun, read_config, run_cli, write_config
 
 from mctq_job import artifacts
 from mctq_job.errors import ConfigError, Imx500NotFitError, ToolkitError
@@ -146,25 +146,14 @@ def _group_alive(pgid: int) -> bool:
 def test_sigterm_during_the_converter_stops_it_and_leaves_nothing_partial(project, converter):
     """SIGTERM once the converter runs: exit 143, its whole process group gone, no temporary file."""
     packaging(project)
-    proc = subprocess.Popen(
-        [sys.executable, str(ENTRYPOINT)],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MCTQ_IMXCONV": converter, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "library.log" and event.get("logger") == "imxconv-tf":
-            break
-    converters = subprocess.run(["pgrep", "-f", converter], capture_output=True, text=True).stdout.split()
-    assert converters, "the converter is not running"
-    groups = {os.getpgid(int(pid)) for pid in converters}
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stdout.read()
-    assert proc.wait(timeout=60) == 143
-    assert json.loads(rest.strip().splitlines()[-1])["error"] == "interrupted"
+    with LiveRun([sys.executable, str(ENTRYPOINT)], cwd=project, env={"MCTQ_IMXCONV": converter}) as job:
+        job.until(lambda event: event["event"] == "library.log" and event.get("logger") == "imxconv-tf")
+        converters = subprocess.run(["pgrep", "-f", converter], capture_output=True, text=True).stdout.split()
+        assert converters, "the converter is not running"
+        groups = {os.getpgid(int(pid)) for pid in converters}
+        job.proc.send_signal(signal.SIGTERM)
+        assert job.finish(timeout=60) == 143
+        assert job.events[-1]["error"] == "interrupted"
     assert not any(_group_alive(group) for group in groups)
     for folder in (project / "output", project / "evaluate" / "results"):
         assert not folder.exists() or not list(folder.iterdir())

@@ -1,0 +1,99 @@
+"""SIGTERM handling of the job's process (mctq_job.lifecycle): whatever its clean-ups do, the
+process reports the interruption and ends with 128 + the signal number, in bounded time.
+
+These run the real signal watcher in a small child process (no TensorFlow), with clean-ups
+that fail or block the way a half-imported module or a stuck child process would."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from mctq_job import cli, lifecycle
+from mctq_job.errors import Interrupted
+
+SCRIPT = """
+import sys, threading, time
+from pathlib import Path
+from mctq_job import lifecycle, logs
+from mctq_job.errors import MctqError
+
+log = logs.configure("json", "info", sys.stdout)
+process = lifecycle.Process(log)
+marker = Path(sys.argv[2])
+
+def raises():
+    raise AttributeError("module 'mctq_job.float_worker' has no attribute 'stop_all'")
+
+def blocks():
+    threading.Event().wait()
+
+def later():
+    marker.write_text("ran")
+    return [marker]
+
+first = {"raises": raises, "blocks": blocks}[sys.argv[1]]
+process.handle_signals(first, later)
+print('{"event": "ready"}', flush=True)
+if sys.argv[3] == "fail":  # the main thread fails because of the interruption, as a real stage does
+    while not process._interrupting.is_set():
+        time.sleep(0.01)
+    process.fail(MctqError("its staging area vanished"))
+while True:
+    time.sleep(1)
+"""
+
+
+def interrupt(tmp_path: Path, cleanup: str, main_thread: str) -> tuple[int, list[dict], Path]:
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), cleanup, str(marker), main_thread],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=4 * lifecycle.INTERRUPT_DEADLINE_S)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    return proc.returncode, [json.loads(line) for line in out.splitlines()], marker
+
+
+@pytest.mark.parametrize("main_thread", ["sleeps", "fail"])
+def test_a_failing_cleanup_is_reported_and_the_others_still_run(tmp_path, main_thread):
+    code, events, marker = interrupt(tmp_path, "raises", main_thread)
+    assert code == Interrupted(signal.SIGTERM).exit_code == 143
+    last = events[-1]
+    assert last["event"] == "run.failed" and last["error"] == "interrupted"
+    assert len(last["cleanup_errors"]) == 1 and "has no attribute 'stop_all'" in last["cleanup_errors"][0]
+    assert marker.read_text() == "ran" and last["removed_temporary_files"] == 1
+
+
+def test_a_blocking_cleanup_cannot_keep_the_process_alive(tmp_path):
+    code, events, marker = interrupt(tmp_path, "blocks", "sleeps")
+    assert code == 143
+    assert not marker.exists()  # the later clean-up never came: the deadline ended the process
+    assert all(e["event"] != "run.failed" for e in events)
+
+
+def test_a_cleanup_for_a_module_still_being_imported_does_nothing(monkeypatch):
+    half_imported = types.ModuleType("mctq_job.half_imported")  # in sys.modules, functions not yet defined
+    monkeypatch.setitem(sys.modules, half_imported.__name__, half_imported)
+    assert cli._if_loaded(half_imported.__name__, "stop_all")() is None
+    half_imported.stop_all = lambda: "stopped"
+    assert cli._if_loaded(half_imported.__name__, "stop_all")() == "stopped"
+    assert cli._if_loaded("mctq_job.never_imported", "stop_all")() is None
+
+
+def test_the_documented_deadline_is_the_code_s():
+    running = (Path(__file__).resolve().parent.parent / "docs" / "running.md").read_text()
+    assert f"at most {lifecycle.INTERRUPT_DEADLINE_S:g} seconds after the signal" in " ".join(running.split())

@@ -12,10 +12,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import images
 from .config import PATH_KEYS, Config, read_text
 from .errors import ConfigError, InputDataError, MctqError, OutputError
+
+if TYPE_CHECKING:
+    from .imx500 import Converter
 
 KERAS_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
 LISTED = 5  # names shown in one message before "and N more"
@@ -39,6 +43,7 @@ class Inputs:
     labels: dict[str, int]
     ignored: tuple[tuple[str, str], ...] = ()  # (path, reason): harmless files that are not inputs
     skipped: tuple[tuple[Path, str], ...] = ()  # (image, reason): unreadable, left out (on_corrupt_image: skip)
+    imx500_converter: Converter | None = None  # found and probed once, where imx500.package is on
 
     def summary(self) -> dict[str, object]:
         classes = {s.class_name for s in self.samples}

@@ -100,7 +100,9 @@ def _checked_inputs(config_path: Path, stages: _Stages, log: Logger) -> inputs_m
         checked = inputs_mod.check(config, config_path)
         summary.update(checked.summary())
         if config.imx500 is not None and config.imx500.package:
-            summary["imx500_converter"] = _imx500_converter(config)
+            converter = _imx500_converter(config)
+            summary["imx500_converter"] = {"path": str(converter.path), "version": converter.version}
+            checked = replace(checked, imx500_converter=converter)
     for path, reason in checked.ignored:
         log.warning(Event.INPUT_IGNORED.value, path=path, reason=reason)
     for image, reason in checked.skipped:
@@ -108,7 +110,7 @@ def _checked_inputs(config_path: Path, stages: _Stages, log: Logger) -> inputs_m
     return checked
 
 
-def _imx500_converter(config: config_mod.Config) -> dict[str, str]:
+def _imx500_converter(config: config_mod.Config) -> Any:
     """The IMX500 converter exists, runs, and accepts the configured TPC version."""
     from . import imx500
 
@@ -120,7 +122,7 @@ def _imx500_converter(config: config_mod.Config) -> dict[str, str]:
             f"{config.target_platform_version!r}; accepted: one of those, or imx500.package false",
             key="target_platform_version",
         )
-    return {"path": str(converter.path), "version": converter.version}
+    return converter
 
 
 def run(config_path: Path, log: Logger, max_top1_drop: float | None = None) -> RunResult:
@@ -184,7 +186,7 @@ def _heavy_stages(
     chip = None
     if config.imx500 is not None and config.imx500.package and exported.keras is not None:
         with stages("imx500") as summary, _output_errors(config.output_dir):
-            chip = _imx500_package(exported.keras.staged, config.output_dir, staging, log)
+            chip = _imx500_package(checked.imx500_converter, exported.keras.staged, config.output_dir, staging, log)
             summary.update(chip)
     with stages("evaluate", images=len(checked.samples)) as summary:
         evaluation = _evaluate(checked, loaded.model, quantized.model, exported, log)
@@ -248,14 +250,16 @@ def _quantize(checked: inputs_mod.Inputs, model: Any, drawn: Any, log: Logger) -
     return replace(quantized, skipped_images=tuple(skipped))
 
 
-def _imx500_package(keras_file: Path, output_dir: Path, staging: artifacts.Staging, log: Logger) -> dict[str, Any]:
-    """Run Sony's converter on the staged Keras export in a private folder; stage its package,
-    parameters and memory report; return the memory facts. Its output lines become events."""
+def _imx500_package(
+    converter: Any, keras_file: Path, output_dir: Path, staging: artifacts.Staging, log: Logger
+) -> dict[str, Any]:
+    """Run Sony's converter (found in the inputs stage) on the staged Keras export in a private
+    folder; stage its package, parameters and memory report; return the memory facts. Its output
+    lines become events."""
     import tempfile
 
     from . import imx500
 
-    converter = imx500.find_converter()
     work_dir = Path(tempfile.mkdtemp(prefix="imxconv-"))  # inside the run's private temp folder
 
     def on_line(line: str) -> None:

@@ -37,10 +37,21 @@ def packaging(project: Path, **imx500: bool) -> None:
 @pytest.fixture(scope="module")
 def packaged(converter, digits_template, tmp_path_factory) -> JobRun:
     """The digits project with "imx500": {"package": true}: one real run, inspected by several tests."""
-    project = tmp_path_factory.mktemp("imx500") / "project"
+    folder = tmp_path_factory.mktemp("imx500")
+    project = folder / "project"
     shutil.copytree(digits_template, project)
     packaging(project)
-    return run_cli(cwd=project, env={"MCTQ_IMXCONV": converter})
+    recording = folder / "imxconv-recording"  # the real converter, each call's arguments noted first
+    recording.write_text(f'#!/bin/sh\necho "$*" >> {folder / "calls.txt"}\nexec {converter} "$@"\n')
+    recording.chmod(0o755)
+    return run_cli(cwd=project, env={"MCTQ_IMXCONV": str(recording)})
+
+
+def test_the_converter_is_probed_once_and_run_once(packaged):
+    """The inputs stage finds and probes the converter; the imx500 stage uses what it found."""
+    calls = (packaged.cwd.parent / "calls.txt").read_text().splitlines()
+    assert [call for call in calls if call == "--version"] == ["--version"]
+    assert len(calls) == 2, calls
 
 
 def test_one_run_publishes_the_keras_export_and_the_package(packaged):

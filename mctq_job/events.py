@@ -33,7 +33,7 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.RUN_FAILED: "Last line of a failed run: `error`, `exit_code`, `message` naming the culprit (and `problems`).",
     Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
     Event.STAGE_START: "A stage begins (`stage`: config, inputs, model, calibrate, quantize, export, imx500, evaluate, report).",
-    Event.STAGE_FINISH: "A stage ended: `duration_s` and the stage's own summary.",
+    Event.STAGE_FINISH: "A stage ended: `duration_s`, the process's `peak_memory_bytes` so far, and the stage's own summary.",
     Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
     Event.ARTIFACT_WRITTEN: "A file was published: `path`, `size`, `sha256`.",

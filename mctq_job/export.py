@@ -84,11 +84,12 @@ def export(
     )
     quantized_temp = write(quantized_final, quantized_bytes)
     float_final = output_dir / MODEL_FILE
-    float_temp = write(float_final, float_tflite() if float_tflite else convert_float(model))
+    float_bytes = float_tflite() if float_tflite else convert_float(model)
+    float_temp = write(float_final, float_bytes)
     return Exported(
         {
-            "tflite": _described(float_final, float_temp),
-            "tflite_quantized": _described(quantized_final, quantized_temp),
+            "tflite": _described(float_final, float_temp, float_bytes),
+            "tflite_quantized": _described(quantized_final, quantized_temp, quantized_bytes),
         },
         keras,
     )
@@ -106,10 +107,10 @@ def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFi
     return KerasFile(final, staged, staged.stat().st_size)
 
 
-def _described(final: Path, staged: Path) -> TFLiteFile:
+def _described(final: Path, staged: Path, data: bytes) -> TFLiteFile:
+    """The staged file's facts, from the bytes just written there (not read back)."""
     from .tflite_int8 import census, io_quantization
 
-    data = staged.read_bytes()
     return TFLiteFile(final, staged, len(data), census(data), io_quantization(data))
 
 

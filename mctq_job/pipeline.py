@@ -82,7 +82,18 @@ class _Stages:
             if self.heartbeat:
                 self.heartbeat.enter(None)
         self.seconds[name] = round(time.perf_counter() - began, 3)
-        self.log.info(Event.STAGE_FINISH.value, stage=name, duration_s=self.seconds[name], **summary)
+        self.log.info(
+            Event.STAGE_FINISH.value,
+            stage=name,
+            duration_s=self.seconds[name],
+            peak_memory_bytes=_peak_memory_bytes(),
+            **summary,
+        )
+
+
+def _peak_memory_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def validate(config_path: Path, log: Logger) -> inputs_mod.Inputs:
@@ -351,7 +362,7 @@ def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_
         "numpy": numpy.__version__,
         **quantize.versions(),
     }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_memory_bytes()
     return report.manifest(
         run_id=staging.run_id,
         started_at=started_at,

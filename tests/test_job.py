@@ -50,6 +50,9 @@ def test_stages_run_in_order_each_started_and_finished(finished_run: JobRun):
     started = [e["stage"] for e in finished_run.named("stage.start")]
     finished = [e["stage"] for e in finished_run.named("stage.finish")]
     assert started == STAGES and finished == STAGES
+    peaks = [e["peak_memory_bytes"] for e in finished_run.named("stage.finish")]
+    assert peaks == sorted(peaks) and peaks[0] > 10 * 2**20  # the process's peak so far, per stage
+    assert peaks[-1] >= json.loads((finished_run.cwd / "output" / "manifest.json").read_text())["peak_memory_bytes"]
     assert finished_run.events[0]["event"] == "run.start"
     assert finished_run.events[-1]["event"] == "run.finish"
 

@@ -86,14 +86,23 @@ class _Stages:
             Event.STAGE_FINISH.value,
             stage=name,
             duration_s=self.seconds[name],
-            peak_memory_bytes=_peak_memory_bytes(),
+            peak_memory_bytes=peak_memory_bytes(),
             **summary,
         )
 
 
-def _peak_memory_bytes() -> int:
-    """The process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_memory_bytes() -> int:
+    """The process's peak resident memory so far: VmHWM of /proc/self/status. Not ru_maxrss:
+    Linux carries the parent's peak into it across fork and exec, so a job started by a
+    large process (a notebook, a bench) would report that process's memory as its own."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def validate(config_path: Path, log: Logger) -> inputs_mod.Inputs:
@@ -362,7 +371,7 @@ def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_
         "numpy": numpy.__version__,
         **quantize.versions(),
     }
-    peak = _peak_memory_bytes()
+    peak = peak_memory_bytes()
     return report.manifest(
         run_id=staging.run_id,
         started_at=started_at,

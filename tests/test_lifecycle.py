@@ -97,3 +97,18 @@ def test_a_cleanup_for_a_module_still_being_imported_does_nothing(monkeypatch):
 def test_the_documented_deadline_is_the_code_s():
     running = (Path(__file__).resolve().parent.parent / "docs" / "running.md").read_text()
     assert f"at most {lifecycle.INTERRUPT_DEADLINE_S:g} seconds after the signal" in " ".join(running.split())
+
+
+def test_the_reported_peak_memory_is_the_jobs_own_not_its_parents():
+    """Started by a process holding 600 MB (a notebook, a bench), the job reports its own peak:
+    Linux's ru_maxrss would carry the parent's 600 MB across fork and exec."""
+    parent = textwrap.dedent("""
+        import subprocess, sys
+        held = bytearray(600 * 2**20)
+        held[::4096] = b"x" * len(held[::4096])  # resident, not only reserved
+        child = "from mctq_job.pipeline import peak_memory_bytes; print(peak_memory_bytes())"
+        print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
+    """)
+    reported = int(subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                                  check=True, timeout=60).stdout)
+    assert 5 * 2**20 < reported < 300 * 2**20

@@ -9,7 +9,7 @@ DEMO   ?= demo
 help:
 	@echo "make demo   build a small real example (digits) and run the job on it"
 	@echo "make test   run the test suite (real TensorFlow and MCT)"
-	@echo "make bench  MobileNetV2 224x224 against the notebook's way, plus the digits benches (QUICK=1: digits only)"
+	@echo "make bench  MobileNetV2 224x224 against the notebook's way and on real photographs, plus the digits benches (QUICK=1: digits only)"
 	@echo "make lock   re-pin requirements*.lock from requirements*.in"
 	@echo "make image / image-offline / docker-demo   the container image (see docs/container.md)"
 

@@ -21,6 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import irreducible  # noqa: E402
+import realphotos  # noqa: E402
 import realsize_compare  # noqa: E402
 import tflite_int8  # noqa: E402
 import throughput  # noqa: E402
@@ -90,6 +91,8 @@ def all_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = {"digits": {k: comparisons["digits_int8"][k] for k in DIGITS_LIMITS}}
     if "realsize" in comparisons:
         found["MobileNetV2 224"] = comparisons["realsize"]["targets"]
+    if "realphotos" in comparisons:
+        found["MobileNetV2 224, real photographs"] = comparisons["realphotos"]["targets"]
     return found
 
 
@@ -108,6 +111,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
                      comparison("realsize", realsize_compare.job_table)),
     "realsize-tflite": ("MobileNetV2 224x224: size and latency of the four .tflite files",
                         comparison("realsize", realsize_compare.tflite_table)),
+    "realsize-photos": ("MobileNetV2 224x224 trained on real photographs: top-1 drops",
+                        comparison("realphotos", realphotos.table)),
     "digits-int8": ("Digits: the fully integer model_quantized.tflite", digits_int8_table),
     "imx500": ("Digits: Sony's IMX500 converter", imx500_table),
     "responsiveness": ("Responsiveness and cost (demo project)", responsiveness_table),

@@ -4,14 +4,16 @@ cost, and four comparisons on the digits demo, all in one run. Prints one markdo
 measure and saves them to bench-results/bench.md, every number (with the machine and a
 timestamp) to bench-results/bench.json.
 
-    python bench/run.py               everything (about 10-15 minutes on 2 cores)
+    python bench/run.py               everything (about 30 minutes on 2 cores)
     python bench/run.py --quick       the digits workloads only (`make bench QUICK=1`)
     python bench/run.py --write-docs  copy bench-results/bench.json to docs/bench.json and
                                       regenerate docs/benchmarks.md's tables from it
 
 Real size (realsize.py, realsize_compare.py): MobileNetV2 224x224 with camera-size JPEGs; the
 job and notebook_path.py each in their own process, memory summed over the process tree;
-latency and size of the four .tflite files. Digits: responsiveness (UI response <= 1.2 s for
+latency and size of the four .tflite files. Real photographs (realphotos.py): MobileNetV2 224x224
+trained briefly on camera frames of seven photographs; the top-1 drops of the job at both
+targets against MCT's quantized Keras model and the TFLite converter's own PTQ. Digits: responsiveness (UI response <= 1.2 s for
 `validate`, `--help` and the first log line of `run`; an update at least every 5 s), the
 fully integer model's size and top-1, the IMX500 converter, and
   (a) evaluation throughput of both .tflite models, the job's batched way against the
@@ -43,6 +45,7 @@ import common
 import docs_tables
 import imx500_convert
 import irreducible
+import realphotos
 import realsize_compare
 import tflite_int8
 import throughput
@@ -160,9 +163,12 @@ def measure(quick: bool) -> dict[str, Any]:
     if not quick:
         note("real size: MobileNetV2 224x224, the job and the notebook's way, each in its own process")
         realsize_figures = realsize_compare.measure()
+        note("real photographs: MobileNetV2 224x224 trained briefly, the job at both targets, the converter's PTQ")
+        realsize_figures["photos"] = realphotos.measure()
         (WORK / "realsize-figures.json").write_text(json.dumps(realsize_figures, indent=2) + "\n")  # kept if a later part fails
     numbers = measure_digits()
     if realsize_figures is not None:
+        numbers["comparisons"]["realphotos"] = realsize_figures.pop("photos")
         numbers["comparisons"]["realsize"] = realsize_figures
     return numbers
 

@@ -48,6 +48,24 @@ def test_tflite_platform_and_fakely_quant_export_with_a_gate_that_passes(project
     assert abs(results["top_1_accuracy_tflite_quantized"] - results["top_1_accuracy_keras"]) <= 0.05
 
 
+def test_integer_io_model_takes_int8_and_its_accuracy_is_reported(project):
+    """quantized_io int8: model_quantized.tflite takes and returns int8; results.json gives the
+    scale and zero point the evaluation used, and its accuracy stays MCT's."""
+    import tensorflow as tf
+
+    result, results = run_with(project, quantized_io="int8")
+    assert result.returncode == 0, result.stdout[-3000:]
+    interpreter = tf.lite.Interpreter(model_path=str(project / "output" / "model_quantized.tflite"))
+    (source,), (sink,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert source["dtype"] == sink["dtype"] == np.int8
+    io = results["quantized_io"]
+    assert io["type"] == "int8" and io["input"]["dtype"] == io["output"]["dtype"] == "int8"
+    assert (io["input"]["scale"], io["input"]["zero_point"]) == pytest.approx(source["quantization"])
+    assert results["models"]["tflite_quantized"]["census"]["integer_only"] is True
+    assert results["agreement"]["keras_quantized_vs_tflite_quantized"] >= 0.99
+    assert abs(results["top_1_accuracy_tflite_quantized"] - results["top_1_accuracy_keras_quantized"]) <= 0.01
+
+
 def test_gptq_with_a_newer_imx500_tpc(project, finished_run: JobRun):
     """GPTQ fine-tunes the quantized weights: the model differs from PTQ's on the same inputs."""
     result, results = run_with(project, quantization_method="gptq", gptq={"epochs": 1},

@@ -4,7 +4,7 @@ cost, and four comparisons on the digits demo, all in one run. Prints one markdo
 measure and saves them to bench-results/bench.md, every number (with the machine and a
 timestamp) to bench-results/bench.json.
 
-    python bench/run.py               everything (about 30 minutes on 2 cores)
+    python bench/run.py               everything (about 15 minutes on 2 cores, +12 the first time)
     python bench/run.py --quick       the digits workloads only (`make bench QUICK=1`)
     python bench/run.py --write-docs  copy bench-results/bench.json to docs/bench.json and
                                       regenerate docs/benchmarks.md's tables from it

@@ -19,6 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_LABEL = "io.mctq-job.inputs-digest"
+IMX500_CONVERTER_LABEL = "io.mctq-job.imx500-converter.version"  # only on images with Sony's converter
 
 
 def hardened_flags() -> list[str]:
@@ -81,8 +82,10 @@ def inputs_digest() -> str:
 
 
 def find_image(client: Any, digest: str) -> Any | None:
-    """The newest image built from exactly these inputs, tagged or not."""
-    found = client.images.list(filters={"label": f"{DIGEST_LABEL}={digest}"})
+    """The newest job image built from exactly these inputs, tagged or not. Not an image built
+    FROM it (mctq-job:imx500 made by an older Dockerfile.imx500 inherited the label)."""
+    found = [image for image in client.images.list(filters={"label": f"{DIGEST_LABEL}={digest}"})
+             if IMX500_CONVERTER_LABEL not in image.labels]
     return max(found, key=lambda image: image.attrs["Created"]) if found else None
 
 

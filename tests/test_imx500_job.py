@@ -175,6 +175,8 @@ def test_the_imx500_image_packages_a_mounted_project_hardened(digits_template, t
     """mctq-job:imx500 with --read-only --tmpfs /tmp --network none --cap-drop ALL and a UID it has
     never seen: the converter runs (nothing to chmod or download at run time) and the package lands."""
     from container_support import (
+        DIGEST_LABEL,
+        IMX500_CONVERTER_LABEL,
         docker_client,
         image_for_tests,
         imx500_image_for_tests,
@@ -183,7 +185,10 @@ def test_the_imx500_image_packages_a_mounted_project_hardened(digits_template, t
     )
 
     client = docker_client()
-    image = imx500_image_for_tests(client, image_for_tests(client).image)
+    job_image = image_for_tests(client)
+    image = imx500_image_for_tests(client, job_image.image)
+    assert image.labels[IMX500_CONVERTER_LABEL] and not image.labels.get(DIGEST_LABEL)  # never taken for the job image
+    assert image_for_tests(client).image.id == job_image.image.id
     project = tmp_path / "project"
     shutil.copytree(digits_template, project)
     packaging(project)

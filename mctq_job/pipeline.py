@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -39,6 +39,9 @@ from .errors import (
 from .events import Event
 from .logs import Logger
 from .progress import Heartbeat, Progress
+
+if TYPE_CHECKING:
+    from .imx500 import Converter
 
 #: The stages of a run, in order: the ``stage`` of every event written inside one. ``imx500``
 #: runs only where the configuration asks for the package.
@@ -130,7 +133,7 @@ def _checked_inputs(config_path: Path, stages: _Stages, log: Logger) -> inputs_m
     return checked
 
 
-def _imx500_converter(config: config_mod.Config) -> Any:
+def _imx500_converter(config: config_mod.Config) -> Converter:
     """The IMX500 converter exists, runs, and accepts the configured TPC version."""
     from . import imx500
 
@@ -204,9 +207,10 @@ def _heavy_stages(
         )
         summary.update(exported.summary())
     chip = None
-    if config.imx500 is not None and config.imx500.package and exported.keras is not None:
+    converter = checked.imx500_converter  # found in the inputs stage where imx500.package is on
+    if converter is not None and exported.keras is not None:
         with stages("imx500") as summary, _output_errors(config.output_dir):
-            chip = _imx500_package(checked.imx500_converter, exported.keras.staged, config.output_dir, staging, log)
+            chip = _imx500_package(converter, exported.keras.staged, config.output_dir, staging, log)
             summary.update(chip)
     with stages("evaluate", images=len(checked.samples)) as summary:
         evaluation = _evaluate(checked, loaded.model, quantized.model, exported, log)
@@ -271,7 +275,7 @@ def _quantize(checked: inputs_mod.Inputs, model: Any, drawn: Any, log: Logger) -
 
 
 def _imx500_package(
-    converter: Any, keras_file: Path, output_dir: Path, staging: artifacts.Staging, log: Logger
+    converter: Converter, keras_file: Path, output_dir: Path, staging: artifacts.Staging, log: Logger
 ) -> dict[str, Any]:
     """Run Sony's converter (found in the inputs stage) on the staged Keras export in a private
     folder; stage its package, parameters and memory report; return the memory facts. Its output

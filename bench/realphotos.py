@@ -27,7 +27,9 @@ from typing import Any
 
 import common
 import realsize_compare
-from workload import ENTRY, INPUT_LAYOUT, OUTPUT_LAYOUT, Project, copy_project
+import tflite_int8
+import workload
+from workload import INPUT_LAYOUT, OUTPUT_LAYOUT, Project, copy_project
 
 PROJECT = common.WORK / "realphotos"
 #: The photographs (loader module, function): colour photos bundled with the packages, no download.
@@ -167,30 +169,10 @@ def run_job(project: Project, **overrides: Any) -> dict[str, Any]:
     """The job on ``project`` with ``overrides`` in its configuration: results.json's figures."""
     document = json.loads(project.config_file.read_text())
     project.config_file.write_text(json.dumps({**document, **overrides}, indent=2) + "\n")
-    proc = subprocess.run(ENTRY + ["--config", str(project.config_file)], cwd=project.folder,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench: the job failed on the photographs (exit {proc.returncode}):\n{proc.stdout[-2000:]}")
-    results = json.loads((project.result_dir / "results.json").read_text())
+    results = workload.run_job(project).results
     top1 = {key.removeprefix("top_1_accuracy_"): round(value, 4) for key, value in results.items()
             if key.startswith("top_1_accuracy_")}
     return {"top_1": top1, "agreement": results["agreement"]}
-
-
-def converter_full_integer(config_file: Path) -> float:
-    """Top-1 of the TFLite converter's own full-integer model (float I/O, the job's calibration
-    batches as its representative dataset), measured on the job's preprocessed images."""
-    import tensorflow as tf
-    import tflite_int8
-
-    from mctq_job.evaluate import TFLitePredictor
-
-    checked = common.load_inputs(config_file)
-    model = tf.keras.models.load_model(str(checked.config.source_keras_model), compile=False)
-    path = common.WORK / "realphotos-converter-int8.tflite"
-    path.write_bytes(tflite_int8.convert(model, common.calibration_batches(checked)))
-    predicted = common.batched_predictions({"int8": TFLitePredictor(path)}, checked)["int8"]
-    return common.top1(predicted, common.validation_labels(checked))
 
 
 def measure() -> dict[str, Any]:
@@ -199,7 +181,7 @@ def measure() -> dict[str, Any]:
     training = json.loads((config.parent / "training.json").read_text())
     imx500 = run_job(copy_project(config, common.WORK / "realphotos-imx500"))
     tflite = run_job(copy_project(config, common.WORK / "realphotos-tflite"), target_platform="tflite")
-    converter = round(converter_full_integer(config), 4)
+    converter = tflite_int8.measure(config, common.WORK / "realphotos-converter-int8.tflite")["top1"]
     keras = imx500["top_1"]["keras"]
     drops = {"imx500_mct_keras": keras - imx500["top_1"]["keras_quantized"],
              "imx500_model_quantized_tflite": keras - imx500["top_1"]["tflite_quantized"],
@@ -238,6 +220,7 @@ def table(figures: dict[str, Any]) -> str:
             f"{training['train_images']} other frames for {training['epochs']} epochs "
             f"({training['train_seconds']} s, train accuracy {training['train_accuracy']}).\n\n"
             + common.markdown_table(header, rows))
+
 
 if __name__ == "__main__":
     print(build(Path(sys.argv[1]) if len(sys.argv) > 1 else PROJECT))

@@ -9,6 +9,7 @@ the same validation images and set against the job's figures (results.json, mani
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import common
@@ -23,22 +24,12 @@ FILE = common.WORK / "tflite_converter_int8.tflite"
 def compare(job: JobRun, irreducible: dict[str, Any]) -> dict[str, Any]:
     """Figures of the converter's INT8 model, made from the inputs of ``job``'s project, next to
     the job's; ``irreducible`` (comparison b) gives MCT's quantization and export timed alone."""
-    import tensorflow as tf
-
-    from mctq_job.evaluate import TFLitePredictor
-
-    checked = common.load_inputs(job.project.config_file)
-    model = tf.keras.models.load_model(str(checked.config.source_keras_model), compile=False)
-    batches = common.calibration_batches(checked)
-    seconds, data = common.timed(convert, model, batches)
-    FILE.write_bytes(data)
-    predicted = common.batched_predictions({"int8": TFLitePredictor(FILE)}, checked)["int8"]
+    converter = measure(job.project.config_file, FILE)
     stages = job.stage_seconds
     return {
         "io": "float32 input and output",
-        "calibration_samples": sum(len(batch) for batch in batches),
-        "tflite_converter": {"top1": common.top1(predicted, common.validation_labels(checked)),
-                             "seconds": seconds, "bytes": FILE.stat().st_size},
+        "calibration_samples": converter.pop("calibration_samples"),
+        "tflite_converter": converter,
         "job": {"top1": round(job.results["top_1_accuracy_tflite_quantized"], 4),
                 "top1_keras_float": round(job.results["top_1_accuracy_keras"], 4),
                 "quantize_plus_export_stage_s": round(stages["quantize"] + stages["export"], 3),
@@ -47,6 +38,24 @@ def compare(job: JobRun, irreducible: dict[str, Any]) -> dict[str, Any]:
                 "bytes": (job.project.output_dir / "model_quantized.tflite").stat().st_size,
                 "float_tflite_bytes": (job.project.output_dir / "model.tflite").stat().st_size},
     }
+
+
+def measure(config_file: Path, path: Path) -> dict[str, Any]:
+    """The converter's full-integer model of ``config_file``'s Keras model, calibrated on the
+    job's calibration batches and written to ``path``: its top-1 on the job's validation images
+    (the job's preprocessing), conversion seconds, bytes and calibration sample count."""
+    import tensorflow as tf
+
+    from mctq_job.evaluate import TFLitePredictor
+
+    checked = common.load_inputs(config_file)
+    model = tf.keras.models.load_model(str(checked.config.source_keras_model), compile=False)
+    batches = common.calibration_batches(checked)
+    seconds, data = common.timed(convert, model, batches)
+    path.write_bytes(data)
+    predicted = common.batched_predictions({"int8": TFLitePredictor(path)}, checked)["int8"]
+    return {"top1": common.top1(predicted, common.validation_labels(checked)), "seconds": seconds,
+            "bytes": path.stat().st_size, "calibration_samples": sum(len(batch) for batch in batches)}
 
 
 def convert(model: Any, batches: list[np.ndarray]) -> bytes:

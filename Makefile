@@ -34,10 +34,11 @@ demo: venv
 test: venv lint docker-engine browser imx500-converter
 	$(BIN)/python -m pytest
 
-# The guard rails: ruff (lint and format) and mypy, configured in pyproject.toml.
+# The guard rails: ruff (lint and format) over the whole repository (mctq_job, tests, bench, k8s,
+# examples, scripts) and mypy, configured in pyproject.toml.
 lint: venv
-	$(BIN)/ruff check mctq_job
-	$(BIN)/ruff format --check mctq_job
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 docker-engine:

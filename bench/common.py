@@ -114,8 +114,12 @@ def calibration_batches(checked: Inputs) -> list[np.ndarray]:
 
     cfg = checked.config
     draws = calibrate.draw_batches(len(checked.calibration_images), cfg.batch_size, cfg.iteration_count, cfg.seed)
-    return [images.load_batch([checked.calibration_images[i] for i in draw], cfg.input_tensor_size,
-                              cfg.preprocessing).pixels for draw in draws]
+    return [
+        images.load_batch(
+            [checked.calibration_images[i] for i in draw], cfg.input_tensor_size, cfg.preprocessing
+        ).pixels
+        for draw in draws
+    ]
 
 
 def validation_paths(checked: Inputs) -> list[Path]:
@@ -149,8 +153,9 @@ def batched_predictions(predictors: dict[str, Predictor], checked: Inputs) -> di
 
     cfg = checked.config
     predicted: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
-    for _, batch in images.iter_batches(validation_paths(checked), EVAL_BATCH_SIZE, cfg.input_tensor_size,
-                                        cfg.preprocessing):
+    for _, batch in images.iter_batches(
+        validation_paths(checked), EVAL_BATCH_SIZE, cfg.input_tensor_size, cfg.preprocessing
+    ):
         for name, predict in predictors.items():
             predicted[name].append(np.argmax(predict(batch.pixels), axis=-1))
     return {name: np.concatenate(chunks) for name, chunks in predicted.items()}

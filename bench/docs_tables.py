@@ -49,23 +49,48 @@ def responsiveness_table(report: dict[str, Any]) -> str:
 
 def memory_table(report: dict[str, Any]) -> str:
     figures = report["comparisons"]["memory_scaling"]
-    rows = [(f"{r['validation_images']:,}", r["wall_s"], r["evaluate_stage_s"],
-             f"{common.mb(r['peak_memory_bytes'])} MB ({r['peak_memory_bytes']:,} bytes)") for r in figures["runs"]]
-    rows.append((f"ratio {figures['validation_images_ratio']}x / 1x", f"{figures['wall_s_ratio']}x",
-                 f"{figures['evaluate_stage_s_ratio']}x", f"{figures['peak_memory_bytes_ratio']}x"))
-    return common.markdown_table(("validation images", "job wall (s)", "stage `evaluate` (s)",
-                                  "peak memory (RSS, manifest.json)"), rows)
+    rows = [
+        (
+            f"{r['validation_images']:,}",
+            r["wall_s"],
+            r["evaluate_stage_s"],
+            f"{common.mb(r['peak_memory_bytes'])} MB ({r['peak_memory_bytes']:,} bytes)",
+        )
+        for r in figures["runs"]
+    ]
+    rows.append(
+        (
+            f"ratio {figures['validation_images_ratio']}x / 1x",
+            f"{figures['wall_s_ratio']}x",
+            f"{figures['evaluate_stage_s_ratio']}x",
+            f"{figures['peak_memory_bytes_ratio']}x",
+        )
+    )
+    return common.markdown_table(
+        ("validation images", "job wall (s)", "stage `evaluate` (s)", "peak memory (RSS, manifest.json)"), rows
+    )
 
 
 def digits_int8_table(report: dict[str, Any]) -> str:
     figures = report["comparisons"]["digits_int8"]
-    rows = [(label, f"{figures[name]['value']}", f"<= {figures[name]['limit']}", verdict(figures[name]))
-            for name, label in (("size_over_float", "size: model_quantized.tflite / model.tflite"),
-                                ("top1_gap_to_mct_keras", "top-1 gap: model_quantized.tflite vs MCT's quantized "
-                                                          "Keras model (results.json)"))]
-    rows.append(("top-1: Keras / MCT Keras / model.tflite / model_quantized.tflite",
-                 " / ".join(str(figures["top_1"][k]) for k in ("keras", "keras_quantized", "tflite",
-                                                               "tflite_quantized")), "-", "-"))
+    rows = [
+        (label, f"{figures[name]['value']}", f"<= {figures[name]['limit']}", verdict(figures[name]))
+        for name, label in (
+            ("size_over_float", "size: model_quantized.tflite / model.tflite"),
+            (
+                "top1_gap_to_mct_keras",
+                "top-1 gap: model_quantized.tflite vs MCT's quantized Keras model (results.json)",
+            ),
+        )
+    ]
+    rows.append(
+        (
+            "top-1: Keras / MCT Keras / model.tflite / model_quantized.tflite",
+            " / ".join(str(figures["top_1"][k]) for k in ("keras", "keras_quantized", "tflite", "tflite_quantized")),
+            "-",
+            "-",
+        )
+    )
     return common.markdown_table(("measure (digits demo)", "value", "target", ""), rows)
 
 
@@ -73,16 +98,22 @@ def imx500_table(report: dict[str, Any]) -> str:
     figures = report["comparisons"]["imx500"]
     if "skipped" in figures:
         return common.markdown_table(("IMX500 conversion (digits demo)", "value"), [("skipped", figures["skipped"])])
-    rows = [("converter version", figures["converter_version"]), ("TPC version", figures["tpc_version"]),
-            ("quantize + Keras export (s)", figures["quantize_and_export_seconds"]),
-            ("conversion (s)", figures["convert_seconds"]),
-            ("converter's peak memory, whole process tree", f"{figures['convert_peak_rss_mb']} MB")]
+    rows = [
+        ("converter version", figures["converter_version"]),
+        ("TPC version", figures["tpc_version"]),
+        ("quantize + Keras export (s)", figures["quantize_and_export_seconds"]),
+        ("conversion (s)", figures["convert_seconds"]),
+        ("converter's peak memory, whole process tree", f"{figures['convert_peak_rss_mb']} MB"),
+    ]
     return common.markdown_table(("IMX500 conversion (digits demo)", "value"), rows)
 
 
 def targets_table(report: dict[str, Any]) -> str:
-    rows = [(f"{scope}: `{name}`", target["value"], f"<= {target['limit']}", verdict(target))
-            for scope, targets in all_targets(report).items() for name, target in targets.items()]
+    rows = [
+        (f"{scope}: `{name}`", target["value"], f"<= {target['limit']}", verdict(target))
+        for scope, targets in all_targets(report).items()
+        for name, target in targets.items()
+    ]
     return common.markdown_table(("target", "measured", "limit", ""), rows)
 
 
@@ -107,29 +138,44 @@ def comparison(name: str, render: Callable[[dict[str, Any]], str]) -> Callable[[
 #: name -> (title, table of a report); a quick report has no real-size sections.
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "targets": ("Targets", targets_table),
-    "realsize-job": ("MobileNetV2 224x224: the job vs the notebook's way",
-                     comparison("realsize", realsize_compare.job_table)),
-    "realsize-tflite": ("MobileNetV2 224x224: size and latency of the four .tflite files",
-                        comparison("realsize", realsize_compare.tflite_table)),
-    "realsize-photos": ("MobileNetV2 224x224 trained on real photographs: top-1 drops",
-                        comparison("realphotos", realphotos.table)),
+    "realsize-job": (
+        "MobileNetV2 224x224: the job vs the notebook's way",
+        comparison("realsize", realsize_compare.job_table),
+    ),
+    "realsize-tflite": (
+        "MobileNetV2 224x224: size and latency of the four .tflite files",
+        comparison("realsize", realsize_compare.tflite_table),
+    ),
+    "realsize-photos": (
+        "MobileNetV2 224x224 trained on real photographs: top-1 drops",
+        comparison("realphotos", realphotos.table),
+    ),
     "digits-int8": ("Digits: the fully integer model_quantized.tflite", digits_int8_table),
     "imx500": ("Digits: Sony's IMX500 converter", imx500_table),
     "responsiveness": ("Responsiveness and cost (demo project)", responsiveness_table),
-    "throughput": ("(a) Evaluation throughput: the job's way vs the notebook's",
-                   comparison("evaluation_throughput", throughput.table)),
-    "irreducible": ("(b) Job wall time vs the sum of its irreducible parts",
-                    comparison("irreducible", irreducible.table)),
-    "tflite-int8": ("(c) MCT INT8 vs the TFLite converter's full-integer quantization",
-                    comparison("tflite_int8", tflite_int8.table)),
+    "throughput": (
+        "(a) Evaluation throughput: the job's way vs the notebook's",
+        comparison("evaluation_throughput", throughput.table),
+    ),
+    "irreducible": (
+        "(b) Job wall time vs the sum of its irreducible parts",
+        comparison("irreducible", irreducible.table),
+    ),
+    "tflite-int8": (
+        "(c) MCT INT8 vs the TFLite converter's full-integer quantization",
+        comparison("tflite_int8", tflite_int8.table),
+    ),
     "memory": ("(d) Peak memory with 1x and 10x the validation images", memory_table),
 }
 
 
 def tables(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """name -> (title, markdown) of every section the report has figures for."""
-    present = {name: entry for name, entry in SECTIONS.items()
-               if not name.startswith("realsize") or "realsize" in report["comparisons"]}
+    present = {
+        name: entry
+        for name, entry in SECTIONS.items()
+        if not name.startswith("realsize") or "realsize" in report["comparisons"]
+    }
     return {name: (title, render(report)) for name, (title, render) in present.items()}
 
 

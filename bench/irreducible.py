@@ -96,8 +96,9 @@ def quantize(clock: Clock, mct: Any, model: Any, batches: list) -> Any:
 
     tpc = mct.get_target_platform_capabilities(device_type="imx500")
     with clock("mct_ptq"):
-        quantized, _ = mct.ptq.keras_post_training_quantization(model, representative_data_gen,
-                                                                target_platform_capabilities=tpc)
+        quantized, _ = mct.ptq.keras_post_training_quantization(
+            model, representative_data_gen, target_platform_capabilities=tpc
+        )
     return quantized
 
 
@@ -106,9 +107,12 @@ def export(clock: Clock, mct: Any, tf: Any, model: Any, quantized: Any, folder: 
 
     files = {"tflite": folder / "model.tflite", "tflite_quantized": folder / "model_quantized.tflite"}
     with clock("mct_export"):
-        mct.exporter.keras_export_model(model=quantized, save_model_path=str(files["tflite_quantized"]),
-                                        serialization_format=KerasExportSerializationFormat.TFLITE,
-                                        quantization_format=QuantizationFormat.INT8)
+        mct.exporter.keras_export_model(
+            model=quantized,
+            save_model_path=str(files["tflite_quantized"]),
+            serialization_format=KerasExportSerializationFormat.TFLITE,
+            quantization_format=QuantizationFormat.INT8,
+        )
     with clock("tf_convert"):
         files["tflite"].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     return files
@@ -122,7 +126,7 @@ def infer(clock: Clock, models: dict[str, Any], pixels: Any) -> None:
     for name, predict in predictors.items():
         with clock(f"infer_{name}"):
             for start in range(0, len(pixels), EVAL_BATCH_SIZE):
-                predict(pixels[start:start + EVAL_BATCH_SIZE])
+                predict(pixels[start : start + EVAL_BATCH_SIZE])
 
 
 def measure(config_file: Path, job_walls_s: list[float]) -> dict[str, Any]:
@@ -131,15 +135,22 @@ def measure(config_file: Path, job_walls_s: list[float]) -> dict[str, Any]:
     runs = [_fresh_process(config_file, common.WORK / "irreducible.json") for _ in range(common.REPEAT)]
     seconds = {key: common.median(run[key] for run in runs) for key in {**PARTS, **EXTRAS}}
     total, wall = round(sum(seconds[key] for key in PARTS), 3), common.median(job_walls_s)
-    return {"job_wall_s": wall, "job_walls_s": job_walls_s, "sum_s": total, "overhead_ratio": common.ratio(wall, total),
-            "parts_s": {key: seconds[key] for key in PARTS}, "not_in_sum_s": {key: seconds[key] for key in EXTRAS},
-            "repeats": len(runs)}
+    return {
+        "job_wall_s": wall,
+        "job_walls_s": job_walls_s,
+        "sum_s": total,
+        "overhead_ratio": common.ratio(wall, total),
+        "parts_s": {key: seconds[key] for key in PARTS},
+        "not_in_sum_s": {key: seconds[key] for key in EXTRAS},
+        "repeats": len(runs),
+    }
 
 
 def _fresh_process(config_file: Path, out: Path) -> dict[str, float]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    proc = subprocess.run([sys.executable, __file__, str(config_file), str(out)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(config_file), str(out)], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         sys.exit(f"bench: irreducible.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -147,10 +158,14 @@ def _fresh_process(config_file: Path, out: Path) -> dict[str, float]:
 
 def table(figures: dict[str, Any]) -> str:
     rows = [(PARTS[key], s) for key, s in figures["parts_s"].items()]
-    rows += [("**sum of the irreducible parts**", f"**{figures['sum_s']}**"),
-             (f"**job wall** (`entrypoint.py --config` subprocess, median of {len(figures['job_walls_s'])})",
-              f"**{figures['job_wall_s']}**"),
-             ("**overhead ratio** wall / sum", f"**{figures['overhead_ratio']}**")]
+    rows += [
+        ("**sum of the irreducible parts**", f"**{figures['sum_s']}**"),
+        (
+            f"**job wall** (`entrypoint.py --config` subprocess, median of {len(figures['job_walls_s'])})",
+            f"**{figures['job_wall_s']}**",
+        ),
+        ("**overhead ratio** wall / sum", f"**{figures['overhead_ratio']}**"),
+    ]
     rows += [(EXTRAS[key], s) for key, s in figures["not_in_sum_s"].items()]
     return common.markdown_table((f"part (alone, fresh process; median of {figures['repeats']})", "seconds"), rows)
 

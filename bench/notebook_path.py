@@ -67,8 +67,12 @@ def run(config_file: Path, out: Path) -> dict[str, Any]:
     (out / FILES["mct_int8"]).write_bytes(clock.time("mct_int8_export", mct_int8_bytes, quantized))
     (out / FILES["float"]).write_bytes(clock.time("float_convert", convert_float, model))
     top1 = {name: clock.time(f"evaluate_{name}", one_image_top1, out / file, checked) for name, file in FILES.items()}
-    return {"seconds": clock.seconds, "top_1": top1, "validation_images": len(checked.samples),
-            "calibration_images": sum(len(batch) for batch in batches)}
+    return {
+        "seconds": clock.seconds,
+        "top_1": top1,
+        "validation_images": len(checked.samples),
+        "calibration_images": sum(len(batch) for batch in batches),
+    }
 
 
 def convert_float(model) -> bytes:

@@ -107,11 +107,18 @@ def measure(batches: int = 10, iterations: int = 1, batch_size: int = BATCH_SIZE
             seconds[path].append(elapsed)
             digests[path].add((quantized_digest(quantized), int8_tflite_digest(quantized)))
     mct_s, fast_s = statistics.median(seconds["mct"]), statistics.median(seconds["fast"])
-    return {"model": f"MobileNetV2 {IMAGE_SIZE}x{IMAGE_SIZE}, weights=None", "batches": batches,
-            "batch_size": batch_size, "iterations": iterations, "cpus": usable_cpus(),
-            "mct_seconds": round(mct_s, 1), "fast_seconds": round(fast_s, 1), "ratio": round(fast_s / mct_s, 3),
-            "runs_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
-            "identical": len(digests["mct"] | digests["fast"]) == 1}
+    return {
+        "model": f"MobileNetV2 {IMAGE_SIZE}x{IMAGE_SIZE}, weights=None",
+        "batches": batches,
+        "batch_size": batch_size,
+        "iterations": iterations,
+        "cpus": usable_cpus(),
+        "mct_seconds": round(mct_s, 1),
+        "fast_seconds": round(fast_s, 1),
+        "ratio": round(fast_s / mct_s, 3),
+        "runs_seconds": {k: [round(s, 1) for s in v] for k, v in seconds.items()},
+        "identical": len(digests["mct"] | digests["fast"]) == 1,
+    }
 
 
 def profile_fast(batches: int, batch_size: int = BATCH_SIZE, top: int = 15) -> str:

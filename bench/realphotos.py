@@ -81,7 +81,7 @@ def frame(photo, rng):
     w = int(min(width, np.sqrt(area * 4 / 3)))
     h = int(min(height, w * 3 / 4))
     x0, y0 = rng.integers(0, width - w + 1), rng.integers(0, height - h + 1)
-    image = Image.fromarray(photo[y0:y0 + h, x0:x0 + w]).resize(FRAME, Image.Resampling.BILINEAR)
+    image = Image.fromarray(photo[y0 : y0 + h, x0 : x0 + w]).resize(FRAME, Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.6, 1.4))
@@ -121,19 +121,25 @@ def train(photos: dict[str, Any], rng, dest: Path) -> dict[str, Any]:
             labels.append(label)
     x, y = np.stack(images), np.asarray(labels)
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.applications.MobileNetV2(input_shape=(INPUT_SIZE, INPUT_SIZE, 3), weights=None,
-                                              classes=len(photos))
+    model = tf.keras.applications.MobileNetV2(
+        input_shape=(INPUT_SIZE, INPUT_SIZE, 3), weights=None, classes=len(photos)
+    )
     for layer in model.layers:  # Keras' 0.999 would leave the moving statistics near their initial
         if isinstance(layer, tf.keras.layers.BatchNormalization):  # values after ~160 steps: chance
             layer.momentum = 0.9  # top-1 at inference
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     began = time.perf_counter()
     history = model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=True, verbose=2)
     dest.parent.mkdir(parents=True, exist_ok=True)
     model.save(dest)
-    return {"train_images": len(y), "epochs": EPOCHS, "train_seconds": round(time.perf_counter() - began, 1),
-            "train_accuracy": round(float(history.history["accuracy"][-1]), 4)}
+    return {
+        "train_images": len(y),
+        "epochs": EPOCHS,
+        "train_seconds": round(time.perf_counter() - began, 1),
+        "train_accuracy": round(float(history.history["accuracy"][-1]), 4),
+    }
 
 
 def build(dest: Path) -> Path:
@@ -150,8 +156,13 @@ def build(dest: Path) -> Path:
     training = train(photos, rng, dest / MODEL_PATH)
     (dest / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     paths = {**INPUT_LAYOUT, **OUTPUT_LAYOUT, "source_keras_model": MODEL_PATH}
-    document = {**{key: f"./{relative}" for key, relative in paths.items()}, "batch_size": 50,
-                "iteration_count": 10, "input_tensor_size": INPUT_SIZE, "evaluate_image_extension": "jpg"}
+    document = {
+        **{key: f"./{relative}" for key, relative in paths.items()},
+        "batch_size": 50,
+        "iteration_count": 10,
+        "input_tensor_size": INPUT_SIZE,
+        "evaluate_image_extension": "jpg",
+    }
     config = dest / "configuration.json"
     config.write_text(json.dumps(document, indent=2) + "\n")
     return config
@@ -170,8 +181,11 @@ def run_job(project: Project, **overrides: Any) -> dict[str, Any]:
     document = json.loads(project.config_file.read_text())
     project.config_file.write_text(json.dumps({**document, **overrides}, indent=2) + "\n")
     results = workload.run_job(project).results
-    top1 = {key.removeprefix("top_1_accuracy_"): round(value, 4) for key, value in results.items()
-            if key.startswith("top_1_accuracy_")}
+    top1 = {
+        key.removeprefix("top_1_accuracy_"): round(value, 4)
+        for key, value in results.items()
+        if key.startswith("top_1_accuracy_")
+    }
     return {"top_1": top1, "agreement": results["agreement"]}
 
 
@@ -183,17 +197,27 @@ def measure() -> dict[str, Any]:
     tflite = run_job(copy_project(config, common.WORK / "realphotos-tflite"), target_platform="tflite")
     converter = tflite_int8.measure(config, common.WORK / "realphotos-converter-int8.tflite")["top1"]
     keras = imx500["top_1"]["keras"]
-    drops = {"imx500_mct_keras": keras - imx500["top_1"]["keras_quantized"],
-             "imx500_model_quantized_tflite": keras - imx500["top_1"]["tflite_quantized"],
-             "tflite_model_quantized_tflite": keras - tflite["top_1"]["tflite_quantized"],
-             "converter_full_integer": keras - converter}
-    values = {"export_drop_over_mct_keras_drop": drops["imx500_model_quantized_tflite"] - drops["imx500_mct_keras"],
-              "tflite_target_drop_over_converter_drop":
-                  drops["tflite_model_quantized_tflite"] - drops["converter_full_integer"]}
-    return {"training": training, "evaluation_images": EVALUATION_PER_CLASS * len(PHOTOS), "classes": list(PHOTOS),
-            "imx500": imx500, "tflite": tflite, "converter_full_integer_top1": converter,
-            "drops": {k: round(v, 4) for k, v in drops.items()},
-            "targets": realsize_compare.targets({k: round(v, 4) for k, v in values.items()}, LIMITS)}
+    drops = {
+        "imx500_mct_keras": keras - imx500["top_1"]["keras_quantized"],
+        "imx500_model_quantized_tflite": keras - imx500["top_1"]["tflite_quantized"],
+        "tflite_model_quantized_tflite": keras - tflite["top_1"]["tflite_quantized"],
+        "converter_full_integer": keras - converter,
+    }
+    values = {
+        "export_drop_over_mct_keras_drop": drops["imx500_model_quantized_tflite"] - drops["imx500_mct_keras"],
+        "tflite_target_drop_over_converter_drop": drops["tflite_model_quantized_tflite"]
+        - drops["converter_full_integer"],
+    }
+    return {
+        "training": training,
+        "evaluation_images": EVALUATION_PER_CLASS * len(PHOTOS),
+        "classes": list(PHOTOS),
+        "imx500": imx500,
+        "tflite": tflite,
+        "converter_full_integer_top1": converter,
+        "drops": {k: round(v, 4) for k, v in drops.items()},
+        "targets": realsize_compare.targets({k: round(v, 4) for k, v in values.items()}, LIMITS),
+    }
 
 
 def table(figures: dict[str, Any]) -> str:
@@ -206,20 +230,37 @@ def table(figures: dict[str, Any]) -> str:
     rows = [
         ("Keras float", imx500["keras"], "-", imx500["keras"], "-"),
         ("model.tflite (float)", imx500["tflite"], "-", tflite["tflite"], "-"),
-        ("MCT's quantized Keras model", imx500["keras_quantized"], pts(drops["imx500_mct_keras"]),
-         tflite["keras_quantized"], pts(tflite["keras"] - tflite["keras_quantized"])),
-        ("model_quantized.tflite (job)", imx500["tflite_quantized"], pts(drops["imx500_model_quantized_tflite"]),
-         tflite["tflite_quantized"], pts(drops["tflite_model_quantized_tflite"])),
-        ("TFLite converter's own full-integer PTQ", "-", "-", figures["converter_full_integer_top1"],
-         pts(drops["converter_full_integer"])),
+        (
+            "MCT's quantized Keras model",
+            imx500["keras_quantized"],
+            pts(drops["imx500_mct_keras"]),
+            tflite["keras_quantized"],
+            pts(tflite["keras"] - tflite["keras_quantized"]),
+        ),
+        (
+            "model_quantized.tflite (job)",
+            imx500["tflite_quantized"],
+            pts(drops["imx500_model_quantized_tflite"]),
+            tflite["tflite_quantized"],
+            pts(drops["tflite_model_quantized_tflite"]),
+        ),
+        (
+            "TFLite converter's own full-integer PTQ",
+            "-",
+            "-",
+            figures["converter_full_integer_top1"],
+            pts(drops["converter_full_integer"]),
+        ),
     ]
     training = figures["training"]
     header = ("model", "top-1, target imx500 (default)", "drop (points)", "top-1, target tflite", "drop (points)")
-    return (f"{figures['evaluation_images']} evaluation frames of {len(figures['classes'])} photographs "
-            f"({', '.join(figures['classes'])}); MobileNetV2 224x224 trained from random weights on "
-            f"{training['train_images']} other frames for {training['epochs']} epochs "
-            f"({training['train_seconds']} s, train accuracy {training['train_accuracy']}).\n\n"
-            + common.markdown_table(header, rows))
+    return (
+        f"{figures['evaluation_images']} evaluation frames of {len(figures['classes'])} photographs "
+        f"({', '.join(figures['classes'])}); MobileNetV2 224x224 trained from random weights on "
+        f"{training['train_images']} other frames for {training['epochs']} epochs "
+        f"({training['train_seconds']} s, train accuracy {training['train_accuracy']}).\n\n"
+        + common.markdown_table(header, rows)
+    )
 
 
 if __name__ == "__main__":

@@ -76,16 +76,20 @@ def write_model(dest: Path) -> None:
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.applications.MobileNetV2(input_shape=(INPUT_SIZE, INPUT_SIZE, 3), weights=None,
-                                              classes=CLASSES)
+    model = tf.keras.applications.MobileNetV2(input_shape=(INPUT_SIZE, INPUT_SIZE, 3), weights=None, classes=CLASSES)
     model.save(str(dest / MODEL_PATH))
 
 
 def configuration() -> dict:
     """The ten keys of the notebook's configuration.json, paths relative to the project."""
     paths = {**INPUT_LAYOUT, **OUTPUT_LAYOUT, "source_keras_model": MODEL_PATH}
-    return {**{key: f"./{relative}" for key, relative in paths.items()}, "batch_size": 50,
-            "iteration_count": 10, "input_tensor_size": INPUT_SIZE, "evaluate_image_extension": "jpg"}
+    return {
+        **{key: f"./{relative}" for key, relative in paths.items()},
+        "batch_size": 50,
+        "iteration_count": 10,
+        "input_tensor_size": INPUT_SIZE,
+        "evaluate_image_extension": "jpg",
+    }
 
 
 def build(dest: Path) -> Path:

@@ -87,45 +87,72 @@ def responsiveness(run: JobRun) -> dict[str, Any]:
         "validate_s": common.median(timed_command(["validate"]) for _ in range(UI_REPEAT)),
         "first_log_line_s": common.median(first_line_latency() for _ in range(3)),
         "images": f"{run.results['calibration']['images_available']:,} + {run.results['image_count']:,} images",
-        "run": {"wall_s": run.wall_s, "max_gap_between_lines_s": run.max_gap_s, "stage_seconds": run.stage_seconds,
-                "peak_memory_mb": common.mb(run.peak_memory_bytes)},
+        "run": {
+            "wall_s": run.wall_s,
+            "max_gap_between_lines_s": run.max_gap_s,
+            "stage_seconds": run.stage_seconds,
+            "peak_memory_mb": common.mb(run.peak_memory_bytes),
+        },
     }
 
 
 def memory_scaling(runs: list[JobRun]) -> dict[str, Any]:
     """Comparison (d): peak memory and wall of the job on 1x and on SCALE x the validation images."""
-    rows = [{"validation_images": r.results["image_count"], "wall_s": r.wall_s,
-             "evaluate_stage_s": r.stage_seconds["evaluate"], "peak_memory_bytes": r.peak_memory_bytes}
-            for r in runs]
+    rows = [
+        {
+            "validation_images": r.results["image_count"],
+            "wall_s": r.wall_s,
+            "evaluate_stage_s": r.stage_seconds["evaluate"],
+            "peak_memory_bytes": r.peak_memory_bytes,
+        }
+        for r in runs
+    ]
     small, large = rows
-    return {"runs": rows, **{f"{key}_ratio": common.ratio(large[key], small[key])
-                             for key in ("validation_images", "wall_s", "evaluate_stage_s", "peak_memory_bytes")}}
+    return {
+        "runs": rows,
+        **{
+            f"{key}_ratio": common.ratio(large[key], small[key])
+            for key in ("validation_images", "wall_s", "evaluate_stage_s", "peak_memory_bytes")
+        },
+    }
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "platform": platform.platform(),
-            "python": platform.python_version(), "tensorflow": metadata.version("tensorflow-cpu"),
-            "model_compression_toolkit": metadata.version("model-compression-toolkit")}
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": metadata.version("tensorflow-cpu"),
+        "model_compression_toolkit": metadata.version("model-compression-toolkit"),
+    }
 
 
 def digits_int8(run: JobRun) -> dict[str, Any]:
     """The digits targets of the fully integer model_quantized.tflite, from the job's results.json:
     its size over model.tflite's, and how far its top-1 is from MCT's quantized Keras model's."""
     results = run.results
-    top1 = {name: round(results[f"top_1_accuracy_{name}"], 4)
-            for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")}
-    values = {"size_over_float": round(results["sizes"]["quantized_to_float_ratio"], 3),
-              "top1_gap_to_mct_keras": round(abs(top1["tflite_quantized"] - top1["keras_quantized"]), 4)}
+    top1 = {
+        name: round(results[f"top_1_accuracy_{name}"], 4)
+        for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")
+    }
+    values = {
+        "size_over_float": round(results["sizes"]["quantized_to_float_ratio"], 3),
+        "top1_gap_to_mct_keras": round(abs(top1["tflite_quantized"] - top1["keras_quantized"]), 4),
+    }
     return {"top_1": top1, **realsize_compare.targets(values, docs_tables.DIGITS_LIMITS)}
 
 
 def imx500_conversion(config_file: Path) -> dict[str, Any]:
     """bench/imx500_convert.py on ``config_file`` in a fresh process, or why it was skipped."""
     if not imx500_convert.VENV_CONVERTER.exists():
-        return {"skipped": f"no converter at {imx500_convert.VENV_CONVERTER.relative_to(common.ROOT)} "
-                           "(make imx500-venv builds it)"}
-    proc = subprocess.run([sys.executable, imx500_convert.__file__, "--config", str(config_file)],
-                          capture_output=True, text=True)
+        return {
+            "skipped": f"no converter at {imx500_convert.VENV_CONVERTER.relative_to(common.ROOT)} "
+            "(make imx500-venv builds it)"
+        }
+    proc = subprocess.run(
+        [sys.executable, imx500_convert.__file__, "--config", str(config_file)], capture_output=True, text=True
+    )
     if proc.returncode != 0:  # a result to report, not a reason to lose the other figures
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"skipped": f"the conversion failed (exit {proc.returncode}): {last[:300]}"}
@@ -135,8 +162,10 @@ def imx500_conversion(config_file: Path) -> dict[str, Any]:
 def measure_digits() -> dict[str, Any]:
     """Every digits figure (the report's ``figures`` and ``comparisons``)."""
     demo_config = workload.ensure_demo()
-    projects = [workload.copy_project(demo_config, WORK / "x1"),
-                workload.copy_project(demo_config, WORK / f"x{SCALE}", validation_copies=SCALE)]
+    projects = [
+        workload.copy_project(demo_config, WORK / "x1"),
+        workload.copy_project(demo_config, WORK / f"x{SCALE}", validation_copies=SCALE),
+    ]
     note(f"the job {common.REPEAT} times on a copy of the demo project, once on {SCALE}x its validation images")
     demo_runs = [workload.run_job(projects[0]) for _ in range(common.REPEAT)]
     runs = [workload.median_run(demo_runs), workload.run_job(projects[1])]
@@ -150,9 +179,17 @@ def measure_digits() -> dict[str, Any]:
     speed = throughput.compare(runs[1])
     note("(c) TFLite converter full-integer quantization")
     int8 = tflite_int8.compare(runs[0], parts)
-    return {"figures": figures, "comparisons": {
-        "evaluation_throughput": speed, "irreducible": parts, "tflite_int8": int8,
-        "memory_scaling": memory_scaling(runs), "digits_int8": digits_int8(runs[0]), "imx500": chip}}
+    return {
+        "figures": figures,
+        "comparisons": {
+            "evaluation_throughput": speed,
+            "irreducible": parts,
+            "tflite_int8": int8,
+            "memory_scaling": memory_scaling(runs),
+            "digits_int8": digits_int8(runs[0]),
+            "imx500": chip,
+        },
+    }
 
 
 def measure(quick: bool) -> dict[str, Any]:
@@ -165,7 +202,9 @@ def measure(quick: bool) -> dict[str, Any]:
         realsize_figures = realsize_compare.measure()
         note("real photographs: MobileNetV2 224x224 trained briefly, the job at both targets, the converter's PTQ")
         realsize_figures["photos"] = realphotos.measure()
-        (WORK / "realsize-figures.json").write_text(json.dumps(realsize_figures, indent=2) + "\n")  # kept if a later part fails
+        (WORK / "realsize-figures.json").write_text(
+            json.dumps(realsize_figures, indent=2) + "\n"
+        )  # kept if a later part fails
     numbers = measure_digits()
     if realsize_figures is not None:
         numbers["comparisons"]["realphotos"] = realsize_figures.pop("photos")
@@ -186,8 +225,11 @@ def write_docs(source: Path = OUT / "bench.json") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the digits workloads only")
-    parser.add_argument("--write-docs", action="store_true",
-                        help="measure nothing: copy bench-results/bench.json to docs/ and rewrite its tables")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="measure nothing: copy bench-results/bench.json to docs/ and rewrite its tables",
+    )
     args = parser.parse_args()
     if args.write_docs:
         write_docs()
@@ -196,9 +238,14 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     numbers = measure(args.quick)
     wall = round(time.perf_counter() - began, 1)
-    report = {"measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "quick": args.quick, "targets": {"ui_response_s": 1.2, "max_gap_s": 5.0}, "bench_wall_s": wall,
-              **numbers}
+    report = {
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "quick": args.quick,
+        "targets": {"ui_response_s": 1.2, "max_gap_s": 5.0},
+        "bench_wall_s": wall,
+        **numbers,
+    }
     (OUT / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = "\n\n".join(f"#### {title}\n\n{table}" for title, table in docs_tables.tables(report).values())
     (OUT / "bench.md").write_text(markdown + "\n")

@@ -57,7 +57,8 @@ def mct_quantized(model, batches: list, platform: str = "imx500"):
             yield [batch]
 
     quantized, _ = mct.ptq.keras_post_training_quantization(
-        model, representative_data, target_platform_capabilities=target_platform_capabilities(platform, "1.0"))
+        model, representative_data, target_platform_capabilities=target_platform_capabilities(platform, "1.0")
+    )
     return quantized
 
 
@@ -68,9 +69,12 @@ def mct_int8_bytes(quantized) -> bytes:
 
     with tempfile.TemporaryDirectory() as folder:
         destination = Path(folder) / "mct_int8.tflite"
-        mct.exporter.keras_export_model(model=quantized, save_model_path=str(destination),
-                                        serialization_format=KerasExportSerializationFormat.TFLITE,
-                                        quantization_format=QuantizationFormat.INT8)
+        mct.exporter.keras_export_model(
+            model=quantized,
+            save_model_path=str(destination),
+            serialization_format=KerasExportSerializationFormat.TFLITE,
+            quantization_format=QuantizationFormat.INT8,
+        )
         return destination.read_bytes()
 
 
@@ -108,8 +112,15 @@ def latency_runs_ms(files: dict[str, bytes], image, threads: int, runs: int) -> 
     return times
 
 
-def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 4, batch_size: int = 16,
-            threads: int = 2, runs: int = 50, platform: str = "imx500", keep: Path | None = None) -> dict[str, Any]:
+def measure(
+    model_factory: Callable[[], Any] = mobilenet_v2_224,
+    batches: int = 4,
+    batch_size: int = 16,
+    threads: int = 2,
+    runs: int = 50,
+    platform: str = "imx500",
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Size, latency and census of the four TFLite files, and the ratios the export is held to:
     full-integer latency over the converter's, full-integer size over float. ``keep``: a folder
     that also receives the four files."""
@@ -122,27 +133,43 @@ def measure(model_factory: Callable[[], Any] = mobilenet_v2_224, batches: int = 
     began = time.perf_counter()
     quantized = mct_quantized(model, calibration, platform)
     mct_seconds = time.perf_counter() - began
-    files = {"float": tf.lite.TFLiteConverter.from_keras_model(model).convert(),
-             "full_integer": tflite_int8.full_integer(
-                 quantized, representative_data=lambda: ([batch] for batch in calibration)),
-             "mct_int8": mct_int8_bytes(quantized),
-             "converter_int8": converter_full_integer(model, calibration)}
+    files = {
+        "float": tf.lite.TFLiteConverter.from_keras_model(model).convert(),
+        "full_integer": tflite_int8.full_integer(
+            quantized, representative_data=lambda: ([batch] for batch in calibration)
+        ),
+        "mct_int8": mct_int8_bytes(quantized),
+        "converter_int8": converter_full_integer(model, calibration),
+    }
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (keep / f"{name}.tflite").write_bytes(data)
     latency = latency_runs_ms(files, calibration[0][:1], threads, runs)
-    figures = {name: {"bytes": len(data), "latency_ms": statistics.median(latency[name]),
-                      "fastest_ms": min(latency[name]), "census": tflite_int8.census(data)}
-               for name, data in files.items()}
-    return {"model": model.name, "input_shape": list(model.input_shape[1:]), "platform": platform,
-            "calibration": f"{batches} batches of {batch_size} random images", "threads": threads, "runs": runs,
-            "mct_ptq_seconds": round(mct_seconds, 1), "files": figures,
-            "full_integer_latency_over_converter": figures["full_integer"]["latency_ms"]
-            / figures["converter_int8"]["latency_ms"],
-            "full_integer_fastest_over_converter": figures["full_integer"]["fastest_ms"]
-            / figures["converter_int8"]["fastest_ms"],
-            "full_integer_size_over_float": figures["full_integer"]["bytes"] / figures["float"]["bytes"]}
+    figures = {
+        name: {
+            "bytes": len(data),
+            "latency_ms": statistics.median(latency[name]),
+            "fastest_ms": min(latency[name]),
+            "census": tflite_int8.census(data),
+        }
+        for name, data in files.items()
+    }
+    return {
+        "model": model.name,
+        "input_shape": list(model.input_shape[1:]),
+        "platform": platform,
+        "calibration": f"{batches} batches of {batch_size} random images",
+        "threads": threads,
+        "runs": runs,
+        "mct_ptq_seconds": round(mct_seconds, 1),
+        "files": figures,
+        "full_integer_latency_over_converter": figures["full_integer"]["latency_ms"]
+        / figures["converter_int8"]["latency_ms"],
+        "full_integer_fastest_over_converter": figures["full_integer"]["fastest_ms"]
+        / figures["converter_int8"]["fastest_ms"],
+        "full_integer_size_over_float": figures["full_integer"]["bytes"] / figures["float"]["bytes"],
+    }
 
 
 def main() -> None:
@@ -154,8 +181,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keep", type=Path, default=None, help="also write the four .tflite files to this folder")
     args = parser.parse_args()
-    figures = measure(batches=args.batches, batch_size=args.batch_size, threads=args.threads, runs=args.runs,
-                      keep=args.keep)
+    figures = measure(
+        batches=args.batches, batch_size=args.batch_size, threads=args.threads, runs=args.runs, keep=args.keep
+    )
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out is not None:

@@ -30,13 +30,16 @@ def compare(job: JobRun, irreducible: dict[str, Any]) -> dict[str, Any]:
         "io": "float32 input and output",
         "calibration_samples": converter.pop("calibration_samples"),
         "tflite_converter": converter,
-        "job": {"top1": round(job.results["top_1_accuracy_tflite_quantized"], 4),
-                "top1_keras_float": round(job.results["top_1_accuracy_keras"], 4),
-                "quantize_plus_export_stage_s": round(stages["quantize"] + stages["export"], 3),
-                "ptq_plus_mct_export_alone_s": round(irreducible["parts_s"]["mct_ptq"]
-                                                     + irreducible["parts_s"]["mct_export"], 3),
-                "bytes": (job.project.output_dir / "model_quantized.tflite").stat().st_size,
-                "float_tflite_bytes": (job.project.output_dir / "model.tflite").stat().st_size},
+        "job": {
+            "top1": round(job.results["top_1_accuracy_tflite_quantized"], 4),
+            "top1_keras_float": round(job.results["top_1_accuracy_keras"], 4),
+            "quantize_plus_export_stage_s": round(stages["quantize"] + stages["export"], 3),
+            "ptq_plus_mct_export_alone_s": round(
+                irreducible["parts_s"]["mct_ptq"] + irreducible["parts_s"]["mct_export"], 3
+            ),
+            "bytes": (job.project.output_dir / "model_quantized.tflite").stat().st_size,
+            "float_tflite_bytes": (job.project.output_dir / "model.tflite").stat().st_size,
+        },
     }
 
 
@@ -54,8 +57,12 @@ def measure(config_file: Path, path: Path) -> dict[str, Any]:
     seconds, data = common.timed(convert, model, batches)
     path.write_bytes(data)
     predicted = common.batched_predictions({"int8": TFLitePredictor(path)}, checked)["int8"]
-    return {"top1": common.top1(predicted, common.validation_labels(checked)), "seconds": seconds,
-            "bytes": path.stat().st_size, "calibration_samples": sum(len(batch) for batch in batches)}
+    return {
+        "top1": common.top1(predicted, common.validation_labels(checked)),
+        "seconds": seconds,
+        "bytes": path.stat().st_size,
+        "calibration_samples": sum(len(batch) for batch in batches),
+    }
 
 
 def convert(model: Any, batches: list[np.ndarray]) -> bytes:
@@ -77,11 +84,21 @@ def table(figures: dict[str, Any]) -> str:
     tfl, job = figures["tflite_converter"], figures["job"]
     rows = [
         ("top-1 on the validation set", tfl["top1"], f"{job['top1']} (Keras float: {job['top1_keras_float']})"),
-        ("quantization time (s)", f"{tfl['seconds']} (conversion with calibration, median of {common.REPEAT})",
-         f"{job['quantize_plus_export_stage_s']} (stages quantize + export, incl. float conversion); "
-         f"{job['ptq_plus_mct_export_alone_s']} (PTQ call + MCT export alone)"),
-        ("file size (bytes)", f"{tfl['bytes']:,}", f"{job['bytes']:,} (float model.tflite: {job['float_tflite_bytes']:,})"),
+        (
+            "quantization time (s)",
+            f"{tfl['seconds']} (conversion with calibration, median of {common.REPEAT})",
+            f"{job['quantize_plus_export_stage_s']} (stages quantize + export, incl. float conversion); "
+            f"{job['ptq_plus_mct_export_alone_s']} (PTQ call + MCT export alone)",
+        ),
+        (
+            "file size (bytes)",
+            f"{tfl['bytes']:,}",
+            f"{job['bytes']:,} (float model.tflite: {job['float_tflite_bytes']:,})",
+        ),
     ]
-    header = ("", f"TFLite converter full-integer ({figures['calibration_samples']} calibration images, "
-                  f"{figures['io']})", "job: MCT PTQ imx500, `model_quantized.tflite`")
+    header = (
+        "",
+        f"TFLite converter full-integer ({figures['calibration_samples']} calibration images, {figures['io']})",
+        "job: MCT PTQ imx500, `model_quantized.tflite`",
+    )
     return common.markdown_table(header, rows)

@@ -44,13 +44,28 @@ def compare(run: JobRun) -> dict[str, Any]:
     total_notebook_s = round(sum(notebook_s.values()), 3)
     return {
         "images": n,
-        "job": {"seconds": job_s, "images_per_s": round(n / job_s, 1), "batch_size": EVAL_BATCH_SIZE,
-                "threads": usable_cpus()},
-        "notebook": {"seconds": total_notebook_s, "images_per_s": round(n / total_notebook_s, 1),
-                     "seconds_per_model": notebook_s, "batch_size": 1, "threads": "interpreter default"},
+        "job": {
+            "seconds": job_s,
+            "images_per_s": round(n / job_s, 1),
+            "batch_size": EVAL_BATCH_SIZE,
+            "threads": usable_cpus(),
+        },
+        "notebook": {
+            "seconds": total_notebook_s,
+            "images_per_s": round(n / total_notebook_s, 1),
+            "seconds_per_model": notebook_s,
+            "batch_size": 1,
+            "threads": "interpreter default",
+        },
         "speedup": common.ratio(total_notebook_s, job_s),
-        "top1": {name: {"job": common.top1(job[name], labels), "notebook": common.top1(notebook[name], labels),
-                        "results_json": round(run.results[f"top_1_accuracy_{name}"], 4)} for name in model_files},
+        "top1": {
+            name: {
+                "job": common.top1(job[name], labels),
+                "notebook": common.top1(notebook[name], labels),
+                "results_json": round(run.results[f"top_1_accuracy_{name}"], 4),
+            }
+            for name in model_files
+        },
         "differing_predictions": {name: int((job[name] != notebook[name]).sum()) for name in model_files},
     }
 
@@ -85,19 +100,31 @@ def one_by_one(checked: Inputs, model_file: Path) -> np.ndarray:
 
 def table(figures: dict[str, Any]) -> str:
     job, notebook, top1 = figures["job"], figures["notebook"], figures["top1"]
-    same = "yes" if not any(figures["differing_predictions"].values()) else \
-        f"no: {figures['differing_predictions']} images differ"
+    same = (
+        "yes"
+        if not any(figures["differing_predictions"].values())
+        else f"no: {figures['differing_predictions']} images differ"
+    )
     rows = [
-        (f"job: decode once, batches of {job['batch_size']}, {job['threads']} threads", job["seconds"],
-         job["images_per_s"], *(top1[name]["job"] for name in MODEL_NAMES)),
-        ("notebook: per model, one image per invoke, default threads", notebook["seconds"],
-         notebook["images_per_s"], *(top1[name]["notebook"] for name in MODEL_NAMES)),
-        ("(the job's own results.json, same images)", "", "",
-         *(top1[name]["results_json"] for name in MODEL_NAMES)),
-        ("job / notebook", "-", f"{figures['speedup']}x",
-         f"identical predictions: {same}", ""),
+        (
+            f"job: decode once, batches of {job['batch_size']}, {job['threads']} threads",
+            job["seconds"],
+            job["images_per_s"],
+            *(top1[name]["job"] for name in MODEL_NAMES),
+        ),
+        (
+            "notebook: per model, one image per invoke, default threads",
+            notebook["seconds"],
+            notebook["images_per_s"],
+            *(top1[name]["notebook"] for name in MODEL_NAMES),
+        ),
+        ("(the job's own results.json, same images)", "", "", *(top1[name]["results_json"] for name in MODEL_NAMES)),
+        ("job / notebook", "-", f"{figures['speedup']}x", f"identical predictions: {same}", ""),
     ]
-    header = (f"evaluation of both .tflite models ({figures['images']:,} images)",
-              f"seconds (median of {common.REPEAT})",
-              "images/s (through both models)", *(f"top-1 `{file}`" for file in MODEL_NAMES.values()))
+    header = (
+        f"evaluation of both .tflite models ({figures['images']:,} images)",
+        f"seconds (median of {common.REPEAT})",
+        "images/s (through both models)",
+        *(f"top-1 `{file}`" for file in MODEL_NAMES.values()),
+    )
     return common.markdown_table(header, rows)

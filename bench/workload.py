@@ -24,8 +24,11 @@ ENTRY = [sys.executable, str(ROOT / "entrypoint.py")]
 DEMO = Path(os.environ.get("DEMO", ROOT / "demo"))
 
 #: Where each input of configuration.json goes inside a project copy.
-INPUT_LAYOUT = {"dataset_image_dir": "dataset/training", "evaluate_image_dir": "dataset/validation",
-                "evaluate_label_file": "dataset/labels.json"}
+INPUT_LAYOUT = {
+    "dataset_image_dir": "dataset/training",
+    "evaluate_image_dir": "dataset/validation",
+    "evaluate_label_file": "dataset/labels.json",
+}
 OUTPUT_LAYOUT = {"output_dir": "output", "evaluate_result_dir": "evaluate/results"}
 
 
@@ -115,12 +118,15 @@ class JobRun:
 
 def run_job(project: Project) -> JobRun:
     began = time.perf_counter()
-    proc = subprocess.run(ENTRY + ["--config", str(project.config_file)], cwd=project.folder,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ENTRY + ["--config", str(project.config_file)], cwd=project.folder, capture_output=True, text=True
+    )
     wall = round(time.perf_counter() - began, 2)
     if proc.returncode != 0:
-        sys.exit(f"bench: the job failed on {project.config_file} (exit {proc.returncode}):\n"
-                 f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        sys.exit(
+            f"bench: the job failed on {project.config_file} (exit {proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     manifest = json.loads((project.output_dir / "manifest.json").read_text())
     results = json.loads((project.result_dir / "results.json").read_text())

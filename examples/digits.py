@@ -26,12 +26,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-IMAGE_SIDE = 40      # pixels of the written files
-INPUT_SIZE = 32      # the model's input side
+IMAGE_SIDE = 40  # pixels of the written files
+INPUT_SIZE = 32  # the model's input side
 
 
-def write_images(dest: Path, eval_fraction: float = 0.2, seed: int = 0,
-                 limit: int | None = None) -> tuple[list[Path], list[int]]:
+def write_images(
+    dest: Path, eval_fraction: float = 0.2, seed: int = 0, limit: int | None = None
+) -> tuple[list[Path], list[int]]:
     """Write training and validation images; return the training files and their labels."""
     import numpy as np
     from PIL import Image
@@ -50,7 +51,9 @@ def write_images(dest: Path, eval_fraction: float = 0.2, seed: int = 0,
         else:
             # Calibration files in nested folders and mixed formats and case, as real sets are.
             suffix = (".png", ".jpg", ".PNG", ".jpeg")[rank % 4]
-            path = dest / "dataset" / "training" / CLASS_NAMES[label] / f"batch{rank % 3}" / f"digit_{index:04d}{suffix}"
+            path = (
+                dest / "dataset" / "training" / CLASS_NAMES[label] / f"batch{rank % 3}" / f"digit_{index:04d}{suffix}"
+            )
             train_files.append(path)
             train_labels.append(label)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +111,14 @@ def configuration(model_path: str, batch_size: int = 32, iteration_count: int = 
     }
 
 
-def build(dest: Path, model_format: str = "savedmodel", limit: int | None = None, epochs: int = 12,
-          batch_size: int = 32, iteration_count: int = 10) -> Path:
+def build(
+    dest: Path,
+    model_format: str = "savedmodel",
+    limit: int | None = None,
+    epochs: int = 12,
+    batch_size: int = 32,
+    iteration_count: int = 10,
+) -> Path:
     """Create the whole example project under ``dest``; return its configuration.json."""
     dest.mkdir(parents=True, exist_ok=True)
     files, labels = write_images(dest, limit=limit)
@@ -128,6 +137,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args()
     import os
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = build(args.dest, args.model_format, epochs=args.epochs)
     print(f"example project ready: {config}")

@@ -31,8 +31,20 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
-COLUMNS = ("run", "target_platform", "iteration_count", "batch_size", "seed", "image_count",
-           *MODELS, "drop", "gate", "peak_memory_mb", "seconds", "status")
+COLUMNS = (
+    "run",
+    "target_platform",
+    "iteration_count",
+    "batch_size",
+    "seed",
+    "image_count",
+    *MODELS,
+    "drop",
+    "gate",
+    "peak_memory_mb",
+    "seconds",
+    "status",
+)
 OK = "ok"
 
 

@@ -50,8 +50,10 @@ def main() -> int:
     if "--check" in sys.argv:
         stale = stale_pages(pages)
         for page in stale:
-            print(f"{page.relative_to(ROOT)}: generated tables are out of date: "
-                  "run python scripts/readme_tables.py", file=sys.stderr)
+            print(
+                f"{page.relative_to(ROOT)}: generated tables are out of date: run python scripts/readme_tables.py",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for page in pages:
         text = page.read_text()

@@ -18,13 +18,23 @@ from mctq_job.report_html import PLOT_HEADINGS, TITLE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--disable-quic")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+)
 PAGE_LOAD_SECONDS = 60
 #: Each image as the browser sees it once the page has loaded.
-IMAGES_SCRIPT = ("return Array.from(document.images).map(i => "
-                 "({src: i.src.slice(0, 30), alt: i.alt, complete: i.complete, width: i.naturalWidth}));")
+IMAGES_SCRIPT = (
+    "return Array.from(document.images).map(i => "
+    "({src: i.src.slice(0, 30), alt: i.alt, complete: i.complete, width: i.naturalWidth}));"
+)
 HEADINGS_SCRIPT = "return Array.from(document.querySelectorAll('h1, h2')).map(h => h.textContent.trim());"
 #: Everything the page fetched; a self-contained page fetches nothing but itself.
 RESOURCES_SCRIPT = "return performance.getEntriesByType('resource').map(r => r.name);"
@@ -53,8 +63,9 @@ def chrome(user_data_dir: str) -> Any:
     return driver
 
 
-def assert_renders_in_browser(path: Path, headings: Iterable[str] = PLOT_HEADINGS,
-                              min_images: int = 1) -> dict[str, Any]:
+def assert_renders_in_browser(
+    path: Path, headings: Iterable[str] = PLOT_HEADINGS, min_images: int = 1
+) -> dict[str, Any]:
     """Open ``path`` (a report.html) in headless Chromium and assert that it renders: the report's
     title, its h1 and ``headings`` among the h2s, at least ``min_images`` images, every one loaded
     with a real size, and nothing fetched from anywhere. Returns what the browser saw."""
@@ -62,9 +73,12 @@ def assert_renders_in_browser(path: Path, headings: Iterable[str] = PLOT_HEADING
         driver = chrome(profile)
         try:
             driver.get(Path(path).resolve().as_uri())
-            seen = {"title": driver.title, "headings": driver.execute_script(HEADINGS_SCRIPT),
-                    "images": driver.execute_script(IMAGES_SCRIPT),
-                    "resources": driver.execute_script(RESOURCES_SCRIPT)}
+            seen = {
+                "title": driver.title,
+                "headings": driver.execute_script(HEADINGS_SCRIPT),
+                "images": driver.execute_script(IMAGES_SCRIPT),
+                "resources": driver.execute_script(RESOURCES_SCRIPT),
+            }
         finally:
             driver.quit()
     assert seen["title"] == TITLE, seen["title"]

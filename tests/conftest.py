@@ -54,8 +54,9 @@ class JobRun:
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> JobRun:
     """Run ``entrypoint.py`` in a fresh interpreter, as users and the container do."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, str(ENTRYPOINT), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ENTRYPOINT), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     return JobRun(proc.returncode, proc.stdout, proc.stderr, Path(cwd))
 
 
@@ -108,7 +109,9 @@ class LiveRun:
         while (event := self._next(deadline)) is not None:
             if predicate(event):
                 return event
-        raise AssertionError(f"the job ended (exit {self.proc.wait()}) before the awaited event; last: {self.events[-3:]}")
+        raise AssertionError(
+            f"the job ended (exit {self.proc.wait()}) before the awaited event; last: {self.events[-3:]}"
+        )
 
     def finish(self, timeout: float = 120) -> int:
         """Read to the end and return the exit code; a job still running after ``timeout`` fails."""
@@ -184,8 +187,11 @@ def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (12, 10), 
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fill = color if color is not None else {"RGB": (200, 30, 60), "L": 128, "RGBA": (10, 20, 30, 40),
-                                            "CMYK": (0, 255, 0, 0), "P": 3}[mode]
+    fill = (
+        color
+        if color is not None
+        else {"RGB": (200, 30, 60), "L": 128, "RGBA": (10, 20, 30, 40), "CMYK": (0, 255, 0, 0), "P": 3}[mode]
+    )
     img = Image.new(mode, size, fill)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}[path.suffix.lower()]
     img.save(path, format=fmt)
@@ -205,9 +211,19 @@ def tiny_project(tmp_path) -> Path:
         for i in range(2):
             save_image(root / "data" / "val" / cls / f"{cls}{i}.jpg")
     (root / "data" / "labels.json").write_text(json.dumps({"cat": 0, "dog": 1}))
-    write_config(root, {
-        "source_keras_model": "model/saved_model", "dataset_image_dir": "data/train", "batch_size": 2,
-        "input_tensor_size": 8, "iteration_count": 3, "output_dir": "out", "evaluate_image_dir": "data/val",
-        "evaluate_image_extension": "jpg", "evaluate_label_file": "data/labels.json", "evaluate_result_dir": "res",
-    })
+    write_config(
+        root,
+        {
+            "source_keras_model": "model/saved_model",
+            "dataset_image_dir": "data/train",
+            "batch_size": 2,
+            "input_tensor_size": 8,
+            "iteration_count": 3,
+            "output_dir": "out",
+            "evaluate_image_dir": "data/val",
+            "evaluate_image_extension": "jpg",
+            "evaluate_label_file": "data/labels.json",
+            "evaluate_result_dir": "res",
+        },
+    )
     return root

@@ -24,8 +24,13 @@ IMX500_CONVERTER_LABEL = "io.mctq-job.imx500-converter.version"  # only on image
 
 def hardened_flags() -> list[str]:
     """The hardened `docker run` flags, from their one definition (mk/container.mk)."""
-    proc = subprocess.run(["make", "-s", "--no-print-directory", "docker-hardened-flags"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["make", "-s", "--no-print-directory", "docker-hardened-flags"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout.split()
 
 
@@ -70,8 +75,9 @@ def docker_client() -> Any:
 
 
 def make(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def inputs_digest() -> str:
@@ -84,8 +90,11 @@ def inputs_digest() -> str:
 def find_image(client: Any, digest: str) -> Any | None:
     """The newest job image built from exactly these inputs, tagged or not. Not an image built
     FROM it (mctq-job:imx500 made by an older Dockerfile.imx500 inherited the label)."""
-    found = [image for image in client.images.list(filters={"label": f"{DIGEST_LABEL}={digest}"})
-             if IMX500_CONVERTER_LABEL not in image.labels]
+    found = [
+        image
+        for image in client.images.list(filters={"label": f"{DIGEST_LABEL}={digest}"})
+        if IMX500_CONVERTER_LABEL not in image.labels
+    ]
     return max(found, key=lambda image: image.attrs["Created"]) if found else None
 
 
@@ -157,13 +166,24 @@ class ContainerRun:
         return [e for e in self.events if e.get("event") == name]
 
     def explain(self) -> str:
-        return f"exit {self.exit_code}\n--- stdout (tail)\n{self.stdout[-3000:]}\n--- stderr (tail)\n{self.stderr[-3000:]}"
+        return (
+            f"exit {self.exit_code}\n--- stdout (tail)\n{self.stdout[-3000:]}\n--- stderr (tail)\n{self.stderr[-3000:]}"
+        )
 
 
-def run_container(client: Any, image: Any, command: list[str] | None = None, *, mounts: dict[Path, str] | None = None,
-                  user: str | None = None, hardened: bool = False, entrypoint: list[str] | None = None,
-                  until: Callable[[dict], bool] | None = None, then: Callable[[Any], None] | None = None,
-                  timeout: float = 900) -> ContainerRun:
+def run_container(
+    client: Any,
+    image: Any,
+    command: list[str] | None = None,
+    *,
+    mounts: dict[Path, str] | None = None,
+    user: str | None = None,
+    hardened: bool = False,
+    entrypoint: list[str] | None = None,
+    until: Callable[[dict], bool] | None = None,
+    then: Callable[[Any], None] | None = None,
+    timeout: float = 900,
+) -> ContainerRun:
     """``docker run`` (network none always; the hardened flags on request). ``mounts`` maps a
     host folder to ``/path`` or ``/path:ro``. With ``until``, stdout is followed line by line
     and ``then(container)`` is called at the first event it accepts (e.g. to stop it)."""

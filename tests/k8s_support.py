@@ -24,8 +24,11 @@ K8S = ROOT / "k8s"
 def kubectl() -> str:
     """kubectl's path; without it the test skips, or fails under CI or MCTQ_REQUIRE_KUBECTL=1."""
     path = shutil.which(os.environ.get("KUBECTL", "kubectl"))
-    return path or needs.unavailable("kubectl", "kubectl is not installed", "`kubectl kustomize` renders the "
-                                     "manifests; install kubectl 1.27 or newer")
+    return path or needs.unavailable(
+        "kubectl",
+        "kubectl is not installed",
+        "`kubectl kustomize` renders the manifests; install kubectl 1.27 or newer",
+    )
 
 
 def kustomize(folder: Path) -> list[dict[str, Any]]:
@@ -50,18 +53,31 @@ INHERITED = {
     "runAsUser": lambda v: v != 0,
     "seccompProfile": lambda v: (v or {}).get("type") in ("RuntimeDefault", "Localhost"),
     "appArmorProfile": lambda v: (v or {}).get("type", "RuntimeDefault") in ("RuntimeDefault", "Localhost"),
-    "seLinuxOptions": lambda v: not {"user", "role"} & set(v or {}) and (v or {}).get("type", "") in (
-        "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"),
+    "seLinuxOptions": lambda v: (
+        not {"user", "role"} & set(v or {})
+        and (v or {}).get("type", "")
+        in ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
+    ),
     "windowsOptions": lambda v: not (v or {}).get("hostProcess"),
 }
 CONTAINER_ONLY = {
     "privileged": lambda v: not v,
     "allowPrivilegeEscalation": lambda v: v is False,
     "procMount": lambda v: v in (None, "Default"),
-    "capabilities": lambda v: "ALL" in (v or {}).get("drop", []) and set((v or {}).get("add", [])) <= {"NET_BIND_SERVICE"},
+    "capabilities": lambda v: (
+        "ALL" in (v or {}).get("drop", []) and set((v or {}).get("add", [])) <= {"NET_BIND_SERVICE"}
+    ),
 }
-VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
-                "secret"}
+VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(spec: dict) -> list[str]:
@@ -71,18 +87,26 @@ def restricted_violations(spec: dict) -> list[str]:
     found = [key for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
     found += [f"volume {v['name']}" for v in spec.get("volumes") or [] if not set(v) - {"name"} <= VOLUME_TYPES]
     found += ["securityContext.sysctls"] if pod_sc.get("sysctls") else []
-    found += [f"securityContext.{key}" for key, allowed in INHERITED.items() if key in pod_sc and not allowed(pod_sc[key])]
+    found += [
+        f"securityContext.{key}" for key, allowed in INHERITED.items() if key in pod_sc and not allowed(pod_sc[key])
+    ]
     for kind in ("initContainers", "containers", "ephemeralContainers"):
         for container in spec.get(kind) or []:
             sc = container.get("securityContext") or {}
-            effective = {key: sc.get(key, pod_sc.get(key)) for key in INHERITED} | {k: sc.get(k) for k in CONTAINER_ONLY}
-            found += [f"{container['name']}.{key}" for key, allowed in (INHERITED | CONTAINER_ONLY).items()
-                      if not allowed(effective[key])]
+            effective = {key: sc.get(key, pod_sc.get(key)) for key in INHERITED} | {
+                k: sc.get(k) for k in CONTAINER_ONLY
+            }
+            found += [
+                f"{container['name']}.{key}"
+                for key, allowed in (INHERITED | CONTAINER_ONLY).items()
+                if not allowed(effective[key])
+            ]
             found += [f"{container['name']}.hostPort" for port in container.get("ports") or [] if port.get("hostPort")]
     return found
 
 
 # --- a pod template run with Docker ---------------------------------------------------------------
+
 
 @dataclass
 class PodRun(ContainerRun):
@@ -110,7 +134,9 @@ def _mount(mount: dict, volume: dict, objects: list[dict], claims: dict[str, Pat
     from docker.types import Mount
 
     if "configMap" in volume:
-        config_map, = (o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"])
+        (config_map,) = (
+            o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"]
+        )
         source = config_map_volume(config_map, volume["configMap"].get("defaultMode", 0o644), workdir / mount["name"])
         return Mount(mount["mountPath"], str(source), type="bind", read_only=True)
     if "persistentVolumeClaim" in volume:
@@ -118,12 +144,22 @@ def _mount(mount: dict, volume: dict, objects: list[dict], claims: dict[str, Pat
         read_only = bool(mount.get("readOnly") or claim.get("readOnly"))
         return Mount(mount["mountPath"], str(claims[claim["claimName"]]), type="bind", read_only=read_only)
     size = volume["emptyDir"].get("sizeLimit")
-    return Mount(mount["mountPath"], None, type="tmpfs", tmpfs_mode=0o1777,
-                 tmpfs_size=int(quantity(size)) if size else None)
+    return Mount(
+        mount["mountPath"], None, type="tmpfs", tmpfs_mode=0o1777, tmpfs_size=int(quantity(size)) if size else None
+    )
 
 
-def run_pod(client: Any, image: Any, objects: list[dict], spec: dict, *, claims: dict[str, Path], workdir: Path,
-            index: int, timeout: float = 900) -> PodRun:
+def run_pod(
+    client: Any,
+    image: Any,
+    objects: list[dict],
+    spec: dict,
+    *,
+    claims: dict[str, Path],
+    workdir: Path,
+    index: int,
+    timeout: float = 900,
+) -> PodRun:
     """Run the only container of pod spec ``spec`` (an Indexed Job's pod ``index``) in
     ``image``, taking from the spec: command and args, env plus JOB_COMPLETION_INDEX, user,
     group and fsGroup, read-only root, dropped capabilities, no new privileges, the volumes
@@ -132,7 +168,7 @@ def run_pod(client: Any, image: Any, objects: list[dict], spec: dict, *, claims:
     NetworkPolicy gives the pod none."""
     from docker.types import Mount
 
-    container, = spec["containers"]
+    (container,) = spec["containers"]
     pod_sc, sc = spec["securityContext"], container["securityContext"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     workdir.mkdir(parents=True)
@@ -143,13 +179,21 @@ def run_pod(client: Any, image: Any, objects: list[dict], spec: dict, *, claims:
     mounts.append(Mount(container["terminationMessagePath"], str(message), type="bind"))
     limits = container["resources"]["limits"]
     created = client.containers.create(
-        image.id, entrypoint=container.get("command"), command=container.get("args"),
+        image.id,
+        entrypoint=container.get("command"),
+        command=container.get("args"),
         environment={"JOB_COMPLETION_INDEX": str(index), **{v["name"]: v["value"] for v in container.get("env", [])}},
         user=f"{sc.get('runAsUser', pod_sc['runAsUser'])}:{sc.get('runAsGroup', pod_sc['runAsGroup'])}",
-        group_add=[str(pod_sc["fsGroup"])], read_only=sc["readOnlyRootFilesystem"], cap_drop=sc["capabilities"]["drop"],
-        security_opt=["no-new-privileges"] if sc["allowPrivilegeEscalation"] is False else [], network_mode="none",
-        mounts=mounts, mem_limit=int(quantity(limits["memory"])), memswap_limit=int(quantity(limits["memory"])),
-        nano_cpus=int(quantity(limits["cpu"]) * 1e9))
+        group_add=[str(pod_sc["fsGroup"])],
+        read_only=sc["readOnlyRootFilesystem"],
+        cap_drop=sc["capabilities"]["drop"],
+        security_opt=["no-new-privileges"] if sc["allowPrivilegeEscalation"] is False else [],
+        network_mode="none",
+        mounts=mounts,
+        mem_limit=int(quantity(limits["memory"])),
+        memswap_limit=int(quantity(limits["memory"])),
+        nano_cpus=int(quantity(limits["cpu"]) * 1e9),
+    )
     try:
         created.start()
         status = created.wait(timeout=timeout)

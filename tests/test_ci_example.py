@@ -63,8 +63,13 @@ def test_the_script_fails_on_the_gate_and_keeps_the_artifacts(digits_template, t
     project = tmp_path / "project"
     shutil.copytree(digits_template, project)
     miscalibrate(project)
-    proc = subprocess.run([str(SCRIPT), str(project), "0.05"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "IMAGE": image.id})
+    proc = subprocess.run(
+        [str(SCRIPT), str(project), "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "IMAGE": image.id},
+    )
     assert proc.returncode == AccuracyGateError.exit_code, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED the accuracy gate" in proc.stderr
     log = [json.loads(line) for line in (project / "mctq-job.log").read_text().splitlines()]

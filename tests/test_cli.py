@@ -48,10 +48,12 @@ def test_validate_accepts_a_good_project_and_summarises_it(tiny_project):
 
 def test_validate_never_imports_tensorflow_or_mct(tiny_project):
     """validate must answer fast: TensorFlow and MCT stay unimported."""
-    code = ("import sys; from mctq_job.cli import main\n"
-            "try:\n    main(['validate'], standalone_mode=False)\n"
-            "finally:\n    heavy = [m for m in ('tensorflow', 'model_compression_toolkit') if m in sys.modules]\n"
-            "    print('HEAVY', heavy)\n")
+    code = (
+        "import sys; from mctq_job.cli import main\n"
+        "try:\n    main(['validate'], standalone_mode=False)\n"
+        "finally:\n    heavy = [m for m in ('tensorflow', 'model_compression_toolkit') if m in sys.modules]\n"
+        "    print('HEAVY', heavy)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tiny_project, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
@@ -98,8 +100,9 @@ def test_input_data_problem_exits_with_the_data_code(tiny_project):
     assert "class folder 'dog'" in events_of(result)[-1]["message"]
 
 
-@pytest.mark.parametrize("encoding,newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"),
-                                              ("utf-8", "\r\n")])
+@pytest.mark.parametrize(
+    "encoding,newline", [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"), ("utf-8", "\r\n")]
+)
 def test_files_saved_by_common_editors_are_accepted(tiny_project, encoding, newline):
     """configuration.json and the label file in UTF-8 with or without a byte-order mark, LF or CRLF."""
     for path in (tiny_project / "configuration.json", tiny_project / "data" / "labels.json"):
@@ -109,8 +112,10 @@ def test_files_saved_by_common_editors_are_accepted(tiny_project, encoding, newl
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("which,expected_code", [("configuration.json", ConfigError.exit_code),
-                                                  ("data/labels.json", InputDataError.exit_code)])
+@pytest.mark.parametrize(
+    "which,expected_code",
+    [("configuration.json", ConfigError.exit_code), ("data/labels.json", InputDataError.exit_code)],
+)
 @pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("latin-1", "not UTF-8")])
 def test_other_encodings_get_one_error_naming_the_file_and_utf8(tiny_project, which, expected_code, encoding, named):
     """UTF-16 (with its byte-order mark) or Latin-1 bytes: one error naming the file and UTF-8."""

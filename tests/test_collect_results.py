@@ -18,8 +18,9 @@ SCRIPT = Path(__file__).resolve().parent.parent / "k8s" / "collect_results.py"
 MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 
 
-def write_run(root: Path, name: str, accuracy: float, *, platform: str = "imx500", batches: int = 10,
-              gate: dict | None = None) -> dict:
+def write_run(
+    root: Path, name: str, accuracy: float, *, platform: str = "imx500", batches: int = 10, gate: dict | None = None
+) -> dict:
     """A run's output as the job leaves it: <name>/evaluation/results.json, and
     <name>/model/manifest.json recording results.json's SHA-256. Returns the manifest."""
     results = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
@@ -27,10 +28,19 @@ def write_run(root: Path, name: str, accuracy: float, *, platform: str = "imx500
     results_file = root / name / "evaluation" / "results.json"
     results_file.parent.mkdir(parents=True)
     results_file.write_text(json.dumps(results))
-    manifest = {"outcome": "success", "config": {"iteration_count": batches, "batch_size": 16, "target_platform": platform},
-                "peak_memory_bytes": 700 * 2**20, "stage_seconds": {"quantize": 2.0, "evaluate": 1.5},
-                "artifacts": [{"name": "results.json", "path": f"/output/sweep/{name}/evaluation/results.json",
-                               "sha256": hashlib.sha256(results_file.read_bytes()).hexdigest()}]}
+    manifest = {
+        "outcome": "success",
+        "config": {"iteration_count": batches, "batch_size": 16, "target_platform": platform},
+        "peak_memory_bytes": 700 * 2**20,
+        "stage_seconds": {"quantize": 2.0, "evaluate": 1.5},
+        "artifacts": [
+            {
+                "name": "results.json",
+                "path": f"/output/sweep/{name}/evaluation/results.json",
+                "sha256": hashlib.sha256(results_file.read_bytes()).hexdigest(),
+            }
+        ],
+    }
     (root / name / "model").mkdir()
     (root / name / "model" / "manifest.json").write_text(json.dumps(manifest))
     return manifest
@@ -61,12 +71,15 @@ def test_markdown_by_default_and_from_stdin_as_in_the_loader_pod(tmp_path):
     k8s/README.md runs it in the loader pod) prints the same table."""
     write_run(tmp_path, "0-a", 0.9)
     by_path = collect(tmp_path)
-    piped = subprocess.run([sys.executable, "-", str(tmp_path)], input=SCRIPT.read_text(), capture_output=True,
-                           text=True)
+    piped = subprocess.run(
+        [sys.executable, "-", str(tmp_path)], input=SCRIPT.read_text(), capture_output=True, text=True
+    )
     assert piped.returncode == by_path.returncode == 0, piped.stderr
     assert piped.stdout == by_path.stdout
     header, rule, row = by_path.stdout.splitlines()
-    assert header.startswith("| run | target_platform |") and row.startswith("| 0-a | imx500 | 10 | 16 | 0 | 140 | 0.9000 |")
+    assert header.startswith("| run | target_platform |") and row.startswith(
+        "| 0-a | imx500 | 10 | 16 | 0 | 140 | 0.9000 |"
+    )
 
 
 def test_runs_are_paired_by_hash_wherever_they_were_copied(tmp_path):

@@ -57,8 +57,10 @@ def test_defaults_are_the_notebooks_preprocessing_seed_zero_and_imx500(tmp_path)
 
 
 def test_extension_with_leading_dot_is_accepted(tmp_path):
-    assert config_mod.load(write(tmp_path, {**AITRIOS, "evaluate_image_extension": ".JPG"})) \
-        .evaluate_image_extension == "JPG"
+    assert (
+        config_mod.load(write(tmp_path, {**AITRIOS, "evaluate_image_extension": ".JPG"})).evaluate_image_extension
+        == "JPG"
+    )
 
 
 def test_malformed_json_names_line_and_column(tmp_path):
@@ -89,19 +91,22 @@ def test_each_required_key_missing_is_named(tmp_path, key):
     assert f"required key '{key}' is missing" in problem
 
 
-@pytest.mark.parametrize("key,value,expect", [
-    ("batch_size", "50", 'got "50" (a string)'),
-    ("batch_size", 50.0, "got 50.0 (a number)"),
-    ("batch_size", True, "got true (a boolean)"),
-    ("batch_size", 0, "greater than or equal to 1"),
-    ("iteration_count", -3, "greater than or equal to 1"),
-    ("input_tensor_size", 22.5, "valid integer"),
-    ("output_dir", "", "non-empty path string"),
-    ("dataset_image_dir", 7, "non-empty path string"),
-    ("evaluate_image_extension", "j/pg", "should match pattern"),
-    ("target_platform", "imx", "'imx500', 'tflite' or 'qnnpack'"),
-    ("seed", -1, "greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "key,value,expect",
+    [
+        ("batch_size", "50", 'got "50" (a string)'),
+        ("batch_size", 50.0, "got 50.0 (a number)"),
+        ("batch_size", True, "got true (a boolean)"),
+        ("batch_size", 0, "greater than or equal to 1"),
+        ("iteration_count", -3, "greater than or equal to 1"),
+        ("input_tensor_size", 22.5, "valid integer"),
+        ("output_dir", "", "non-empty path string"),
+        ("dataset_image_dir", 7, "non-empty path string"),
+        ("evaluate_image_extension", "j/pg", "should match pattern"),
+        ("target_platform", "imx", "'imx500', 'tflite' or 'qnnpack'"),
+        ("seed", -1, "greater than or equal to 0"),
+    ],
+)
 def test_wrong_values_name_the_key_the_value_and_what_is_accepted(tmp_path, key, value, expect):
     (problem,) = problems_of(tmp_path, {**AITRIOS, key: value})
     assert problem.startswith(f"key '{key}'")
@@ -137,8 +142,9 @@ def test_preprocessing_options_are_validated(tmp_path):
 
 
 def test_explicit_mean_std_override_the_default(tmp_path):
-    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "preprocessing": {"mean": [1, 2, 3], "std": [4, 5, 6],
-                                                                        "resize": "stretch"}}))
+    cfg = config_mod.load(
+        write(tmp_path, {**AITRIOS, "preprocessing": {"mean": [1, 2, 3], "std": [4, 5, 6], "resize": "stretch"}})
+    )
     assert cfg.preprocessing.normalization() == ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
 
 
@@ -166,11 +172,18 @@ def test_digest_is_stable_and_changes_with_content(tmp_path):
 
 # --- quantization options and the accuracy gate --------------------------------------------
 
+
 def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp_path):
     cfg = config_mod.load(write(tmp_path, AITRIOS))
-    assert cfg.quantization_settings() == {"target_platform": "imx500", "target_platform_version": "1.0",
-                                           "method": "ptq", "gptq": None, "mixed_precision": None,
-                                           "export_format": "int8", "quantized_io": "float"}
+    assert cfg.quantization_settings() == {
+        "target_platform": "imx500",
+        "target_platform_version": "1.0",
+        "method": "ptq",
+        "gptq": None,
+        "mixed_precision": None,
+        "export_format": "int8",
+        "quantized_io": "float",
+    }
     assert cfg.imx500 is None
     assert cfg.max_top1_drop is None and cfg.gptq_options() is None
 
@@ -181,41 +194,63 @@ def test_gptq_without_options_gets_the_cheap_defaults(tmp_path):
 
 
 def test_every_quantization_option_together_loads(tmp_path):
-    cfg = config_mod.load(write(tmp_path, {
-        **AITRIOS, "target_platform_version": "6.0", "quantization_method": "gptq",
-        "gptq": {"epochs": 2, "hessian": True}, "mixed_precision": {"weights_memory_ratio": 0.5},
-        "export_format": "fakely_quant", "max_top1_drop": 0.03}))
+    cfg = config_mod.load(
+        write(
+            tmp_path,
+            {
+                **AITRIOS,
+                "target_platform_version": "6.0",
+                "quantization_method": "gptq",
+                "gptq": {"epochs": 2, "hessian": True},
+                "mixed_precision": {"weights_memory_ratio": 0.5},
+                "export_format": "fakely_quant",
+                "max_top1_drop": 0.03,
+            },
+        )
+    )
     assert cfg.quantization_settings() == {
-        "target_platform": "imx500", "target_platform_version": "6.0", "method": "gptq",
+        "target_platform": "imx500",
+        "target_platform_version": "6.0",
+        "method": "gptq",
         "gptq": {"epochs": 2, "hessian": True},
         "mixed_precision": {"weights_memory_ratio": 0.5, "images": 32, "hessian": False},
-        "export_format": "fakely_quant", "quantized_io": "float"}
+        "export_format": "fakely_quant",
+        "quantized_io": "float",
+    }
     assert cfg.max_top1_drop == 0.03
 
 
-@pytest.mark.parametrize("extra,expect", [
-    ({"target_platform": "tflite", "target_platform_version": "4.0"}, "tflite has version(s) 1.0, got '4.0'"),
-    ({"target_platform_version": "2.0"}, "key 'target_platform_version'"),
-    ({"gptq": {"epochs": 3}}, "set \"quantization_method\": \"gptq\" or remove 'gptq'"),
-    ({"quantization_method": "gptq", "gptq": {"epoch": 3}}, "unknown key 'gptq.epoch'; did you mean 'epochs'?"),
-    ({"quantization_method": "gptq", "gptq": {"epochs": 0}}, "key 'gptq.epochs'"),
-    ({"quantization_method": "sgd"}, "'ptq' or 'gptq'"),
-    ({"target_platform": "qnnpack", "mixed_precision": {"weights_memory_ratio": 0.5}},
-     "needs target_platform 'imx500'"),
-    ({"mixed_precision": {"weights_memory_ratio": 0}}, "key 'mixed_precision.weights_memory_ratio'"),
-    ({"mixed_precision": {}}, "required key 'mixed_precision.weights_memory_ratio' is missing"),
-    ({"mixed_precision": 0.5}, "key 'mixed_precision'"),
-    ({"export_format": "fp16"}, "'int8', 'mct_int8' or 'fakely_quant'"),
-    ({"quantized_io": "int16"}, "key 'quantized_io'"),
-    ({"quantized_io": "int16"}, "'float', 'int8' or 'uint8'"),
-    ({"export_format": "mct_int8", "quantized_io": "int8"}, "key 'quantized_io': 'int8' needs export_format 'int8'"),
-    ({"target_platform": "tflite", "imx500": {"package": True}}, "key 'imx500' needs target_platform 'imx500'"),
-    ({"imx500": {"package": "yes"}}, "key 'imx500.package'"),
-    ({"imx500": {"fit": True}}, "unknown key 'imx500.fit'"),
-    ({"max_top1_drop": 1.5}, "key 'max_top1_drop'"),
-    ({"max_top1_drop": -0.01}, "key 'max_top1_drop'"),
-    ({"max_top1_drop": "2%"}, "key 'max_top1_drop'"),
-])
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        ({"target_platform": "tflite", "target_platform_version": "4.0"}, "tflite has version(s) 1.0, got '4.0'"),
+        ({"target_platform_version": "2.0"}, "key 'target_platform_version'"),
+        ({"gptq": {"epochs": 3}}, 'set "quantization_method": "gptq" or remove \'gptq\''),
+        ({"quantization_method": "gptq", "gptq": {"epoch": 3}}, "unknown key 'gptq.epoch'; did you mean 'epochs'?"),
+        ({"quantization_method": "gptq", "gptq": {"epochs": 0}}, "key 'gptq.epochs'"),
+        ({"quantization_method": "sgd"}, "'ptq' or 'gptq'"),
+        (
+            {"target_platform": "qnnpack", "mixed_precision": {"weights_memory_ratio": 0.5}},
+            "needs target_platform 'imx500'",
+        ),
+        ({"mixed_precision": {"weights_memory_ratio": 0}}, "key 'mixed_precision.weights_memory_ratio'"),
+        ({"mixed_precision": {}}, "required key 'mixed_precision.weights_memory_ratio' is missing"),
+        ({"mixed_precision": 0.5}, "key 'mixed_precision'"),
+        ({"export_format": "fp16"}, "'int8', 'mct_int8' or 'fakely_quant'"),
+        ({"quantized_io": "int16"}, "key 'quantized_io'"),
+        ({"quantized_io": "int16"}, "'float', 'int8' or 'uint8'"),
+        (
+            {"export_format": "mct_int8", "quantized_io": "int8"},
+            "key 'quantized_io': 'int8' needs export_format 'int8'",
+        ),
+        ({"target_platform": "tflite", "imx500": {"package": True}}, "key 'imx500' needs target_platform 'imx500'"),
+        ({"imx500": {"package": "yes"}}, "key 'imx500.package'"),
+        ({"imx500": {"fit": True}}, "unknown key 'imx500.fit'"),
+        ({"max_top1_drop": 1.5}, "key 'max_top1_drop'"),
+        ({"max_top1_drop": -0.01}, "key 'max_top1_drop'"),
+        ({"max_top1_drop": "2%"}, "key 'max_top1_drop'"),
+    ],
+)
 def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, extra, expect):
     (problem,) = problems_of(tmp_path, {**AITRIOS, **extra})
     assert expect in problem
@@ -223,7 +258,16 @@ def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, ex
 
 def test_the_readme_key_table_lists_the_nested_option_keys():
     table = config_mod.keys_table_markdown()
-    for key in ("gptq.epochs", "gptq.hessian", "mixed_precision.weights_memory_ratio", "preprocessing.resize",
-                "max_top1_drop", "export_format", "target_platform_version", "quantized_io", "imx500.package",
-                "imx500.require_fit"):
+    for key in (
+        "gptq.epochs",
+        "gptq.hessian",
+        "mixed_precision.weights_memory_ratio",
+        "preprocessing.resize",
+        "max_top1_drop",
+        "export_format",
+        "target_platform_version",
+        "quantized_io",
+        "imx500.package",
+        "imx500.require_fit",
+    ):
         assert f"| `{key}` |" in table

@@ -37,12 +37,17 @@ from mctq_job.errors import ConfigError, Interrupted
 pytestmark = pytest.mark.container
 
 FINAL_NAMES = set(ARTIFACT_NAMES)
-ACCURACY_KEYS = {"top_1_accuracy_keras", "top_1_accuracy_keras_quantized", "top_1_accuracy_tflite",
-                 "top_1_accuracy_tflite_quantized"}
+ACCURACY_KEYS = {
+    "top_1_accuracy_keras",
+    "top_1_accuracy_keras_quantized",
+    "top_1_accuracy_tflite",
+    "top_1_accuracy_tflite_quantized",
+}
 SIGTERM_EXIT = Interrupted(signal.SIGTERM).exit_code
 
 
 # --- the image ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def client():
@@ -66,10 +71,11 @@ def image_uid(image) -> int:
 
 # --- one job run per way of mounting ------------------------------------------------------------
 
+
 @dataclass
 class Scenario:
     run: ContainerRun
-    output_dir: Path       # host folders of the config's output_dir and evaluate_result_dir
+    output_dir: Path  # host folders of the config's output_dir and evaluate_result_dir
     result_dir: Path
     owner: tuple[int, int]  # uid, gid the artifacts must have
     path_map: dict[str, Path]  # container path prefix -> host folder
@@ -88,8 +94,7 @@ def notebook(client, image, image_uid, digits_template, tmp_path_factory) -> Sce
     project = _copy_template(digits_template, tmp_path_factory.mktemp("notebook") / "project")
     make_group0_writable(project)
     run = run_container(client, image, mounts={project: "/workspace"})
-    return Scenario(run, project / "output", project / "evaluate" / "results", (image_uid, 0),
-                    {"/workspace": project})
+    return Scenario(run, project / "output", project / "evaluate" / "results", (image_uid, 0), {"/workspace": project})
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +106,14 @@ def split(client, image, digits_template, tmp_path_factory) -> Scenario:
     (base / "config").mkdir()
     (base / "output").mkdir()
     config = read_config(data)
-    config.update(source_keras_model="/data/model/saved_model", dataset_image_dir="/data/dataset/training",
-                  evaluate_image_dir="/data/dataset/validation", evaluate_label_file="/data/dataset/labels.json",
-                  output_dir="/output/models", evaluate_result_dir="/output/evaluation")
+    config.update(
+        source_keras_model="/data/model/saved_model",
+        dataset_image_dir="/data/dataset/training",
+        evaluate_image_dir="/data/dataset/validation",
+        evaluate_label_file="/data/dataset/labels.json",
+        output_dir="/output/models",
+        evaluate_result_dir="/output/evaluation",
+    )
     write_config(base / "config", config)
     (data / "configuration.json").unlink()  # only the mounted /config one counts
     for folder in (base / "config", base / "output"):
@@ -111,11 +121,21 @@ def split(client, image, digits_template, tmp_path_factory) -> Scenario:
     uid, gid = host_user()
     if os.geteuid() == 0:
         os.chown(base / "output", uid, gid)
-    run = run_container(client, image, ["--config", "/config/configuration.json"], hardened=True,
-                        user=f"{uid}:{gid}",
-                        mounts={base / "config": "/config:ro", data: "/data:ro", base / "output": "/output"})
-    return Scenario(run, base / "output" / "models", base / "output" / "evaluation", (uid, gid),
-                    {"/output": base / "output", "/data": data})
+    run = run_container(
+        client,
+        image,
+        ["--config", "/config/configuration.json"],
+        hardened=True,
+        user=f"{uid}:{gid}",
+        mounts={base / "config": "/config:ro", data: "/data:ro", base / "output": "/output"},
+    )
+    return Scenario(
+        run,
+        base / "output" / "models",
+        base / "output" / "evaluation",
+        (uid, gid),
+        {"/output": base / "output", "/data": data},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +144,7 @@ def hardened(client, image, digits_template, tmp_path_factory) -> Scenario:
     project = _copy_template(digits_template, tmp_path_factory.mktemp("hardened") / "project")
     make_group0_writable(project)
     run = run_container(client, image, hardened=True, user="12345:0", mounts={project: "/workspace"})
-    return Scenario(run, project / "output", project / "evaluate" / "results", (12345, 0),
-                    {"/workspace": project})
+    return Scenario(run, project / "output", project / "evaluate" / "results", (12345, 0), {"/workspace": project})
 
 
 SCENARIOS = ["notebook", "split", "hardened"]
@@ -156,7 +175,7 @@ def test_artifacts_are_complete_and_match_the_manifest(scenario):
     listed = set()
     for record in manifest["artifacts"]:
         prefix = next(p for p in scenario.path_map if record["path"].startswith(p + "/"))
-        host = scenario.path_map[prefix] / record["path"][len(prefix) + 1:]
+        host = scenario.path_map[prefix] / record["path"][len(prefix) + 1 :]
         data = host.read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (record["size"], record["sha256"]), host
         listed.add(record["name"])
@@ -168,8 +187,7 @@ def test_artifacts_are_complete_and_match_the_manifest(scenario):
 
 def test_artifacts_belong_to_the_user_the_container_ran_as(scenario):
     assert scenario.run.exit_code == 0, scenario.run.explain()
-    created = [scenario.output_dir, scenario.result_dir, *scenario.output_dir.iterdir(),
-               *scenario.result_dir.iterdir()]
+    created = [scenario.output_dir, scenario.result_dir, *scenario.output_dir.iterdir(), *scenario.result_dir.iterdir()]
     owners = {str(p): (p.stat().st_uid, p.stat().st_gid) for p in created}
     assert set(owners.values()) == {scenario.owner}, owners
 
@@ -178,11 +196,11 @@ def test_the_job_writes_nothing_but_its_outputs_into_the_workspace(hardened, dig
     """No caches, no ~/.keras, no stray logs in the mounted folder (they go to the tmpfs)."""
     assert hardened.run.exit_code == 0, hardened.run.explain()
     project = hardened.output_dir.parent
-    assert {p.name for p in project.iterdir()} == {p.name for p in digits_template.iterdir()} | {"output",
-                                                                                                  "evaluate"}
+    assert {p.name for p in project.iterdir()} == {p.name for p in digits_template.iterdir()} | {"output", "evaluate"}
 
 
 # --- failures ------------------------------------------------------------------------------------
+
 
 def test_a_bad_config_exits_with_the_config_code_names_the_key_and_writes_nothing(client, image, project):
     config = read_config(project)
@@ -202,20 +220,31 @@ def test_a_bad_config_exits_with_the_config_code_names_the_key_and_writes_nothin
 def test_docker_stop_mid_run_exits_143_and_leaves_no_file(client, image, project):
     """SIGTERM reaches the job through tini; it removes its temporary files and exits at once."""
     make_group0_writable(project)
-    run = run_container(client, image, hardened=True, user="12345:0", mounts={project: "/workspace"},
-                        until=lambda e: e.get("event") == "stage.start" and e.get("stage") == "export",
-                        then=lambda container: container.stop(timeout=30))
+    run = run_container(
+        client,
+        image,
+        hardened=True,
+        user="12345:0",
+        mounts={project: "/workspace"},
+        until=lambda e: e.get("event") == "stage.start" and e.get("stage") == "export",
+        then=lambda container: container.stop(timeout=30),
+    )
     assert any(e.get("stage") == "export" for e in run.streamed), run.explain()
     assert run.exit_code == SIGTERM_EXIT, run.explain()
     last = run.events[-1]
     assert last["event"] == "run.failed" and last["exit_code"] == SIGTERM_EXIT, run.explain()
     assert not any(e["event"] == "artifact.written" for e in run.events)
-    left = [p.name for folder in (project / "output", project / "evaluate" / "results") if folder.is_dir()
-            for p in folder.iterdir()]
+    left = [
+        p.name
+        for folder in (project / "output", project / "evaluate" / "results")
+        if folder.is_dir()
+        for p in folder.iterdir()
+    ]
     assert left == [], left
 
 
 # --- what is in the image ------------------------------------------------------------------------
+
 
 def test_version_command_reports_the_pinned_versions(client, image):
     run = run_container(client, image, ["version"], hardened=True, user="12345:0")
@@ -230,8 +259,9 @@ def test_version_command_reports_the_pinned_versions(client, image):
 
 
 def test_pip_freeze_in_the_image_equals_requirements_lock(client, image):
-    run = run_container(client, image, ["freeze", "--all"], entrypoint=["/opt/venv/bin/pip"], hardened=True,
-                        user="12345:0")
+    run = run_container(
+        client, image, ["freeze", "--all"], entrypoint=["/opt/venv/bin/pip"], hardened=True, user="12345:0"
+    )
     assert run.exit_code == 0, run.explain()
     frozen = {}
     for line in run.stdout.splitlines():

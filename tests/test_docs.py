@@ -26,15 +26,18 @@ EXTERNAL = re.compile(r"^(?:[a-z][a-z0-9+.-]*:|//)", re.I)
 
 # Phrases that point the reader at a document outside the repository. The AITRIOS notebook
 # may still be named as what the job replaces; its or anyone's "spec" may not.
-CITATIONS = [re.compile(p, re.I) for p in (
-    r"\bissues?\s*#?\d+",
-    r"\b(?:ticket|bug|PR|pull\s+request)\s*#\d+",
-    r"\bpull\s+request\s+\d+",
-    r"\bthe\s+(?:notebook's\s+|original\s+|task's\s+|project's\s+)?spec(?:ification)?s?\b",
-    r"\b(?:as\s+)?per\s+(?:the\s+)?spec\b",
-    r"\b(?:the|this|our|my)\s+brief\b",
-    r"\brequirement\s*#?\d+\b",
-)]
+CITATIONS = [
+    re.compile(p, re.I)
+    for p in (
+        r"\bissues?\s*#?\d+",
+        r"\b(?:ticket|bug|PR|pull\s+request)\s*#\d+",
+        r"\bpull\s+request\s+\d+",
+        r"\bthe\s+(?:notebook's\s+|original\s+|task's\s+|project's\s+)?spec(?:ification)?s?\b",
+        r"\b(?:as\s+)?per\s+(?:the\s+)?spec\b",
+        r"\b(?:the|this|our|my)\s+brief\b",
+        r"\brequirement\s*#?\d+\b",
+    )
+]
 CITATION_SCOPE = ["README.md", "docs", "mctq_job", "k8s", "examples"]
 TEXT_SUFFIXES = {".md", ".py", ".sh", ".yml", ".yaml", ".json", ".txt", ".toml", ".cfg", ""}
 
@@ -89,7 +92,7 @@ def scoped_files(scope: str) -> list[Path]:
 
 
 def citations(path: Path) -> list[str]:
-    """"file:line: phrase" for every citation of an outside document in ``path``."""
+    """ "file:line: phrase" for every citation of an outside document in ``path``."""
     text = path.read_text(errors="replace")
     hits = {(text.count("\n", 0, m.start()) + 1, m.group(0)) for pattern in CITATIONS for m in pattern.finditer(text)}
     return [f"{shown(path)}:{line}: {' '.join(phrase.split())!r}" for line, phrase in sorted(hits)]
@@ -97,13 +100,17 @@ def citations(path: Path) -> list[str]:
 
 def test_generated_tables_are_current():
     """scripts/readme_tables.py --check: every generated block equals what the code generates."""
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_tables.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "readme_tables.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("table", [config.keys_table_markdown, events.event_table_markdown,
-                                   errors.exit_code_table_markdown], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "table",
+    [config.keys_table_markdown, events.event_table_markdown, errors.exit_code_table_markdown],
+    ids=lambda f: f.__name__,
+)
 def test_each_generated_table_is_published(table):
     """Configuration keys, events and exit codes each appear in README.md or a docs/ page."""
     assert any(table() in page.read_text() for page in PAGES), f"{table.__name__}() is on no page"
@@ -111,8 +118,11 @@ def test_each_generated_table_is_published(table):
 
 def error_classes_with_fixed_codes() -> list[type[errors.MctqError]]:
     """Every error class of mctq_job.errors that sets its own class-level exit code."""
-    return [cls for cls in vars(errors).values()
-            if isinstance(cls, type) and issubclass(cls, errors.MctqError) and "exit_code" in vars(cls)]
+    return [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.MctqError) and "exit_code" in vars(cls)
+    ]
 
 
 def test_exit_codes_match_the_error_classes():
@@ -140,9 +150,11 @@ def test_readme_is_short():
 
 @pytest.mark.parametrize("page", PAGES, ids=shown)
 def test_relative_links_lead_to_existing_files_and_headings(page):
-    problems = [f"{shown(page)}:{line}: ({target}) {why}"
-                for line, target in relative_links(page.read_text())
-                if (why := broken_link(page, target))]
+    problems = [
+        f"{shown(page)}:{line}: ({target}) {why}"
+        for line, target in relative_links(page.read_text())
+        if (why := broken_link(page, target))
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -153,6 +165,7 @@ def test_nothing_cites_documents_outside_the_repository(scope):
 
 
 # --- the checkers themselves: each must catch what it exists to catch ------------------------
+
 
 def test_link_checker_finds_links_outside_code_and_skips_urls():
     text = "[a](docs/x.md) `[b](no.md)`\n```\n[c](no.md)\n```\n[d](https://example.org) ![e](img.png)\n[f]: ref.md\n"
@@ -167,13 +180,23 @@ def test_link_checker_reports_missing_files_and_headings(tmp_path):
     assert "no file" in broken_link(page, "missing.md")
 
 
-@pytest.mark.parametrize("phrase", ["see issue 3", "as the spec says", "the notebook's spec", "per spec",
-                                    "PR #12", "the brief asks"])
+@pytest.mark.parametrize(
+    "phrase", ["see issue 3", "as the spec says", "the notebook's spec", "per spec", "PR #12", "the brief asks"]
+)
 def test_citation_patterns_catch(phrase):
     assert any(p.search(phrase) for p in CITATIONS), phrase
 
 
-@pytest.mark.parametrize("phrase", ["the pod spec", "tf.TensorSpec", "isoformat(timespec=...)",
-                                    "the AITRIOS notebook", "requirements.lock", "spec.resize"])
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        "the pod spec",
+        "tf.TensorSpec",
+        "isoformat(timespec=...)",
+        "the AITRIOS notebook",
+        "requirements.lock",
+        "spec.resize",
+    ],
+)
 def test_citation_patterns_spare(phrase):
     assert not any(p.search(phrase) for p in CITATIONS), phrase

@@ -20,22 +20,31 @@ pytestmark = pytest.mark.slow
 def run_with_fault(project: Path, fault: str) -> JobRun:
     """The real command line in a fresh interpreter, after ``fault`` (Python code) changed the job."""
     code = f"{fault}\nfrom mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     return JobRun(proc.returncode, proc.stdout, proc.stderr, project)
 
 
 def no_artifacts(project: Path) -> bool:
-    return not any((project / folder).exists() and any((project / folder).iterdir())
-                   for folder in ("output", "evaluate/results"))
+    return not any(
+        (project / folder).exists() and any((project / folder).iterdir()) for folder in ("output", "evaluate/results")
+    )
 
 
 def test_a_bug_in_the_jobs_code_called_by_mct_is_exit_1_with_its_traceback(project):
     """Calibration batches that point past the image list: the IndexError is raised in the job's
     data generator while MCT calls it, so it is the job's bug, not MCT's failure."""
-    fault = ("import mctq_job.calibrate as c\n"
-             "drawn = c.draw\n"
-             "c.draw = lambda n, config: c.Drawn([b + n for b in drawn(n, config).batches], n)\n")
+    fault = (
+        "import mctq_job.calibrate as c\n"
+        "drawn = c.draw\n"
+        "c.draw = lambda n, config: c.Drawn([b + n for b in drawn(n, config).batches], n)\n"
+    )
     result = run_with_fault(project, fault)
     assert result.returncode == InternalError.exit_code == 1, result.stdout[-2000:]
     failed = result.events[-1]

@@ -15,40 +15,26 @@ from mctq_job import fast_statistics
 
 #: sha256 of the source of every function fast_statistics reproduces, as in MCT 2.6.1 / numpy 1.26.4.
 RECORDED_SOURCE_HASHES = {
-    "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.__init__":
-        "1c30f1263df5988d31f2bc548266b6baa7d6b6563c2e8325178d4da16cc5c502",
-    "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.update_statistics":
-        "7ba2ff73c74caf678933d34724f610f3bc38a26e766d8fb9c3589fa61ecc0add",
-    "model_compression_toolkit.core.common.model_collector.ModelCollector.infer":
-        "1e75459cf85f090d61aef08c423d56117d1a93160638ba509aa4cd7739025652",
-    "model_compression_toolkit.core.common.collectors.statistics_collector.standardize_tensor":
-        "25623b5074ea4a82cd08d595471c1a97f71e1082ef96a15e962ef1cafa3b3286",
-    "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.__init__":
-        "1e7f39ccb51de399f9304314568b61f07062e6fa0c6479f7777f30a685d6a1fe",
-    "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.update":
-        "3b364e6cd0c6b2b21bd2b737a5eff08d9aa682bc81bf52af3235e3b3914ae3f4",
-    "model_compression_toolkit.core.common.collectors.weighted_histogram_collector.WeightedHistogramCollector.update":
-        "1182d807b07a67a00050c324a7caf7cd92add161daccdcb456d345a53cd7c6a9",
-    "model_compression_toolkit.core.common.collectors.mean_collector.MeanCollector.__init__":
-        "de5938a0dc850f47cfff7259febc71532e3acbb7e13ed373491a28eaaec45aab",
-    "model_compression_toolkit.core.common.collectors.mean_collector.MeanCollector.update":
-        "ab582a47a22473139e14c71a354492ae85c4d3b8e69a2e3be9deed8ac119049d",
-    "model_compression_toolkit.core.common.collectors.min_max_per_channel_collector.MinMaxPerChannelCollector.__init__":
-        "8c928f1660e0891a719d23b2c98fcd1a6618facf01442d8f998f5b7c5646990e",
-    "model_compression_toolkit.core.common.collectors.min_max_per_channel_collector.MinMaxPerChannelCollector.update":
-        "d94110d8299d86e6b79f256a59f994d449cbac94731fe0c0a4475992cee49e4e",
-    "numpy.histogram":
-        "522f98e8d1ac295b20671640acea29b51fb36206949857f709d82fa0454954af",
-    "numpy.lib.histograms._get_outer_edges":
-        "94321f0c53f0092ca7c44cc719d65468dc1be4319bf7449bbdec4791dab7419a",
-    "numpy.lib.histograms._get_bin_edges":
-        "df609402a2d238cdcbc660c23490a2e437d1ea7e5e6bf7922225d93fdb9b89cb",
-    "numpy.lib.histograms._unsigned_subtract":
-        "f93d58fc0c34cf9c457b49568d918aeda4445f6212c3958ab0463f6b9b2c0d37",
+    "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.__init__": "1c30f1263df5988d31f2bc548266b6baa7d6b6563c2e8325178d4da16cc5c502",
+    "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.update_statistics": "7ba2ff73c74caf678933d34724f610f3bc38a26e766d8fb9c3589fa61ecc0add",
+    "model_compression_toolkit.core.common.model_collector.ModelCollector.infer": "1e75459cf85f090d61aef08c423d56117d1a93160638ba509aa4cd7739025652",
+    "model_compression_toolkit.core.common.collectors.statistics_collector.standardize_tensor": "25623b5074ea4a82cd08d595471c1a97f71e1082ef96a15e962ef1cafa3b3286",
+    "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.__init__": "1e7f39ccb51de399f9304314568b61f07062e6fa0c6479f7777f30a685d6a1fe",
+    "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.update": "3b364e6cd0c6b2b21bd2b737a5eff08d9aa682bc81bf52af3235e3b3914ae3f4",
+    "model_compression_toolkit.core.common.collectors.weighted_histogram_collector.WeightedHistogramCollector.update": "1182d807b07a67a00050c324a7caf7cd92add161daccdcb456d345a53cd7c6a9",
+    "model_compression_toolkit.core.common.collectors.mean_collector.MeanCollector.__init__": "de5938a0dc850f47cfff7259febc71532e3acbb7e13ed373491a28eaaec45aab",
+    "model_compression_toolkit.core.common.collectors.mean_collector.MeanCollector.update": "ab582a47a22473139e14c71a354492ae85c4d3b8e69a2e3be9deed8ac119049d",
+    "model_compression_toolkit.core.common.collectors.min_max_per_channel_collector.MinMaxPerChannelCollector.__init__": "8c928f1660e0891a719d23b2c98fcd1a6618facf01442d8f998f5b7c5646990e",
+    "model_compression_toolkit.core.common.collectors.min_max_per_channel_collector.MinMaxPerChannelCollector.update": "d94110d8299d86e6b79f256a59f994d449cbac94731fe0c0a4475992cee49e4e",
+    "numpy.histogram": "522f98e8d1ac295b20671640acea29b51fb36206949857f709d82fa0454954af",
+    "numpy.lib.histograms._get_outer_edges": "94321f0c53f0092ca7c44cc719d65468dc1be4319bf7449bbdec4791dab7419a",
+    "numpy.lib.histograms._get_bin_edges": "df609402a2d238cdcbc660c23490a2e437d1ea7e5e6bf7922225d93fdb9b89cb",
+    "numpy.lib.histograms._unsigned_subtract": "f93d58fc0c34cf9c457b49568d918aeda4445f6212c3958ab0463f6b9b2c0d37",
 }
 
 
 # --- unit identity: histogram, range, rows ------------------------------------------------------
+
 
 def _numpy_histogram_via_fast_path(values: np.ndarray, n_bins: int = 2048):
     as_float64 = np.asarray(values).astype(np.float64)
@@ -68,8 +54,9 @@ def _adversarial_arrays() -> dict[str, np.ndarray]:
     f32 = np.finfo(np.float32)
     return {
         "normal float32": rng.standard_normal(300_000).astype(np.float32),
-        "values on every edge and one ulp either side": np.clip(np.concatenate(
-            [edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)]), -1.0, 3.0),
+        "values on every edge and one ulp either side": np.clip(
+            np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)]), -1.0, 3.0
+        ),
         "constant": np.full(1000, 2.5, np.float32),
         "single value": np.array([-7.0], np.float32),
         "zero": np.zeros(10, np.float32),
@@ -92,7 +79,7 @@ def test_histogram_equals_numpy_on_adversarial_arrays(name):
 
 @pytest.mark.parametrize("n_bins", [1, 2, 7, 2048])
 def test_histogram_equals_numpy_for_any_bin_count_and_chunking(n_bins, monkeypatch):
-    monkeypatch.setattr(fast_statistics, "HISTOGRAM_CHUNK", 1000)    # many chunks and a partial last one
+    monkeypatch.setattr(fast_statistics, "HISTOGRAM_CHUNK", 1000)  # many chunks and a partial last one
     values = np.random.default_rng(3).standard_normal(12_345)
     _assert_same_arrays(_numpy_histogram_via_fast_path(values, n_bins), np.histogram(values, bins=n_bins))
 
@@ -110,14 +97,21 @@ def test_negative_zero_is_detected_in_both_widths():
 
 # --- collector identity ---------------------------------------------------------------------------
 
+
 def _collector_state(collector) -> list[np.ndarray]:
     """Everything a StatsCollector holds after updates, as arrays: per-batch and merged histograms
     of both histogram collectors, the mean, the min/max state and the final min/max."""
-    per_batch = [a for h in collector.hc._histogram_per_iteration + collector.weighted_hc._histogram_per_iteration
-                 for a in h]
+    per_batch = [
+        a for h in collector.hc._histogram_per_iteration + collector.weighted_hc._histogram_per_iteration for a in h
+    ]
     merged = [*collector.hc.get_histogram(), *collector.weighted_hc.get_histogram()]
-    return [*per_batch, *merged, np.asarray(collector.mc.state), collector.mpcc.state,
-            np.array(collector.get_min_max_values())]
+    return [
+        *per_batch,
+        *merged,
+        np.asarray(collector.mc.state),
+        collector.mpcc.state,
+        np.array(collector.get_min_max_values()),
+    ]
 
 
 def _tensors() -> dict[str, np.ndarray]:
@@ -140,7 +134,7 @@ def _update_all(collector, batches) -> Exception | None:
     try:
         for batch in batches:
             collector.update_statistics(batch)
-    except Exception as error:   # noqa: BLE001 - the same error must come from both paths
+    except Exception as error:  # noqa: BLE001 - the same error must come from both paths
         return error
     return None
 
@@ -176,13 +170,16 @@ def test_mcts_methods_are_back_after_the_block():
 
 # --- guard against MCT / numpy changes -----------------------------------------------------------
 
+
 def test_reproduced_code_is_unchanged_since_it_was_checked():
-    changed = {name for name, digest in fast_statistics.source_hashes().items()
-               if RECORDED_SOURCE_HASHES.get(name) != digest}
+    changed = {
+        name for name, digest in fast_statistics.source_hashes().items() if RECORDED_SOURCE_HASHES.get(name) != digest
+    }
     assert not changed, (
         f"MCT's or numpy's code that mctq_job/fast_statistics.py reproduces has changed: {sorted(changed)}. "
         "Re-check that each replacement still computes exactly what the new code computes (and re-run the "
-        "identity tests of this file), then record the new hashes in RECORDED_SOURCE_HASHES.")
+        "identity tests of this file), then record the new hashes in RECORDED_SOURCE_HASHES."
+    )
 
 
 def test_other_mct_versions_run_mcts_own_code(monkeypatch):
@@ -198,6 +195,7 @@ def test_other_mct_versions_run_mcts_own_code(monkeypatch):
 
 
 # --- whole quantization: quantize() with and without the fast path -------------------------------
+
 
 def _canonical(value):
     """A comparable form of a quantizer config: arrays by dtype, shape and bytes, floats exactly."""
@@ -231,16 +229,19 @@ def _int8_tflite_sha256(model, folder) -> str:
     from model_compression_toolkit.exporter import KerasExportSerializationFormat, QuantizationFormat
 
     path = folder / "model.tflite"
-    mct.exporter.keras_export_model(model=model, save_model_path=str(path),
-                                    serialization_format=KerasExportSerializationFormat.TFLITE,
-                                    quantization_format=QuantizationFormat.INT8)
+    mct.exporter.keras_export_model(
+        model=model,
+        save_model_path=str(path),
+        serialization_format=KerasExportSerializationFormat.TFLITE,
+        quantization_format=QuantizationFormat.INT8,
+    )
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _config(**options):
     from mctq_job.config import Config
 
-    return Config.model_construct(**options)   # quantize() reads only the quantization options
+    return Config.model_construct(**options)  # quantize() reads only the quantization options
 
 
 def _quantize_once(model, batches, config, folder):
@@ -248,8 +249,8 @@ def _quantize_once(model, batches, config, folder):
 
     from mctq_job import quantize
 
-    tf.keras.backend.clear_session()           # same layer names, as in a fresh job
-    tf.keras.utils.set_random_seed(0)          # as the job seeds TensorFlow
+    tf.keras.backend.clear_session()  # same layer names, as in a fresh job
+    tf.keras.utils.set_random_seed(0)  # as the job seeds TensorFlow
     tf.config.experimental.enable_op_determinism()
 
     def representative_data_gen():
@@ -310,7 +311,7 @@ def digits_model(digits_template):
     side = model.input_shape[1]
     paths = sorted(p for p in (digits_template / "dataset" / "training").rglob("*") if p.is_file())[:48]
     pixels = np.stack([_digit_pixels(p, side) for p in paths])
-    return model, [pixels[i:i + 16] for i in range(0, 48, 16)]
+    return model, [pixels[i : i + 16] for i in range(0, 48, 16)]
 
 
 def _digit_pixels(path, side):

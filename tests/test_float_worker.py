@@ -60,7 +60,10 @@ def test_sigterm_while_the_worker_runs_leaves_no_worker_and_no_file(project):
         assert job.finish(timeout=60) == 143
         assert job.events[-1]["error"] == "interrupted"
     time.sleep(0.5)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
-                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not [
+        pid
+        for pid in workers
+        if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    ]
     for folder in (project / "output", project / "evaluate" / "results"):
         assert not folder.exists() or not list(folder.iterdir())

@@ -39,11 +39,21 @@ def base(tmp_path_factory):
         save_image(root / "train" / f"{i}.png")
         save_image(root / "val" / "a" / f"{i}.jpg")
     (root / "labels.json").write_text('{"a": 0}')
-    write_config(root, {
-        "source_keras_model": "model/saved_model", "dataset_image_dir": "train", "batch_size": 2,
-        "input_tensor_size": 8, "iteration_count": 1, "output_dir": "out", "evaluate_image_dir": "val",
-        "evaluate_image_extension": "jpg", "evaluate_label_file": "labels.json", "evaluate_result_dir": "res",
-    })
+    write_config(
+        root,
+        {
+            "source_keras_model": "model/saved_model",
+            "dataset_image_dir": "train",
+            "batch_size": 2,
+            "input_tensor_size": 8,
+            "iteration_count": 1,
+            "output_dir": "out",
+            "evaluate_image_dir": "val",
+            "evaluate_image_extension": "jpg",
+            "evaluate_label_file": "labels.json",
+            "evaluate_result_dir": "res",
+        },
+    )
     return root
 
 

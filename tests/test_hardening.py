@@ -43,6 +43,7 @@ def first_eval_image(project: Path) -> Path:
 
 # --- corrupt images: decided behaviour ------------------------------------------------------
 
+
 def test_zero_byte_image_fails_before_any_heavy_work_naming_the_file(project):
     victim = first_eval_image(project)
     victim.write_bytes(b"")
@@ -94,6 +95,7 @@ def test_skip_mode_leaves_corrupt_images_out_and_lists_them(project):
 
 # --- interruptions -----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def previous_artifacts(finished_run: JobRun) -> dict[str, bytes]:
     assert finished_run.returncode == 0
@@ -109,7 +111,9 @@ def seed_previous(project: Path, previous: dict[str, bytes]) -> None:
 
 MOMENTS = {
     "calibration": lambda e: e["event"] == "progress" and e.get("task") == "calibration" and e["current"] >= 1,
-    "quantization": lambda e: e["event"] == "progress" and e.get("task") == "calibration" and e["current"] == e["total"],
+    "quantization": lambda e: (
+        e["event"] == "progress" and e.get("task") == "calibration" and e["current"] == e["total"]
+    ),
     "export": lambda e: e["event"] == "stage.start" and e["stage"] == "export",
     "evaluation": lambda e: e["event"] == "progress" and e.get("task") == "evaluation" and e["current"] > 0,
     "writing": lambda e: e["event"] == "stage.start" and e["stage"] == "report",
@@ -152,12 +156,16 @@ def test_rerun_after_an_interruption_succeeds(project):
 
 # --- volumes -----------------------------------------------------------------------------
 
+
 @contextmanager
 def mounted(target: Path, *options: str, source: str = "tmpfs"):
     target.mkdir(parents=True, exist_ok=True)
     args = ["mount", *options, source, str(target)] if source == "tmpfs" else ["mount", *options, source, str(target)]
-    proc = subprocess.run(["mount", "-t", "tmpfs", *options, "tmpfs", str(target)] if source == "tmpfs" else args,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", *options, "tmpfs", str(target)] if source == "tmpfs" else args,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"mount failed in CI: {proc.stderr}")
@@ -192,8 +200,10 @@ def test_second_run_on_the_same_output_folder_refuses_cleanly(project, tmp_path)
     other = tmp_path / "other"
     shutil.copytree(project, other, ignore=shutil.ignore_patterns("output", "evaluate"))
     cfg = read_config(other)
-    write_config(other, {**cfg, "output_dir": str(project / "output"),
-                         "evaluate_result_dir": str(project / "evaluate" / "results")})
+    write_config(
+        other,
+        {**cfg, "output_dir": str(project / "output"), "evaluate_result_dir": str(project / "evaluate" / "results")},
+    )
     with LiveRun([sys.executable, str(ENTRYPOINT)], cwd=project) as first:
         first.until(is_stage_start("model"))  # the lock is taken after inputs
         second = run_cli(cwd=other)
@@ -204,6 +214,7 @@ def test_second_run_on_the_same_output_folder_refuses_cleanly(project, tmp_path)
 
 
 # --- determinism -------------------------------------------------------------------------
+
 
 def test_same_inputs_and_seed_give_byte_identical_models_and_accuracies(finished_run: JobRun, project):
     result = run_cli(cwd=project)
@@ -219,7 +230,9 @@ def test_same_inputs_and_seed_give_byte_identical_models_and_accuracies(finished
                 model.pop(volatile)
     assert a == b
     manifest = json.loads(second["manifest.json"])
-    assert {"run_id", "started_at", "finished_at", "stage_seconds", "peak_memory_bytes"} <= set(manifest["volatile_fields"])
+    assert {"run_id", "started_at", "finished_at", "stage_seconds", "peak_memory_bytes"} <= set(
+        manifest["volatile_fields"]
+    )
 
 
 def test_every_exit_code_in_the_table_is_distinct_and_documented():

@@ -30,13 +30,16 @@ def test_stretch_ignores_the_aspect_ratio():
     assert out.size == (32, 32)
 
 
-@pytest.mark.parametrize("spec,pixel,expected", [
-    (Preprocessing(), 255, 1.0),
-    (Preprocessing(), 0, -1.0),
-    (Preprocessing(preset="unit"), 255, 1.0),
-    (Preprocessing(preset="none"), 17, 17.0),
-    (Preprocessing(mean=[10, 10, 10], std=[2, 2, 2]), 30, 10.0),
-])
+@pytest.mark.parametrize(
+    "spec,pixel,expected",
+    [
+        (Preprocessing(), 255, 1.0),
+        (Preprocessing(), 0, -1.0),
+        (Preprocessing(preset="unit"), 255, 1.0),
+        (Preprocessing(preset="none"), 17, 17.0),
+        (Preprocessing(mean=[10, 10, 10], std=[2, 2, 2]), 30, 10.0),
+    ],
+)
 def test_normalization(spec, pixel, expected):
     arr = images.to_array(Image.new("RGB", (2, 2), (pixel,) * 3), spec)
     assert arr.dtype == np.float32 and arr.shape == (2, 2, 3)

@@ -118,14 +118,17 @@ def test_empty_calibration_folder_and_folder_of_other_files(tiny_project):
     assert "1 other files: 1 x .txt" in message and "bmp, jpeg, jpg, png" in message
 
 
-@pytest.mark.parametrize("content,expect", [
-    ("not json", "is not readable JSON"),
-    ("[1, 2]", "holds list"),
-    ("{}", "holds an empty object"),
-    ('{"cat": "0", "dog": 1}', "the id of 'cat' is not an integer >= 0"),
-    ('{"cat": true, "dog": 1}', "the id of 'cat' is not an integer >= 0"),
-    ('{"cat": 1, "dog": 1}', "id 1 is given to 'cat', 'dog'"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        ("not json", "is not readable JSON"),
+        ("[1, 2]", "holds list"),
+        ("{}", "holds an empty object"),
+        ('{"cat": "0", "dog": 1}', "the id of 'cat' is not an integer >= 0"),
+        ('{"cat": true, "dog": 1}', "the id of 'cat' is not an integer >= 0"),
+        ('{"cat": 1, "dog": 1}', "id 1 is given to 'cat', 'dog'"),
+    ],
+)
 def test_label_file_problems(tiny_project, content, expect):
     (tiny_project / "data" / "labels.json").write_text(content)
     message = failure(tiny_project, InputDataError)
@@ -159,8 +162,9 @@ def test_stray_files_beside_class_folders_are_ignored_and_reported(tiny_project)
     assert checked.ignored == ((str(tiny_project / "data" / "val" / "README.txt"), "file outside any class folder"),)
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "is empty (0 bytes)"),
-                                            (b"<html>oops</html>", "is not a JPEG, PNG or BMP file")])
+@pytest.mark.parametrize(
+    "content,reason", [(b"", "is empty (0 bytes)"), (b"<html>oops</html>", "is not a JPEG, PNG or BMP file")]
+)
 def test_zero_byte_or_non_image_file_with_an_image_name(tiny_project, content, reason):
     victim = tiny_project / "data" / "train" / "sub0" / "img0.png"
     victim.write_bytes(content)
@@ -176,17 +180,20 @@ def test_unreadable_images_can_be_skipped_instead(tiny_project):
     assert victim not in {s.path for s in checked.samples} and checked.skipped[0][0] == victim
 
 
-@pytest.mark.parametrize("document,expect", [
-    ("{ not json", "not valid JSON at line 1, column 3"),
-    ("[]", "expected a JSON object"),
-    ({"batch_size": "2"}, "key 'batch_size': input should be a valid integer"),
-    ({"batch_size": 2.0}, "key 'batch_size': input should be a valid integer"),
-    ({"iteration_count": True}, "key 'iteration_count': input should be a valid integer"),
-    ({"input_tensor_size": 0}, "key 'input_tensor_size': input should be greater than or equal to 1"),
-    ({"iteration_count": -1}, "key 'iteration_count': input should be greater than or equal to 1"),
-    ({"batchsize": 2}, "unknown key 'batchsize'; did you mean 'batch_size'?"),
-    ({"evaluate_label_file": None}, "key 'evaluate_label_file': expected a non-empty path string"),
-])
+@pytest.mark.parametrize(
+    "document,expect",
+    [
+        ("{ not json", "not valid JSON at line 1, column 3"),
+        ("[]", "expected a JSON object"),
+        ({"batch_size": "2"}, "key 'batch_size': input should be a valid integer"),
+        ({"batch_size": 2.0}, "key 'batch_size': input should be a valid integer"),
+        ({"iteration_count": True}, "key 'iteration_count': input should be a valid integer"),
+        ({"input_tensor_size": 0}, "key 'input_tensor_size': input should be greater than or equal to 1"),
+        ({"iteration_count": -1}, "key 'iteration_count': input should be greater than or equal to 1"),
+        ({"batchsize": 2}, "unknown key 'batchsize'; did you mean 'batch_size'?"),
+        ({"evaluate_label_file": None}, "key 'evaluate_label_file': expected a non-empty path string"),
+    ],
+)
 def test_bad_configuration_documents(tiny_project, document, expect):
     path = tiny_project / "configuration.json"
     path.write_text(document if isinstance(document, str) else json.dumps({**read_config(tiny_project), **document}))

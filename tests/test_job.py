@@ -32,8 +32,12 @@ STAGES = [stage for stage in ALL_STAGES if stage != "imx500"]
 
 
 def outputs(project: Path) -> dict[str, Path]:
-    return {"model": project / "output" / "model.tflite", "quantized": project / "output" / "model_quantized.tflite",
-            "manifest": project / "output" / "manifest.json", "results": project / "evaluate" / "results" / "results.json"}
+    return {
+        "model": project / "output" / "model.tflite",
+        "quantized": project / "output" / "model_quantized.tflite",
+        "manifest": project / "output" / "manifest.json",
+        "results": project / "evaluate" / "results" / "results.json",
+    }
 
 
 def test_job_succeeds_and_stdout_is_only_json_lines(finished_run: JobRun):
@@ -78,8 +82,12 @@ def test_results_json_has_the_notebook_keys_and_details(finished_run: JobRun):
     assert list(results)[:4] == list(NOTEBOOK_KEYS)
     assert all(0.0 <= results[k] <= 1.0 for k in NOTEBOOK_KEYS)
     assert results["image_count"] == 140 and results["class_count"] == 10
-    assert results["calibration"] == {"batches": 6, "batch_size": 16, "images_available": 560,
-                                      "distinct_images_drawn": 96}
+    assert results["calibration"] == {
+        "batches": 6,
+        "batch_size": 16,
+        "images_available": 560,
+        "distinct_images_drawn": 96,
+    }
     assert results["models"]["tflite_quantized"]["file"] == str(outputs(finished_run.cwd)["quantized"])
     assert results["top_1_accuracy_keras"] >= 0.8  # the example model is really trained
     for key in NOTEBOOK_KEYS[1:]:  # quantization costs at most a few points here
@@ -89,9 +97,15 @@ def test_results_json_has_the_notebook_keys_and_details(finished_run: JobRun):
 def test_results_json_has_top5_per_class_confusion_agreement_sizes_latency(finished_run: JobRun):
     results = json.loads(outputs(finished_run.cwd)["results"].read_text())
     assert results["results_version"] == 2 and results["gate"] is None
-    assert results["quantization"] == {"target_platform": "imx500", "target_platform_version": "1.0", "method": "ptq",
-                                       "gptq": None, "mixed_precision": None, "export_format": "int8",
-                                       "quantized_io": "float"}
+    assert results["quantization"] == {
+        "target_platform": "imx500",
+        "target_platform_version": "1.0",
+        "method": "ptq",
+        "gptq": None,
+        "mixed_precision": None,
+        "export_format": "int8",
+        "quantized_io": "float",
+    }
     assert results["classes"] == {name: i for i, name in enumerate(digits.CLASS_NAMES)}
     for name, model in results["models"].items():
         assert model["top_1_accuracy"] == results[f"top_1_accuracy_{name}"] <= model["top_5_accuracy"] <= 1.0
@@ -141,7 +155,9 @@ def _accuracy_one_image_at_a_time(model_path: Path, project: Path) -> float:
     return correct / len(samples)
 
 
-@pytest.mark.parametrize("which,key", [("model", "top_1_accuracy_tflite"), ("quantized", "top_1_accuracy_tflite_quantized")])
+@pytest.mark.parametrize(
+    "which,key", [("model", "top_1_accuracy_tflite"), ("quantized", "top_1_accuracy_tflite_quantized")]
+)
 def test_tflite_files_load_and_give_the_reported_accuracy(finished_run: JobRun, which, key):
     results = json.loads(outputs(finished_run.cwd)["results"].read_text())
     recount = _accuracy_one_image_at_a_time(outputs(finished_run.cwd)[which], finished_run.cwd)
@@ -154,8 +170,11 @@ def test_the_default_quantized_tflite_is_integer_only_small_and_faithful(finishe
     results = json.loads(outputs(finished_run.cwd)["results"].read_text())
     census = results["models"]["tflite_quantized"]["census"]
     assert census["integer_only"] is True and census["runtime_weight_reshapes"] == 0
-    float_kernels = [op for op in census["operators"]
-                     if op.split("/")[0] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and op.endswith("float32")]
+    float_kernels = [
+        op
+        for op in census["operators"]
+        if op.split("/")[0] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and op.endswith("float32")
+    ]
     assert not float_kernels and any(op.endswith("/int8") for op in census["operators"])
     assert results["models"]["tflite"]["census"]["integer_only"] is False
     assert results["sizes"]["quantized_to_float_ratio"] <= 0.30
@@ -166,10 +185,12 @@ def test_the_default_quantized_tflite_is_integer_only_small_and_faithful(finishe
 def test_the_keras_export_loads_in_a_fresh_process_and_predicts_like_the_quantized_model(finished_run: JobRun):
     """model_quantized.keras (the IMX500 converter's input) loads with mct_quantizers' own loader."""
     keras_file = finished_run.cwd / "output" / artifacts.KERAS_FILE
-    code = ("import sys, numpy as np, mct_quantizers\n"
-            "m = mct_quantizers.keras_load_quantized_model(sys.argv[1])\n"
-            "x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype('float32')\n"
-            "print(m.output_shape, int(np.argmax(m(x).numpy(), axis=1).sum()))\n")
+    code = (
+        "import sys, numpy as np, mct_quantizers\n"
+        "m = mct_quantizers.keras_load_quantized_model(sys.argv[1])\n"
+        "x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype('float32')\n"
+        "print(m.output_shape, int(np.argmax(m(x).numpy(), axis=1).sum()))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(keras_file)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].startswith("(None, 10)")

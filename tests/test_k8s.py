@@ -26,8 +26,12 @@ from k8s_support import K8S, kustomize, quantity, restricted_violations, run_pod
 from mctq_job.config import PATH_KEYS, Config
 from mctq_job.errors import EXIT_CODES
 
-KUSTOMIZATIONS = {"base": K8S / "base", "sweep": K8S / "overlays" / "sweep", "imx500": K8S / "overlays" / "imx500",
-                  "loader": K8S / "loader"}
+KUSTOMIZATIONS = {
+    "base": K8S / "base",
+    "sweep": K8S / "overlays" / "sweep",
+    "imx500": K8S / "overlays" / "imx500",
+    "loader": K8S / "loader",
+}
 JOBS = ("base", "sweep", "imx500")
 #: The oldest Kubernetes the manifests are written for (backoffLimitPerIndex is GA in 1.33)
 #: and the newest whose schemas kubernetes-validate ships.
@@ -48,20 +52,25 @@ def rendered(name: str) -> tuple[dict, ...]:
 
 
 def job(name: str) -> dict:
-    found, = (o for o in rendered(name) if o["kind"] == "Job")
+    (found,) = (o for o in rendered(name) if o["kind"] == "Job")
     return found
 
 
 def pod_templates(name: str) -> list[tuple[dict, dict]]:
     """(metadata, spec) of every pod the kustomization makes: a Job's template or a Pod."""
-    return [(o["spec"]["template"]["metadata"], o["spec"]["template"]["spec"]) if o["kind"] == "Job"
-            else (o["metadata"], o["spec"]) for o in rendered(name) if o["kind"] in ("Job", "Pod")]
+    return [
+        (o["spec"]["template"]["metadata"], o["spec"]["template"]["spec"])
+        if o["kind"] == "Job"
+        else (o["metadata"], o["spec"])
+        for o in rendered(name)
+        if o["kind"] in ("Job", "Pod")
+    ]
 
 
 def mounts(spec: dict) -> dict[str, tuple[dict, dict]]:
     """mountPath -> (volumeMount, volume) of the job's container."""
     volumes = {v["name"]: v for v in spec["volumes"]}
-    container, = (c for c in spec["containers"] if c["name"] == CONTAINER)
+    (container,) = (c for c in spec["containers"] if c["name"] == CONTAINER)
     return {m["mountPath"]: (m, volumes[m["name"]]) for m in container["volumeMounts"]}
 
 
@@ -75,13 +84,14 @@ def configs_by_index(name: str) -> dict[int | None, tuple[PurePosixPath, dict]]:
     for index in range(spec["completions"]) if spec.get("completionMode") == "Indexed" else [None]:
         path = PurePosixPath(args[args.index("--config") + 1].replace("{index}", str(index)))
         mount, volume = mounts(spec["template"]["spec"])[str(path.parent)]
-        config_map, = (o for o in rendered(name) if o["metadata"]["name"] == volume["configMap"]["name"])
+        (config_map,) = (o for o in rendered(name) if o["metadata"]["name"] == volume["configMap"]["name"])
         assert path.name in config_map["data"], f"{name}: pod {index} reads {path}, which the ConfigMap lacks"
         found[index] = (path, json.loads(config_map["data"][path.name]))
     return found
 
 
 # --- rendering and schemas ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_every_kustomization_renders_into_the_namespace(name):
@@ -114,6 +124,7 @@ def test_strict_validation_refuses_a_misspelt_field():
 
 # --- pod security ------------------------------------------------------------------------------------
 
+
 def test_the_namespace_enforces_the_restricted_standard():
     """namespace.yaml makes the API server enforce, warn and audit the restricted standard."""
     labels = NAMESPACE["metadata"]["labels"]
@@ -130,7 +141,7 @@ def test_every_pod_passes_the_restricted_standard(name):
         volumes = {v["name"]: v for v in spec["volumes"]}
         for container in spec["containers"]:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
-            tmp, = (m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+            (tmp,) = (m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
             assert "emptyDir" in volumes[tmp["name"]]
 
 
@@ -160,8 +171,12 @@ def _changed(spec: dict, change: dict[str, dict]) -> dict:
     spec, its securityContext, the container or the container's securityContext."""
     spec = copy.deepcopy(spec)
     container = spec["containers"][0]
-    targets = {"pod": spec, "pod_sc": spec["securityContext"], "container": container,
-               "container_sc": container["securityContext"]}
+    targets = {
+        "pod": spec,
+        "pod_sc": spec["securityContext"],
+        "container": container,
+        "container_sc": container["securityContext"],
+    }
     for where, fields in change.items():
         targets[where].update(fields)
         for field in [f for f, value in fields.items() if value is None]:
@@ -181,7 +196,7 @@ def test_the_restricted_check_catches_each_violation(case):
 def test_the_network_policy_isolates_every_pod():
     """The deny-all policy (both directions, no rule) selects every pod of every kustomization,
     the loader's included (it is applied with the base's volumes)."""
-    policy, = (o for o in rendered("base") if o["kind"] == "NetworkPolicy")
+    (policy,) = (o for o in rendered("base") if o["kind"] == "NetworkPolicy")
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in policy["spec"] and "egress" not in policy["spec"]
     selector = policy["spec"]["podSelector"]
@@ -192,6 +207,7 @@ def test_the_network_policy_isolates_every_pod():
 
 
 # --- the Jobs ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", JOBS)
 def test_the_pod_failure_policy_is_the_exit_code_table(name):
@@ -234,17 +250,19 @@ def test_the_imx500_overlay_is_the_base_job_with_the_converter_image_and_more_me
         container = obj["spec"]["template"]["spec"]["containers"][0]
         config_volume = mounts(obj["spec"]["template"]["spec"])["/config"][1]
         memory = [quantity(container["resources"][kind].pop("memory")) for kind in ("requests", "limits")]
-        differing.append((obj["metadata"].pop("name"), container.pop("image"), memory,
-                          config_volume["configMap"].pop("name")))
+        differing.append(
+            (obj["metadata"].pop("name"), container.pop("image"), memory, config_volume["configMap"].pop("name"))
+        )
     assert base == imx500
     (base_name, base_image, base_memory, _), (name, image, memory, _) = differing
     assert name != base_name and image == "mctq-job:imx500" != base_image
     assert all(more > less for more, less in zip(memory, base_memory, strict=True))
-    (path, config), = configs_by_index("imx500").values()
+    ((path, config),) = configs_by_index("imx500").values()
     assert config["imx500"]["package"] is True
 
 
 # --- configurations ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", JOBS)
 def test_every_configuration_is_valid_and_fits_the_mounts(name):
@@ -252,8 +270,11 @@ def test_every_configuration_is_valid_and_fits_the_mounts(name):
     paths resolving against /config, as in the pod); inputs lie on read-only volumes and
     outputs on writable ones; the ConfigMap holds no file that no pod reads."""
     spec = job(name)["spec"]["template"]["spec"]
-    volumes = {PurePosixPath(path): mount.get("readOnly", False)
-               for path, (mount, volume) in mounts(spec).items() if "persistentVolumeClaim" in volume}
+    volumes = {
+        PurePosixPath(path): mount.get("readOnly", False)
+        for path, (mount, volume) in mounts(spec).items()
+        if "persistentVolumeClaim" in volume
+    }
     configs = configs_by_index(name)
     for index, (path, data) in configs.items():
         config = Config.model_validate(data, context={"base_dir": Path(path.parent)})
@@ -261,17 +282,21 @@ def test_every_configuration_is_valid_and_fits_the_mounts(name):
             value = PurePosixPath(getattr(config, key))
             read_only = [ro for mount, ro in volumes.items() if value.is_relative_to(mount) and value != mount]
             assert read_only == [key not in OUTPUT_KEYS], f"{name} pod {index}: {key}={value}"
-    config_map, = (o for o in rendered(name) if o["kind"] == "ConfigMap")
+    (config_map,) = (o for o in rendered(name) if o["kind"] == "ConfigMap")
     assert set(config_map["data"]) == {path.name for path, data in configs.values()}
 
 
 def test_no_two_runs_share_an_output_folder():
     """Across every pod of every Job (they share the mctq-output volume), no output folder
     equals or contains another: no two runs write or lock the same folder."""
-    folders = [(f"{name} pod {index} {key}", PurePosixPath(config[key])) for name in JOBS
-               for index, (path, config) in configs_by_index(name).items() for key in OUTPUT_KEYS]
+    folders = [
+        (f"{name} pod {index} {key}", PurePosixPath(config[key]))
+        for name in JOBS
+        for index, (path, config) in configs_by_index(name).items()
+        for key in OUTPUT_KEYS
+    ]
     for i, (where_a, a) in enumerate(folders):
-        for where_b, b in folders[i + 1:]:
+        for where_b, b in folders[i + 1 :]:
             assert not (a.is_relative_to(b) or b.is_relative_to(a)), f"{where_a}={a} and {where_b}={b}"
 
 
@@ -281,30 +306,38 @@ def test_the_sweep_runs_each_configuration_of_sweep_json_once():
     spec = job("sweep")["spec"]
     runs = json.loads((KUSTOMIZATIONS["sweep"] / "sweep.json").read_text())["runs"]
     assert spec["completions"] == len(runs) and 1 <= spec["parallelism"] <= spec["completions"]
-    settings = {json.dumps({k: v for k, v in config.items() if k not in OUTPUT_KEYS}, sort_keys=True)
-                for path, config in configs_by_index("sweep").values()}
+    settings = {
+        json.dumps({k: v for k, v in config.items() if k not in OUTPUT_KEYS}, sort_keys=True)
+        for path, config in configs_by_index("sweep").values()
+    }
     assert len(settings) == len(runs)
-    check = subprocess.run([sys.executable, str(KUSTOMIZATIONS["sweep"] / "make_configs.py"), "--check"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, str(KUSTOMIZATIONS["sweep"] / "make_configs.py"), "--check"], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
 
 # --- k8s/README.md -----------------------------------------------------------------------------------
 
+
 def test_the_readme_maps_every_exit_code_to_its_action():
     """k8s/README.md's table gives, per exit code, the action of the first matching rule of the
     base Job and of the sweep (Count where none matches)."""
+
     def action(spec: dict, code: int) -> str:
         rules = [r for r in spec["podFailurePolicy"]["rules"] if code in r.get("onExitCodes", {}).get("values", [])]
         return "(success)" if code == 0 else rules[0]["action"] if rules else "Count"
 
     for entry in EXIT_CODES:
-        row = f"| {entry.code} | `{entry.name}` | {action(job('base')['spec'], entry.code)} | " \
-              f"{action(job('sweep')['spec'], entry.code)} |"
+        row = (
+            f"| {entry.code} | `{entry.name}` | {action(job('base')['spec'], entry.code)} | "
+            f"{action(job('sweep')['spec'], entry.code)} |"
+        )
         assert row in README, f"k8s/README.md lacks the row: {row}"
 
 
 # --- rehearsal: the sweep's pod template run with the real image ------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def rehearsal(request, tmp_path_factory):
@@ -319,7 +352,8 @@ def rehearsal(request, tmp_path_factory):
         image = image_for_tests(client).image
     else:
         image = find_image(client, inputs_digest()) or unavailable(
-            "no image built from the current sources; `make image-offline` builds mctq-job:latest")
+            "no image built from the current sources; `make image-offline` builds mctq-job:latest"
+        )
     digits_template = request.getfixturevalue("digits_template")  # only once there is an image to run
     work = tmp_path_factory.mktemp("k8s-rehearsal")
     data, output = work / "pv-data", work / "pv-output"
@@ -337,8 +371,9 @@ def rehearsal(request, tmp_path_factory):
     claims = {"mctq-data": data, "mctq-output": output}
 
     def run(index):
-        return run_pod(client, image, list(rendered("sweep")), spec, claims=claims, workdir=work / str(index),
-                       index=index)
+        return run_pod(
+            client, image, list(rendered("sweep")), spec, claims=claims, workdir=work / str(index), index=index
+        )
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = dict(enumerate(pool.map(run, range(job("sweep")["spec"]["completions"]))))
@@ -359,7 +394,7 @@ def test_rehearsed_sweep_every_index_runs_its_own_configuration_within_its_limit
     for index, (path, config) in configs_by_index("sweep").items():
         run = runs[index]
         assert run.exit_code == 0 and not run.oom_killed, f"index {index}: {run.explain()}"
-        read, = (e for e in run.named("stage.finish") if e.get("stage") == "config")
+        (read,) = (e for e in run.named("stage.finish") if e.get("stage") == "config")
         assert read["config_file"] == str(path)
         assert run.termination_message.startswith("success: keras="), run.termination_message
         peak = json.loads((_on_volume(output, config["output_dir"]) / "manifest.json").read_text())["peak_memory_bytes"]
@@ -372,8 +407,9 @@ def test_rehearsed_sweep_writes_each_result_set_to_its_own_folders_only(rehearsa
     pod's user; the volume holds nothing else; collect_results.py tabulates every index."""
     runs, output = rehearsal
     uid = job("sweep")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
-    folders = {_on_volume(output, config[key]) for path, config in configs_by_index("sweep").values()
-               for key in OUTPUT_KEYS}
+    folders = {
+        _on_volume(output, config[key]) for path, config in configs_by_index("sweep").values() for key in OUTPUT_KEYS
+    }
     for path, config in configs_by_index("sweep").values():
         manifest = json.loads((_on_volume(output, config["output_dir"]) / "manifest.json").read_text())
         assert manifest["outcome"] == "success" and manifest["config_file"] == str(path)
@@ -381,8 +417,10 @@ def test_rehearsed_sweep_writes_each_result_set_to_its_own_folders_only(rehearsa
     files = [p for p in output.rglob("*") if p.is_file()]
     assert files and all(any(f.is_relative_to(folder) for folder in folders) for f in files), files
     assert {f.stat().st_uid for f in files} == {uid}
-    table = subprocess.run([sys.executable, str(K8S / "collect_results.py"), str(output), "--format", "json"],
-                           capture_output=True, text=True)
+    table = subprocess.run(
+        [sys.executable, str(K8S / "collect_results.py"), str(output), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert table.returncode == 0, table.stderr
     assert len(json.loads(table.stdout)) == len(runs)
-

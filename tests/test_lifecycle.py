@@ -109,6 +109,7 @@ def test_the_reported_peak_memory_is_the_jobs_own_not_its_parents():
         child = "from mctq_job.pipeline import peak_memory_bytes; print(peak_memory_bytes())"
         print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
     """)
-    reported = int(subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
-                                  check=True, timeout=60).stdout)
+    reported = int(
+        subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=60).stdout
+    )
     assert 5 * 2**20 < reported < 300 * 2**20

@@ -20,8 +20,19 @@ def make_configs(tmp_path: Path, runs: list, *options: str, **sweep) -> subproce
     ``sweep`` keys) to ``tmp_path`` and run the script on it, writing to ``tmp_path``/out."""
     definition = {"base_config": str(BASE_CONFIG), "output_root": "/output/x", "runs": runs, **sweep}
     (tmp_path / "sweep.json").write_text(json.dumps(definition))
-    return subprocess.run([sys.executable, str(SWEEP / "make_configs.py"), "--sweep", str(tmp_path / "sweep.json"),
-                           "--out", str(tmp_path / "out"), *options], capture_output=True, text=True)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(SWEEP / "make_configs.py"),
+            "--sweep",
+            str(tmp_path / "sweep.json"),
+            "--out",
+            str(tmp_path / "out"),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+    )
 
 
 def job_patch(component: dict) -> dict[str, int]:
@@ -41,7 +52,12 @@ def test_each_run_becomes_a_configuration_with_its_own_output_folders(tmp_path):
     for index, run in enumerate(runs):
         config = json.loads((out / f"config-{index}.json").read_text())
         folder = f"/output/x/{index}-{run['name']}"
-        assert config == {**base, **run["set"], "output_dir": f"{folder}/model", "evaluate_result_dir": f"{folder}/evaluation"}
+        assert config == {
+            **base,
+            **run["set"],
+            "output_dir": f"{folder}/model",
+            "evaluate_result_dir": f"{folder}/evaluation",
+        }
     component = yaml.safe_load((out / "kustomization.yaml").read_text())
     assert component["configMapGenerator"][0]["files"] == [f"config-{i}.json" for i in range(len(runs))]
     assert job_patch(component) == {"completions": len(runs), "parallelism": len(runs), "maxFailedIndexes": 1}
@@ -67,15 +83,19 @@ def test_check_reports_whether_the_generated_files_are_current(tmp_path):
     assert {p.name: p.read_text() for p in (tmp_path / "out").iterdir()} == written
 
 
-@pytest.mark.parametrize("runs, sweep, message", [
-    ([{"name": "a", "set": {"output_dir": "/output/same"}}], {}, "derived from its index and name"),
-    ([{"name": "a"}, {"name": "a"}], {}, "run names repeat"),
-    ([{"name": "Bad Name"}], {}, "run name 'Bad Name'"),
-    ([{"name": "a", "set": {"target_platform": "gpu"}}], {}, "the configuration is not valid"),
-    ([], {}, "no runs"),
-    ([{"name": "a"}], {"output_root": "output"}, "absolute path"),
-    ([{"name": "a"}], {"max_failed_indexes": 2}, "max_failed_indexes"),
-], ids=["sets-output", "repeated-name", "bad-name", "invalid-config", "no-runs", "relative-root", "max-failed"])
+@pytest.mark.parametrize(
+    "runs, sweep, message",
+    [
+        ([{"name": "a", "set": {"output_dir": "/output/same"}}], {}, "derived from its index and name"),
+        ([{"name": "a"}, {"name": "a"}], {}, "run names repeat"),
+        ([{"name": "Bad Name"}], {}, "run name 'Bad Name'"),
+        ([{"name": "a", "set": {"target_platform": "gpu"}}], {}, "the configuration is not valid"),
+        ([], {}, "no runs"),
+        ([{"name": "a"}], {"output_root": "output"}, "absolute path"),
+        ([{"name": "a"}], {"max_failed_indexes": 2}, "max_failed_indexes"),
+    ],
+    ids=["sets-output", "repeated-name", "bad-name", "invalid-config", "no-runs", "relative-root", "max-failed"],
+)
 def test_sweeps_that_could_collide_or_fail_are_refused(tmp_path, runs, sweep, message):
     """A sweep whose runs could share folders, or fail at once in the pod, exits 2 with a
     message saying what is wrong, and writes nothing."""

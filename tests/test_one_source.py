@@ -31,8 +31,12 @@ def test_the_ci_example_and_the_docs_use_the_hardened_flags_of_the_makefile():
     script = joined_lines((ROOT / "examples" / "ci" / "quantize-and-gate.sh").read_text())
     runs = [line for line in script.split('"$docker" run')[1:]]
     assert runs and all(all(flag in run for flag in _pairs(flags)) for run in runs)
-    documented = [run for doc in DOCS for run in joined_lines(doc.read_text()).split("docker run")[1:]
-                  if "--read-only" in run.split("mctq-job")[0]]
+    documented = [
+        run
+        for doc in DOCS
+        for run in joined_lines(doc.read_text()).split("docker run")[1:]
+        if "--read-only" in run.split("mctq-job")[0]
+    ]
     assert documented, "no hardened docker run line in README.md or docs/"
     for run in documented:
         assert all(flag in run for flag in _pairs(flags)), run[:300]
@@ -56,8 +60,10 @@ def _imported_top_level_modules() -> set[str]:
 
 def test_every_package_the_job_imports_is_a_declared_dependency():
     """A module imported by mctq_job/ must come from a distribution pyproject.toml declares."""
-    declared = {re.split(r"[<>=\[ ;]", dep)[0].lower().replace("_", "-")
-                for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = {
+        re.split(r"[<>=\[ ;]", dep)[0].lower().replace("_", "-")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     distributions = metadata.packages_distributions()
     undeclared = {}
     for module in sorted(_imported_top_level_modules()):
@@ -67,10 +73,15 @@ def test_every_package_the_job_imports_is_a_declared_dependency():
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
 
 
-@pytest.mark.parametrize("field,values", [("target_platform", config.TARGET_PLATFORMS),
-                                          ("target_platform_version", config.ALL_TPC_VERSIONS),
-                                          ("export_format", config.EXPORT_FORMATS),
-                                          ("quantized_io", config.QUANTIZED_IO)])
+@pytest.mark.parametrize(
+    "field,values",
+    [
+        ("target_platform", config.TARGET_PLATFORMS),
+        ("target_platform_version", config.ALL_TPC_VERSIONS),
+        ("export_format", config.EXPORT_FORMATS),
+        ("quantized_io", config.QUANTIZED_IO),
+    ],
+)
 def test_the_schemas_choices_are_the_tuples_they_are_built_from(field, values):
     """The JSON Schema (what `mctq-job schema` prints and validate enforces) offers exactly these."""
     assert tuple(config.json_schema()["properties"][field]["enum"]) == tuple(values)

@@ -68,11 +68,12 @@ def test_integer_io_model_takes_int8_and_its_accuracy_is_reported(project):
 
 def test_gptq_with_a_newer_imx500_tpc(project, finished_run: JobRun):
     """GPTQ fine-tunes the quantized weights: the model differs from PTQ's on the same inputs."""
-    result, results = run_with(project, quantization_method="gptq", gptq={"epochs": 1},
-                               target_platform_version="4.0")
+    result, results = run_with(project, quantization_method="gptq", gptq={"epochs": 1}, target_platform_version="4.0")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert results["quantization"]["method"] == "gptq" and results["quantization"]["gptq"] == {"epochs": 1,
-                                                                                               "hessian": False}
+    assert results["quantization"]["method"] == "gptq" and results["quantization"]["gptq"] == {
+        "epochs": 1,
+        "hessian": False,
+    }
     assert quantize_stage(result)["target_platform_version"] == "4.0"
     ptq_model = finished_run.cwd / "output" / "model_quantized.tflite"
     assert (project / "output" / "model_quantized.tflite").read_bytes() != ptq_model.read_bytes()
@@ -118,8 +119,10 @@ def test_with_another_mct_version_the_job_runs_unmodified_mct_and_says_so(projec
     import subprocess
     import sys
 
-    code = ("import mctq_job.fast_statistics as f\nf.PINNED_MCT_VERSION = '0.0'\n"
-            "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n")
+    code = (
+        "import mctq_job.fast_statistics as f\nf.PINNED_MCT_VERSION = '0.0'\n"
+        "from mctq_job.cli import main\nmain(['run'], prog_name='mctq-job')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=900)
     result = JobRun(proc.returncode, proc.stdout, proc.stderr, project)
     assert result.returncode == 0, result.stdout[-3000:]

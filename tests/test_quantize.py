@@ -12,9 +12,15 @@ pytestmark = pytest.mark.slow
 
 def _unrunnable(tpc) -> list[str]:
     """Operator sets MCT refuses: quantization preserving yet with activation quantization on."""
-    return [op.name for op in tpc.operator_set or () if op.qc_options is not None and any(
-        c.quantization_preserving and c.enable_activation_quantization
-        for c in op.qc_options.quantization_configurations)]
+    return [
+        op.name
+        for op in tpc.operator_set or ()
+        if op.qc_options is not None
+        and any(
+            c.quantization_preserving and c.enable_activation_quantization
+            for c in op.qc_options.quantization_configurations
+        )
+    ]
 
 
 @pytest.mark.parametrize("platform,version", [(p, v) for p, versions in TPC_VERSIONS.items() for v in versions])

@@ -32,24 +32,44 @@ def run_values(evaluation: Evaluation, classes: dict[str, int], seed: int = 0) -
     from mctq_job.model import ModelInfo
     from mctq_job.quantize import Quantized
 
-    config = Config.model_validate({
-        "source_keras_model": "/p/model", "dataset_image_dir": "/p/train", "batch_size": 2,
-        "input_tensor_size": 8, "iteration_count": 1, "output_dir": "/o", "evaluate_image_dir": "/p/val",
-        "evaluate_image_extension": "jpg", "evaluate_label_file": "/p/labels.json",
-        "evaluate_result_dir": "/r", "seed": seed})
+    config = Config.model_validate(
+        {
+            "source_keras_model": "/p/model",
+            "dataset_image_dir": "/p/train",
+            "batch_size": 2,
+            "input_tensor_size": 8,
+            "iteration_count": 1,
+            "output_dir": "/o",
+            "evaluate_image_dir": "/p/val",
+            "evaluate_image_extension": "jpg",
+            "evaluate_label_file": "/p/labels.json",
+            "evaluate_result_dir": "/r",
+            "seed": seed,
+        }
+    )
     census = {"operators": {}, "integer_only": True}
-    files = {"tflite": TFLiteFile(Path("/o/m.tflite"), Path("/o/.m.tmp"), 40, census, {}),
-             "tflite_quantized": TFLiteFile(Path("/o/q.tflite"), Path("/o/.q.tmp"), 10, census, {})}
-    return report.RunValues(config, Inputs(config, Path("/p/configuration.json"), (), (), classes),
-                            ModelInfo((None, 8, 8, 3), 3, 100), Drawn([np.array([0, 1])], 2),
-                            Quantized(None, None, {}), Exported(files), evaluation)
+    files = {
+        "tflite": TFLiteFile(Path("/o/m.tflite"), Path("/o/.m.tmp"), 40, census, {}),
+        "tflite_quantized": TFLiteFile(Path("/o/q.tflite"), Path("/o/.q.tmp"), 10, census, {}),
+    }
+    return report.RunValues(
+        config,
+        Inputs(config, Path("/p/configuration.json"), (), (), classes),
+        ModelInfo((None, 8, 8, 3), 3, 100),
+        Drawn([np.array([0, 1])], 2),
+        Quantized(None, None, {}),
+        Exported(files),
+        evaluation,
+    )
 
 
 def test_per_class_accuracy_counts_only_classes_with_images():
     table = report.per_class(LABELS, np.array([0, 1, 1, 1, 2, 0, 2]), {"a": 0, "b": 1, "c": 2, "unused": 3})
-    assert table == {"a": {"label": 0, "images": 2, "correct": 1, "top_1_accuracy": 0.5},
-                     "b": {"label": 1, "images": 2, "correct": 2, "top_1_accuracy": 1.0},
-                     "c": {"label": 2, "images": 3, "correct": 2, "top_1_accuracy": pytest.approx(2 / 3)}}
+    assert table == {
+        "a": {"label": 0, "images": 2, "correct": 1, "top_1_accuracy": 0.5},
+        "b": {"label": 1, "images": 2, "correct": 2, "top_1_accuracy": 1.0},
+        "c": {"label": 2, "images": 3, "correct": 2, "top_1_accuracy": pytest.approx(2 / 3)},
+    }
 
 
 def test_confusion_is_sparse_sorted_triples_that_sum_to_the_image_count():
@@ -68,8 +88,9 @@ def test_agreement_compares_predictions_not_correctness():
 
 
 def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
-    doc = report.results(run_values(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2},
-                                    seed=3))
+    doc = report.results(
+        run_values(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2}, seed=3)
+    )
     assert list(doc)[:4] == [f"top_1_accuracy_{name}" for name in MODELS]
     assert doc["top_1_accuracy_tflite_quantized"] == pytest.approx(6 / 7)
     quantized = doc["models"]["tflite_quantized"]
@@ -79,12 +100,15 @@ def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
     assert doc["seed"] == 3 and doc["class_count"] == 3 and doc["results_version"] == report.RESULTS_VERSION
 
 
-@pytest.mark.parametrize("keras,quantized,max_drop,passed", [
-    (0.98, 0.96, 0.02, True),     # exactly at the limit passes, despite float rounding
-    (0.98, 0.95, 0.02, False),
-    (0.90, 0.93, 0.0, True),      # a gain is never a drop
-    (0.9, 0.9, 0.0, True),
-])
+@pytest.mark.parametrize(
+    "keras,quantized,max_drop,passed",
+    [
+        (0.98, 0.96, 0.02, True),  # exactly at the limit passes, despite float rounding
+        (0.98, 0.95, 0.02, False),
+        (0.90, 0.93, 0.0, True),  # a gain is never a drop
+        (0.9, 0.9, 0.0, True),
+    ],
+)
 def test_gate_passes_up_to_the_allowed_drop(keras, quantized, max_drop, passed):
     verdict = report.gate({"keras": keras, "tflite_quantized": quantized}, max_drop)
     assert verdict["passed"] is passed
@@ -97,5 +121,9 @@ def test_no_gate_without_a_limit():
 
 
 def test_sizes_ratio():
-    assert report.sizes(100, 4000, 1000) == {"keras_parameters": 100, "tflite_bytes": 4000,
-                                             "tflite_quantized_bytes": 1000, "quantized_to_float_ratio": 0.25}
+    assert report.sizes(100, 4000, 1000) == {
+        "keras_parameters": 100,
+        "tflite_bytes": 4000,
+        "tflite_quantized_bytes": 1000,
+        "quantized_to_float_ratio": 0.25,
+    }

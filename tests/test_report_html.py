@@ -21,8 +21,10 @@ EXTERNAL = re.compile(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', re.IGNORECA
 
 
 def per_class(names: list[str], correct: list[int], images: int) -> dict:
-    return {name: {"label": label, "images": images, "correct": right, "top_1_accuracy": right / images}
-            for label, (name, right) in enumerate(zip(names, correct, strict=False))}
+    return {
+        name: {"label": label, "images": images, "correct": right, "top_1_accuracy": right / images}
+        for label, (name, right) in enumerate(zip(names, correct, strict=False))
+    }
 
 
 def confusion(correct: list[int], images: int) -> list[list[int]]:
@@ -39,13 +41,18 @@ def model(name: str, names: list[str], correct: list[int], images: int) -> dict:
     total = images * len(names)
     quantized = name.endswith("quantized")
     tflite = name.startswith("tflite")
-    return {"description": f"{name} model", "file": f"/out/<{name}>.tflite" if tflite else None,
-            "bytes": (150_000 if quantized else 550_000) if tflite else None,
-            "correct": sum(correct), "top_1_accuracy": sum(correct) / total, "top_5_accuracy": 1.0,
-            "per_class": per_class(names, correct, images), "confusion": confusion(correct, images),
-            "inference": {"batch_size": 32, "threads": 2, "ms_per_image": 0.41},
-            "latency": {"batch_size": 1, "threads": 2, "warmup_runs": 3, "runs": 20, "median_ms": 1.2,
-                        "p90_ms": 1.5}}
+    return {
+        "description": f"{name} model",
+        "file": f"/out/<{name}>.tflite" if tflite else None,
+        "bytes": (150_000 if quantized else 550_000) if tflite else None,
+        "correct": sum(correct),
+        "top_1_accuracy": sum(correct) / total,
+        "top_5_accuracy": 1.0,
+        "per_class": per_class(names, correct, images),
+        "confusion": confusion(correct, images),
+        "inference": {"batch_size": 32, "threads": 2, "ms_per_image": 0.41},
+        "latency": {"batch_size": 1, "threads": 2, "warmup_runs": 3, "runs": 20, "median_ms": 1.2, "p90_ms": 1.5},
+    }
 
 
 def synthetic_results(class_count: int = 10, images: int = 10) -> dict:
@@ -53,30 +60,56 @@ def synthetic_results(class_count: int = 10, images: int = 10) -> dict:
     an image on some classes and gain one on others."""
     names = [NASTY] + [f"class_{label}" for label in range(1, class_count)]
     base = [images - 1 - (label % 3 == 0) for label in range(class_count)]
-    changed = [right - 1 if label % 4 == 0 else min(images, right + (label % 5 == 1)) for label, right in
-               enumerate(base)]
-    models = {name: model(name, names, changed if name.endswith("quantized") else base, images)
-              for name in MODELS}
+    changed = [
+        right - 1 if label % 4 == 0 else min(images, right + (label % 5 == 1)) for label, right in enumerate(base)
+    ]
+    models = {name: model(name, names, changed if name.endswith("quantized") else base, images) for name in MODELS}
     total = images * class_count
     return {
         **{f"top_1_accuracy_{name}": models[name]["top_1_accuracy"] for name in MODELS},
-        "results_version": 2, "image_count": total, "class_count": class_count,
+        "results_version": 2,
+        "image_count": total,
+        "class_count": class_count,
         "classes": {name: label for label, name in enumerate(names)},
-        "quantization": {"target_platform": "imx500", "target_platform_version": "1.0", "method": "ptq",
-                         "gptq": None, "mixed_precision": None, "export_format": "int8"},
-        "seed": 0, "calibration": {"images": 64, "batch_size": 16},
+        "quantization": {
+            "target_platform": "imx500",
+            "target_platform_version": "1.0",
+            "method": "ptq",
+            "gptq": None,
+            "mixed_precision": None,
+            "export_format": "int8",
+        },
+        "seed": 0,
+        "calibration": {"images": 64, "batch_size": 16},
         "skipped_images": [{"path": "validation/<script>x.png", "reason": "not an image"}],
         "models": models,
-        "agreement": {"keras_vs_keras_quantized": 0.99, "tflite_vs_tflite_quantized": 0.99,
-                      "keras_vs_tflite_quantized": 0.98},
-        "sizes": {"keras_parameters": 136000, "tflite_bytes": 550000, "tflite_quantized_bytes": 150000,
-                  "quantized_to_float_ratio": 0.2727},
-        "resource_utilization": {"float_8bit": {"weights_memory": 136752.0, "activation_memory": 19456.0,
-                                                "total_memory": 156208.0, "bops": 363896832},
-                                 "final": {"weights_memory": 40000.0, "activation_memory": None,
-                                           "total_memory": None, "bops": None}},
-        "gate": {"reference": "keras", "candidate": "tflite_quantized", "top_1_drop": 0.011,
-                 "max_top1_drop": 0.02, "passed": True},
+        "agreement": {
+            "keras_vs_keras_quantized": 0.99,
+            "tflite_vs_tflite_quantized": 0.99,
+            "keras_vs_tflite_quantized": 0.98,
+        },
+        "sizes": {
+            "keras_parameters": 136000,
+            "tflite_bytes": 550000,
+            "tflite_quantized_bytes": 150000,
+            "quantized_to_float_ratio": 0.2727,
+        },
+        "resource_utilization": {
+            "float_8bit": {
+                "weights_memory": 136752.0,
+                "activation_memory": 19456.0,
+                "total_memory": 156208.0,
+                "bops": 363896832,
+            },
+            "final": {"weights_memory": 40000.0, "activation_memory": None, "total_memory": None, "bops": None},
+        },
+        "gate": {
+            "reference": "keras",
+            "candidate": "tflite_quantized",
+            "top_1_drop": 0.011,
+            "max_top1_drop": 0.02,
+            "passed": True,
+        },
         "volatile_fields": ["models.*.inference", "models.*.latency"],
     }
 
@@ -96,7 +129,7 @@ def pngs(page: str) -> list[Image.Image]:
 def section(page: str, heading: str) -> str:
     """The text of one section, from its heading to the next."""
     start = page.index(f"<h2>{heading}")
-    return page[start:page.find("<h2>", start + 4) if "<h2>" in page[start + 4:] else len(page)]
+    return page[start : page.find("<h2>", start + 4) if "<h2>" in page[start + 4 :] else len(page)]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +139,16 @@ def page() -> str:
 
 def test_the_page_embeds_one_png_per_plot(page):
     assert page.count("<img") == len(report_html.PLOT_HEADINGS) == len(pngs(page))
-    for heading in ("Summary", "Accuracy gate", "Settings", *report_html.PLOT_HEADINGS, "Agreement", "Latency",
-                    "MCT resource utilization", "Skipped images (1)"):
+    for heading in (
+        "Summary",
+        "Accuracy gate",
+        "Settings",
+        *report_html.PLOT_HEADINGS,
+        "Agreement",
+        "Latency",
+        "MCT resource utilization",
+        "Skipped images (1)",
+    ):
         assert f"<h2>{heading}</h2>" in page, heading
 
 
@@ -148,8 +189,14 @@ def test_more_than_40_classes_show_only_the_20_worst_and_20_best():
     per_class = section(page, "Per-class change")
     assert "60 classes: only the 20 with the largest drop and the 20 with the largest gain" in per_class
     assert per_class.count("<tr>") == 1 + 40
-    changes = sorted((doc["models"]["tflite_quantized"]["per_class"][n]["top_1_accuracy"]
-                      - doc["models"]["keras"]["per_class"][n]["top_1_accuracy"], n) for n in doc["classes"])
+    changes = sorted(
+        (
+            doc["models"]["tflite_quantized"]["per_class"][n]["top_1_accuracy"]
+            - doc["models"]["keras"]["per_class"][n]["top_1_accuracy"],
+            n,
+        )
+        for n in doc["classes"]
+    )
     shown = re.findall(r"<tr><th>([^<]*)</th>", per_class.split("<tbody>")[1])
     assert shown == [report_html.html.escape(n) for _, n in changes[:20] + changes[-20:]]
 

@@ -104,9 +104,10 @@ class Case:
         from mctq_job import tflite_int8
 
         self.model, self.held_out = model, held_out
-        self.quantized = mct_quantized(model, [calibration[i:i + 16] for i in range(0, len(calibration), 16)],
-                                       platform)
-        self.representative_data = lambda: ([calibration[i:i + 16]] for i in range(0, len(calibration), 16))
+        self.quantized = mct_quantized(
+            model, [calibration[i : i + 16] for i in range(0, len(calibration), 16)], platform
+        )
+        self.representative_data = lambda: ([calibration[i : i + 16]] for i in range(0, len(calibration), 16))
         self.tflite = tflite_int8.full_integer(self.quantized, representative_data=self.representative_data)
 
 
@@ -125,15 +126,16 @@ def digits_case(digits_template) -> Case:
     model = tf.keras.models.load_model(str(digits_template / "model" / "saved_model"), compile=False)
     pixels = digits_images(digits_template)
     order = np.random.default_rng(0).permutation(len(pixels))
-    return Case(model, pixels[order[:32]], pixels[order[32:32 + HELD_OUT]])
+    return Case(model, pixels[order[:32]], pixels[order[32 : 32 + HELD_OUT]])
 
 
 @pytest.fixture(scope="module")
 def mobilenet_case() -> Case:
     import tensorflow as tf
 
-    model = trained(tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None,
-                                                      classes=10), 96, seed=1)
+    model = trained(
+        tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=10), 96, seed=1
+    )
     images, _ = patterned_images(32 + HELD_OUT, 96, 10, seed=2)
     return Case(model, images[:32], images[32:])
 
@@ -209,8 +211,9 @@ def test_integer_io_takes_integers_and_still_agrees(mixed_imx500, io):
     assert quantization["input"]["dtype"] == quantization["output"]["dtype"] == io
     assert quantization["input"]["scale"] > 0 and quantization["output"]["scale"] > 0
     counted = census(tflite)
-    assert counted["integer_only"] and not any(op.startswith(("QUANTIZE/float", "DEQUANTIZE"))
-                                               for op in counted["operators"]), counted
+    assert counted["integer_only"] and not any(
+        op.startswith(("QUANTIZE/float", "DEQUANTIZE")) for op in counted["operators"]
+    ), counted
     assert agreement(tflite, mixed_imx500.quantized, mixed_imx500.held_out) >= 0.99
 
 

@@ -50,7 +50,9 @@ def build(sweep_file: Path) -> dict[str, str]:
     output_root = sweep["output_root"]
     runs = sweep["runs"]
     if not output_root.startswith("/"):
-        raise SweepError(f"output_root must be an absolute path inside the pod (e.g. /output/sweep), not {output_root!r}")
+        raise SweepError(
+            f"output_root must be an absolute path inside the pod (e.g. /output/sweep), not {output_root!r}"
+        )
     if not runs:
         raise SweepError("sweep.json lists no runs")
     names = [run["name"] for run in runs]
@@ -72,8 +74,10 @@ def build(sweep_file: Path) -> dict[str, str]:
         changes = run.get("set", {})
         fixed = [key for key in OUTPUT_KEYS if key in changes]
         if fixed:
-            raise SweepError(f"run {run['name']!r} sets {fixed}: each run's output folders are derived from its "
-                             f"index and name, so that no two runs can collide")
+            raise SweepError(
+                f"run {run['name']!r} sets {fixed}: each run's output folders are derived from its "
+                f"index and name, so that no two runs can collide"
+            )
         config = {**base, **changes}
         folder = run_folder(output_root, index, run["name"])
         config["output_dir"] = f"{folder}/model"
@@ -85,18 +89,21 @@ def build(sweep_file: Path) -> dict[str, str]:
 
 
 def _component(completions: int, parallelism: int, max_failed: int, runs: list[dict], output_root: str) -> str:
-    listing = "".join(f"#   {i}: {run['name']:<24} -> {run_folder(output_root, i, run['name'])}/\n"
-                      for i, run in enumerate(runs))
+    listing = "".join(
+        f"#   {i}: {run['name']:<24} -> {run_folder(output_root, i, run['name'])}/\n" for i, run in enumerate(runs)
+    )
     config_files = "".join(f"      - {config_name(i)}\n" for i in range(completions))
     return (
         HEADER
-        + "#\n# index: run name -> output folder\n" + listing
+        + "#\n# index: run name -> output folder\n"
+        + listing
         + "apiVersion: kustomize.config.k8s.io/v1alpha1\n"
         + "kind: Component\n\n"
         + "configMapGenerator:\n"
         + f"  - name: {CONFIG_MAP}\n"
         + "    behavior: replace\n"
-        + "    files:\n" + config_files
+        + "    files:\n"
+        + config_files
         + "\npatches:\n"
         + "  - target:\n"
         + "      group: batch\n"
@@ -141,16 +148,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = build(args.sweep)
     except (SweepError, KeyError, ValueError, OSError) as exc:
-        print(f"make_configs: {type(exc).__name__ if not isinstance(exc, SweepError) else 'error'}: {exc}",
-              file=sys.stderr)
+        print(
+            f"make_configs: {type(exc).__name__ if not isinstance(exc, SweepError) else 'error'}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     stale = sorted(p.name for p in args.out.glob("config-*.json") if p.name not in files) if args.out.is_dir() else []
     if args.check:
-        differ = [name for name, text in files.items()
-                  if not (args.out / name).is_file() or (args.out / name).read_text(encoding="utf-8") != text]
+        differ = [
+            name
+            for name, text in files.items()
+            if not (args.out / name).is_file() or (args.out / name).read_text(encoding="utf-8") != text
+        ]
         if differ or stale:
-            print(f"make_configs: {args.out} is out of date (differ: {differ}, stale: {stale}); "
-                  f"run: python {Path(__file__).name}", file=sys.stderr)
+            print(
+                f"make_configs: {args.out} is out of date (differ: {differ}, stale: {stale}); "
+                f"run: python {Path(__file__).name}",
+                file=sys.stderr,
+            )
             return 1
         print(f"make_configs: {args.out} is up to date ({len(files) - 1} configurations)")
         return 0

@@ -50,12 +50,6 @@ RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)
 OUTPUT_DIR_FILES = output_dir_files()
 ARTIFACT_NAMES = OUTPUT_DIR_FILES + RESULT_DIR_FILES
 
-_live: set[Staging] = set()
-# Temporary paths of aborted stagings: a library still writing when a signal aborted the run
-# (MCT's exporter) can create one after the abort; abort_all() removes those again.
-_aborted_temps: list[Path] = []
-_lock = threading.RLock()  # held while committing or aborting, so the two never interleave
-
 
 @dataclass(frozen=True)
 class Artifact:
@@ -118,18 +112,21 @@ def locked_folders(folders: Iterable[Path]) -> Iterator[None]:
 
 
 class Staging:
-    """Temporary files of one run, published together or removed together."""
+    """Temporary files of one run, published together or removed together. The run's context
+    registers :meth:`abort` as a clean-up, so an interruption removes them too."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.pending: dict[Path, Path] = {}  # final -> temporary, in publication order
         self.aborted = False
-        with _lock:
-            _live.add(self)
+        # Temporary paths already aborted: a library still writing when a signal aborted the run
+        # (MCT's exporter) can create one after the abort; a second abort() removes those again.
+        self._aborted_temps: list[Path] = []
+        self._lock = threading.RLock()  # held while committing or aborting, so the two never interleave
 
     def temp_path(self, final: Path) -> Path:
         """A temporary name beside ``final`` that keeps its suffix (tools check extensions)."""
-        with _lock:
+        with self._lock:
             if self.aborted:
                 raise RuntimeError("staging was aborted")
             temp = final.with_name(f".{final.stem}.{self.run_id}.tmp{final.suffix}")
@@ -150,7 +147,7 @@ class Staging:
         return Artifact(final, temp.stat().st_size, sha256_file(temp))
 
     def commit(self) -> list[Path]:
-        with _lock:
+        with self._lock:
             if self.aborted:
                 raise RuntimeError("staging was aborted")
             for final, temp in list(self.pending.items()):
@@ -161,37 +158,23 @@ class Staging:
                 _fsync_dir(folder)
             published = list(self.pending)
             self.pending.clear()
-            _live.discard(self)
             return published
 
     def abort(self) -> list[Path]:
-        with _lock:
+        """Remove every temporary file, also those of an earlier abort that a still-running
+        writer created again; returns what it removed. Safe from any thread, any number of times."""
+        with self._lock:
             self.aborted = True
+            self._aborted_temps.extend(self.pending.values())
+            self.pending.clear()
             removed = []
-            for temp in self.pending.values():
+            for temp in self._aborted_temps:
                 try:
                     temp.unlink()
                     removed.append(temp)
                 except FileNotFoundError:
                     pass
-            _aborted_temps.extend(self.pending.values())
-            self.pending.clear()
-            _live.discard(self)
             return removed
-
-
-def abort_all() -> list[Path]:
-    """Remove the temporary files of every live staging (signal handler, failure path), and any
-    that a still-running writer created after an earlier abort."""
-    with _lock:
-        removed = [p for staging in list(_live) for p in staging.abort()]
-        for temp in _aborted_temps:
-            try:
-                temp.unlink()
-                removed.append(temp)
-            except FileNotFoundError:
-                pass
-        return removed
 
 
 def _fsync_file(path: Path) -> None:

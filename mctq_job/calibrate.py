@@ -10,13 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import images
 from .config import Config
 from .errors import InputDataError
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .inputs import Inputs
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Drawn:
         }
 
 
+def run(ctx: RunContext, inputs: Inputs) -> Drawn:
+    """Stage ``calibrate``: which images make up each calibration batch."""
+    return draw(len(inputs.calibration_images), inputs.config)
+
+
 def draw(n_images: int, config: Config) -> Drawn:
     return Drawn(draw_batches(n_images, config.batch_size, config.iteration_count, config.seed), n_images)
 
@@ -59,6 +68,11 @@ def draw_batches(n_images: int, batch_size: int, iteration_count: int, seed: int
     needed = batch_size * iteration_count
     stream = np.concatenate([rng.permutation(n_images) for _ in range(-(-needed // n_images))])
     return [stream[i * batch_size : (i + 1) * batch_size] for i in range(iteration_count)]
+
+
+def batches_of(inputs: Inputs, drawn: Drawn, **callbacks: Any) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """MCT's representative dataset for these inputs and drawn batches (see below)."""
+    return representative_dataset(inputs.calibration_images, drawn.batches, inputs.config, **callbacks)
 
 
 def representative_dataset(

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,7 @@ def main() -> None:
 )
 def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float | None) -> None:
     """Run the whole job (the default command)."""
-    from . import artifacts, capture, lifecycle, logs
+    from . import capture, lifecycle, logs
 
     stream = capture.guard_stdout()
     try:
@@ -107,17 +106,17 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         Event.RUN_START.value, command="run", version=__version__, config=str(config_path.absolute()), pid=os.getpid()
     )
     process = lifecycle.Process(log)
-    process.handle_signals(
-        _if_loaded("mctq_job.imx500", "terminate_running"),
-        _if_loaded("mctq_job.float_worker", "stop_all"),
-        artifacts.abort_all,
-    )
+    process.handle_signals()
     began = time.monotonic()
     try:
         from . import pipeline
+        from .context import RunContext
+        from .progress import Heartbeat
 
-        with process.private_tempdir():
-            result = pipeline.run(config_path, log, max_top1_drop)
+        overrides = {"max_top1_drop": max_top1_drop} if max_top1_drop is not None else None
+        with process.private_tempdir() as temp_dir, Heartbeat(log) as heartbeat:
+            ctx = RunContext(log, temp_dir, process.cleanups, heartbeat)
+            result = pipeline.run(ctx, config_path, overrides)
     except MctqError as exc:
         process.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a bug of ours, whatever it is: say so, keep the traceback
@@ -136,27 +135,18 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
     )
 
 
-def _if_loaded(module: str, function: str) -> Callable[[], object]:
-    """A clean-up calling ``module.function()`` only where the run imported that module: a
-    child process (the IMX500 converter, the float conversion's worker) exists only then."""
-
-    def cleanup() -> object:
-        # getattr with a default: a signal can come while the main thread is still importing it
-        call = getattr(sys.modules.get(module), function, None)
-        return call() if call is not None else None
-
-    return cleanup
-
-
 @main.command()
 @_job_options
 def validate(config_path: Path, log_format: str, log_level: str) -> None:
     """Check configuration.json and everything it names, without TensorFlow."""
+    import tempfile
+
     from . import logs, pipeline
+    from .context import RunContext
 
     log = logs.configure(log_format, log_level.lower())
     try:
-        checked = pipeline.validate(config_path, log)
+        checked = pipeline.validate(RunContext(log, Path(tempfile.gettempdir())), config_path)
     except MctqError as exc:
         from .lifecycle import termination_message
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -21,7 +21,14 @@ import tensorflow as tf
 from . import images
 from .config import Config
 from .errors import InputDataError, calling
-from .inputs import Sample
+from .inputs import Inputs, Sample
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .export import Exported
+    from .model import Loaded
+    from .quantize import Quantized
 
 EVAL_BATCH_SIZE = 64
 TOP_K = 5
@@ -59,6 +66,18 @@ class TFLitePredictor:
         self.interpreter.set_tensor(self.input["index"], _quantize_input(batch, self.input))
         self.interpreter.invoke()
         return _dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported) -> Evaluation:
+    """Stage ``evaluate``: the Keras models and the staged TFLite files on the evaluation images."""
+    progress = Progress(ctx.log, "evaluate", len(inputs.samples), "image", task="evaluation")
+    found = predictors(
+        {"keras": loaded.model, "keras_quantized": quantized.model},
+        {name: file.staged for name, file in exported.models.items()},
+    )
+    evaluation = evaluate(found, inputs.samples, inputs.config, on_images=progress.advance, on_skip=ctx.skip_logger())
+    progress.close()
+    return evaluation
 
 
 def predictors(

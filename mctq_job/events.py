@@ -10,6 +10,21 @@ from __future__ import annotations
 import enum
 
 
+class Stage(enum.StrEnum):
+    """The stages of a run, in the order they run: the ``stage`` of every event written inside
+    one. ``imx500`` runs only where the configuration asks for the package."""
+
+    CONFIG = "config"
+    INPUTS = "inputs"
+    MODEL = "model"
+    CALIBRATE = "calibrate"
+    QUANTIZE = "quantize"
+    EXPORT = "export"
+    IMX500 = "imx500"
+    EVALUATE = "evaluate"
+    REPORT = "report"
+
+
 class Event(enum.StrEnum):
     RUN_START = "run.start"
     RUN_FINISH = "run.finish"
@@ -32,7 +47,7 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.RUN_FINISH: "Last line of a successful run: the four top-1 accuracies, artifacts, duration.",
     Event.RUN_FAILED: "Last line of a failed run: `error`, `exit_code`, `message` naming the culprit (and `problems`).",
     Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
-    Event.STAGE_START: "A stage begins (`stage`: config, inputs, model, calibrate, quantize, export, imx500, evaluate, report).",
+    Event.STAGE_START: f"A stage begins (`stage`: {', '.join(Stage)}), with what it is about to do.",
     Event.STAGE_FINISH: "A stage ended: `duration_s`, the process's `peak_memory_bytes` so far, and the stage's own summary.",
     Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",

@@ -13,14 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import model_compression_toolkit as mct
 import tensorflow as tf
 from model_compression_toolkit.exporter import KerasExportSerializationFormat, QuantizationFormat
 
+from . import calibrate
 from .artifacts import KERAS_FILE, MODEL_FILE, QUANTIZED_FILE, Staging
+from .capture import NATIVE_OUTPUT_LIMIT
+from .context import RunContext, output_errors
 from .errors import ToolkitError, calling
+from .events import Event
+
+if TYPE_CHECKING:
+    from .calibrate import Drawn
+    from .float_worker import FloatConversion
+    from .inputs import Inputs
+    from .model import Loaded
+    from .quantize import Quantized
 
 #: MCT exporter formats, by export_format value.
 MCT_FORMATS = {"mct_int8": QuantizationFormat.INT8, "fakely_quant": QuantizationFormat.FAKELY_QUANT}
@@ -59,33 +70,29 @@ class Exported:
         return {**sizes, **({"keras_quantized_bytes": self.keras.size} if self.keras else {})}
 
 
-def export(
-    model: Any,
-    quantized_model: Any,
-    output_dir: Path,
-    staging: Staging,
-    export_format: str,
-    quantized_io: str = "float",
-    write: Callable[[Path, bytes], Path] | None = None,
-    keras_export: bool = False,
-    float_tflite: Callable[[], bytes] | None = None,
-    representative_data: Callable[[], Iterator[list[Any]]] | None = None,
-) -> Exported:
-    """Stage both TFLite files (and, with ``keras_export``, model_quantized.keras) in
-    ``staging``; ``write`` stages bytes, mapping disk errors. ``float_tflite`` gives
-    model.tflite's bytes where a worker made them; otherwise they are converted here.
-    ``representative_data`` (the calibration batches) gives the full-integer export the ranges of
-    the few tensors MCT leaves unquantized but TFLite must quantize; it is read only for those."""
-    write = write or staging.write_bytes
-    keras = export_keras(quantized_model, output_dir / KERAS_FILE, staging) if keras_export else None
-    quantized_final = output_dir / QUANTIZED_FILE
-    quantized_bytes = quantized_tflite(
-        quantized_model, staging.temp_path(quantized_final), export_format, quantized_io, representative_data
-    )
-    quantized_temp = write(quantized_final, quantized_bytes)
-    float_final = output_dir / MODEL_FILE
-    float_bytes = float_tflite() if float_tflite else convert_float(model)
-    float_temp = write(float_final, float_bytes)
+def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: Drawn, quantized: Quantized) -> Exported:
+    """Stage ``export``: stage model_quantized.tflite, model.tflite and, for the imx500 target,
+    model_quantized.keras. The calibration batches give the full-integer export the ranges of
+    the few tensors MCT leaves unquantized but TFLite must quantize (read only for those)."""
+    config = inputs.config
+    output_dir = config.output_dir
+    with output_errors(output_dir):
+        conversion = _float_conversion(ctx, inputs, loaded.info.parameters)
+        keras = None
+        if config.target_platform == "imx500":
+            keras = export_keras(quantized.model, output_dir / KERAS_FILE, ctx.require_staging())
+        quantized_final = output_dir / QUANTIZED_FILE
+        quantized_bytes = quantized_tflite(
+            quantized.model,
+            ctx.require_staging().temp_path(quantized_final),
+            config.export_format,
+            config.quantized_io,
+            calibrate.batches_of(inputs, drawn),
+        )
+        quantized_temp = ctx.write(quantized_final, quantized_bytes)
+        float_final = output_dir / MODEL_FILE
+        float_bytes = _float_bytes(ctx, conversion) if conversion else convert_float(loaded.model)
+        float_temp = ctx.write(float_final, float_bytes)
     return Exported(
         {
             "tflite": _described(float_final, float_temp, float_bytes),
@@ -93,6 +100,28 @@ def export(
         },
         keras,
     )
+
+
+def _float_conversion(ctx: RunContext, inputs: Inputs, parameters: int) -> FloatConversion | None:
+    """model.tflite's conversion in a worker, overlapping the quantized export (both mostly on one
+    core), for models large enough to gain and where a second core is there to take it."""
+    from . import float_worker
+    from .images import usable_cpus
+
+    if parameters < float_worker.WORKER_MIN_PARAMETERS or usable_cpus() < 2:
+        return None
+    capture = ctx.temp_folder("float-tflite-") / "native-output.txt"
+    return float_worker.FloatConversion(inputs.config.source_keras_model, capture, ctx.cleanups)
+
+
+def _float_bytes(ctx: RunContext, conversion: FloatConversion) -> bytes:
+    try:
+        return conversion.result()
+    finally:
+        if text := conversion.output():
+            ctx.log.debug(
+                Event.LIBRARY_LOG.value, logger="native", message=text[:NATIVE_OUTPUT_LIMIT], worker="float-tflite"
+            )
 
 
 def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFile:

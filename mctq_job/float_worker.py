@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from .cleanups import Cleanups
 from .errors import ToolkitError
 
 #: Models with fewer parameters convert in-process: a worker's start-up would cost more than it saves.
@@ -26,22 +26,19 @@ WORKER_MIN_PARAMETERS = 1_000_000
 TOOL = "TensorFlow Lite converter"
 STOP_GRACE_S = 3.0
 
-_running: set[FloatConversion] = set()
-_running_lock = threading.Lock()
-
 
 class FloatConversion:
-    """One worker converting the model at ``model_path``; :meth:`result` waits for its bytes."""
+    """One worker converting the model at ``model_path``; :meth:`result` waits for its bytes.
+    Its :meth:`stop` is registered in ``cleanups`` while it runs."""
 
-    def __init__(self, model_path: Path, capture: Path):
+    def __init__(self, model_path: Path, capture: Path, cleanups: Cleanups):
         context = multiprocessing.get_context("spawn")
         self._receiver, sender = context.Pipe(duplex=False)
         self.capture = capture
         self.process = context.Process(
             target=_convert, args=(str(model_path), sender, str(capture)), name="mctq-float-tflite", daemon=True
         )
-        with _running_lock:
-            _running.add(self)
+        self._forget = cleanups.add(self.stop)
         self.process.start()
         sender.close()
 
@@ -78,18 +75,6 @@ class FloatConversion:
                 self.process.kill()
                 self.process.join(STOP_GRACE_S)
         self._forget()
-
-    def _forget(self) -> None:
-        with _running_lock:
-            _running.discard(self)
-
-
-def stop_all() -> None:
-    """Stop every worker still running: the process's clean-up on SIGTERM and on failure."""
-    with _running_lock:
-        running = list(_running)
-    for conversion in running:
-        conversion.stop()
 
 
 def _convert(model_path: str, sender: Connection, capture: str) -> None:

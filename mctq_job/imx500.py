@@ -16,13 +16,13 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cleanups import Cleanups
 from .errors import ConfigError
 
 #: Environment variable naming the converter's executable; the mctq-job:imx500 image sets it.
@@ -169,9 +169,12 @@ def export_keras(quantized_model: Any, destination: Path) -> None:
     )
 
 
-def convert(converter: Converter, keras_file: Path, work_dir: Path, on_line: Callable[[str], None]) -> Package:
+def convert(
+    converter: Converter, keras_file: Path, work_dir: Path, on_line: Callable[[str], None], cleanups: Cleanups
+) -> Package:
     """Run the converter on ``keras_file``; its outputs go to ``work_dir/imxconv-output``, its
     temporary files to ``work_dir/imxconv-tmp``. Every output line is passed to ``on_line``.
+    While it runs, stopping its whole process group is registered in ``cleanups``.
 
     A model too large for the chip is not an error here: the Package's facts say
     ``fit_in_chip: False`` and it has no packerOut.zip (the caller decides, e.g. require_fit).
@@ -188,7 +191,7 @@ def convert(converter: Converter, keras_file: Path, work_dir: Path, on_line: Cal
         "--report-size-unit",
         "B",
     ]
-    returncode, tail = _run_streaming(command, _child_env(os.environ, temp_dir), on_line)
+    returncode, tail = _run_streaming(command, _child_env(os.environ, temp_dir), on_line, cleanups)
     report_file = _memory_report_file(output_dir)
     facts = memory_facts(_read_json(report_file), converter.version) if report_file else None
     refused_as_too_large = facts is not None and not facts["fit_in_chip"]
@@ -247,13 +250,13 @@ def _collect_package(
 # ---------------------------------------------------------------------------------------
 # The running converter: streamed, registered, and killable as a whole process group
 
-_running: dict[int, subprocess.Popen] = {}
-_running_lock = threading.Lock()
 
-
-def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+def _run_streaming(
+    command: list[str], env: dict[str, str], on_line: Callable[[str], None], cleanups: Cleanups
+) -> tuple[int, list[str]]:
     """Run ``command`` in a new session (its own process group: the converter starts a shell,
-    Java and more Python below it); return its exit code and last output lines."""
+    Java and more Python below it), with :func:`terminate` registered in ``cleanups`` while it
+    runs; return its exit code and last output lines."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     process = subprocess.Popen(
         command,
@@ -267,8 +270,7 @@ def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[s
     )
     output = process.stdout
     assert output is not None  # stdout=PIPE
-    with _running_lock:
-        _running[process.pid] = process
+    unregister = cleanups.add(lambda: terminate(process))
     try:
         for raw in output:
             line = raw.rstrip("\r\n")
@@ -278,29 +280,16 @@ def _run_streaming(command: list[str], env: dict[str, str], on_line: Callable[[s
     finally:
         # Also on an exception in on_line or an interruption: no converter outlives its caller.
         _stop_group(process)
-        with _running_lock:
-            _running.pop(process.pid, None)
+        unregister()
         output.close()
 
 
-def running_process_groups() -> list[int]:
-    """Process-group ids of the converters running now (each group is one conversion)."""
-    with _running_lock:
-        return sorted(_running)
-
-
-def terminate_running() -> None:
-    """Stop every converter this process started, with all of their children: SIGTERM to
-    each process group, SIGKILL to what is left after KILL_GRACE_S. Safe from any thread."""
-    with _running_lock:
-        processes = list(_running.values())
-    for process in processes:
-        _signal_group(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
-    for process in processes:
-        _wait_group_gone(process, deadline)
-    for process in processes:
-        _stop_group(process)
+def terminate(process: subprocess.Popen) -> None:
+    """Stop a converter with all of its children: SIGTERM to its process group, SIGKILL to
+    what is left after KILL_GRACE_S. Safe from any thread."""
+    _signal_group(process.pid, signal.SIGTERM)
+    _wait_group_gone(process, time.monotonic() + KILL_GRACE_S)
+    _stop_group(process)
 
 
 def _stop_group(process: subprocess.Popen) -> None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import images
 from .config import PATH_KEYS, Config, read_text
 from .errors import ConfigError, InputDataError, MctqError, OutputError
+from .events import Event
 
 if TYPE_CHECKING:
+    from .configure import Configured
+    from .context import RunContext
     from .imx500 import Converter
 
 KERAS_FILE_SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -54,6 +57,16 @@ class Inputs:
             "labels": len(self.labels),
             "ignored": len(self.ignored),
             "skipped": len(self.skipped),
+            **(
+                {
+                    "imx500_converter": {
+                        "path": str(self.imx500_converter.path),
+                        "version": self.imx500_converter.version,
+                    }
+                }
+                if self.imx500_converter
+                else {}
+            ),
         }
 
 
@@ -79,6 +92,22 @@ class _Problems:
 def _listed(paths: list) -> str:
     shown = ", ".join(str(p) for p in paths[:LISTED])
     return shown + (f" and {len(paths) - LISTED} more" if len(paths) > LISTED else "")
+
+
+def run(ctx: RunContext, configured: Configured) -> Inputs:
+    """Stage ``inputs``: every path the configuration names checked, the images and labels
+    found, and Sony's converter found and probed where the IMX500 package is asked for."""
+    checked = check(configured.config, configured.file)
+    imx500 = configured.config.imx500
+    if imx500 is not None and imx500.package:
+        from . import imx500 as imx500_mod
+
+        checked = replace(checked, imx500_converter=imx500_mod.find_converter())
+    for path, reason in checked.ignored:
+        ctx.log.warning(Event.INPUT_IGNORED.value, path=path, reason=reason)
+    for image, reason in checked.skipped:
+        ctx.log.warning(Event.INPUT_SKIPPED.value, path=str(image), reason=reason)
+    return checked
 
 
 def check(config: Config, config_file: Path) -> Inputs:

@@ -13,11 +13,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
 from . import interrupts
+from .cleanups import Cleanups
 from .errors import Interrupted, MctqError
 from .events import Event
 from .logs import Logger, state
@@ -32,27 +33,28 @@ INTERRUPT_DEADLINE_S = 8.0
 
 
 class Process:
-    """What one run's process owns beyond the pipeline: temp folders to remove and clean-ups
-    to run when it is interrupted, and the single way it exits."""
+    """What one run's process owns beyond the pipeline: its temp folder, the registry of
+    clean-ups that the run's child processes, workers and staging area register with (run when
+    the run fails or is interrupted), and the single way it exits."""
 
     def __init__(self, log: Logger):
         self.log = log
+        self.cleanups = Cleanups()
         self._tempdirs: list[str] = []
-        self._cleanups: list[Callable[[], object]] = []
         # Set by the signal watcher before it cleans up; from then on only it may end the process.
         self._interrupting = threading.Event()
         self._signum = 0
 
-    def handle_signals(self, *cleanups: Callable[[], object]) -> None:
-        """From now on SIGINT/SIGTERM run ``cleanups`` (child processes, staged files), remove
-        the temp folders, report, and exit 130/143, even inside a long C++ call."""
-        self._cleanups.extend(cleanups)
+    def handle_signals(self) -> None:
+        """From now on SIGINT/SIGTERM run the registered clean-ups (child processes, staged
+        files), remove the temp folder, report, and exit 130/143, even inside a long C++ call."""
         interrupts.install(self._interrupted)
 
     @contextlib.contextmanager
     def private_tempdir(self) -> Iterator[Path]:
-        """TensorFlow leaves files (autograph's generated code) in the temp folder: give the run
-        its own, removed afterwards however the run ends."""
+        """The run's own temp folder, removed afterwards however the run ends. The job's code is
+        handed its path (RunContext.temp_dir); it is also made the process's default temp folder
+        because TensorFlow leaves files there (autograph's generated code) that must go with it."""
         path = tempfile.mkdtemp(prefix="mctq-job-")
         self._tempdirs.append(path)
         previous, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
@@ -72,7 +74,7 @@ class Process:
         """Report a failed run (with the traceback of the original exception, where one is kept)
         and exit with the error's code."""
         self._yield_to_interrupt()
-        _, problems = self._run_cleanups()
+        _, problems = self.cleanups.run()
         if problems:
             fields["cleanup_errors"] = problems
         original = getattr(exc, "original", None)
@@ -105,7 +107,7 @@ class Process:
         deadline.daemon = True
         deadline.start()
         try:
-            removed, problems = self._run_cleanups()
+            removed, problems = self.cleanups.run()
             for path in self._tempdirs:
                 shutil.rmtree(path, ignore_errors=True)
             fields: dict[str, object] = {"removed_temporary_files": removed}
@@ -113,21 +115,9 @@ class Process:
                 fields["cleanup_errors"] = problems
             self.log.error(Event.RUN_FAILED.value, message=exc.message, **fields, **exc.event_fields())
             termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
-            self._run_cleanups()  # again: the main thread may still have been writing (MCT's exporter)
+            self.cleanups.run()  # again: the main thread may still have been writing (MCT's exporter)
         finally:
             exit_now(exc.exit_code)
-
-    def _run_cleanups(self) -> tuple[int, list[str]]:
-        """Every clean-up, each guarded: (temporary files removed, what failed)."""
-        removed, problems = 0, []
-        for cleanup in self._cleanups:
-            try:
-                result = cleanup()
-            except Exception as error:  # noqa: BLE001 - the process must still end; say what failed
-                problems.append(f"{getattr(cleanup, '__qualname__', cleanup)}: {type(error).__name__}: {error}")
-                continue
-            removed += len(result) if isinstance(result, list) else 0
-        return removed, problems
 
 
 def apply_umask(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:

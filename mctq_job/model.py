@@ -6,10 +6,13 @@ enough for every label id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InputDataError, calling
 from .inputs import Inputs
+
+if TYPE_CHECKING:
+    from .context import RunContext
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,14 @@ class Loaded:
 
     model: Any
     info: ModelInfo
+
+    def summary(self) -> dict[str, Any]:
+        return self.info.summary()
+
+
+def run(ctx: RunContext, inputs: Inputs) -> Loaded:
+    """Stage ``model``."""
+    return load(inputs)
 
 
 def load(inputs: Inputs) -> Loaded:

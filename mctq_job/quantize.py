@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import model_compression_toolkit as mct
 
+from . import calibrate
 from .config import Config
+from .errors import calling
+from .events import Event
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .inputs import Inputs
+    from .model import Loaded
 
 #: ResourceUtilization fields reported in results.json (bytes, and bit-operations for bops).
 RESOURCE_FIELDS = ("weights_memory", "activation_memory", "total_memory", "bops")
@@ -28,6 +37,20 @@ class Quantized:
 
     def summary(self) -> dict[str, Any]:
         return {"resource_utilization": self.resource_utilization}
+
+
+def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: calibrate.Drawn) -> Quantized:
+    """Stage ``quantize``: MCT reads the drawn batches (progress per batch) and quantizes."""
+    config = inputs.config
+    skipped: list[tuple[Path, str]] = []
+    progress = Progress(ctx.log, "quantize", config.iteration_count, "batch", task="calibration")
+    data = calibrate.batches_of(inputs, drawn, on_batch=progress.advance, on_skip=ctx.skip_logger(skipped))
+    with calling("MCT"):
+        quantized = quantize(loaded.model, data, config)
+    progress.close()
+    if quantized.statistics is not None:
+        ctx.log.info(Event.STATISTICS.value, **quantized.statistics)
+    return replace(quantized, skipped_images=tuple(skipped))
 
 
 def target_platform_capabilities(name: str, version: str) -> Any:

@@ -25,10 +25,20 @@ def test_abort_removes_temporary_files_and_keeps_older_artifacts(tmp_path):
     staging = artifacts.Staging("run2")
     staging.write_bytes(final, artifacts.json_bytes({"new": 1}))
     staging.write_bytes(tmp_path / "other.bin", b"x")
-    removed = artifacts.abort_all()
+    removed = staging.abort()
     assert len(removed) == 2
     assert final.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_second_abort_removes_what_a_late_writer_created(tmp_path):
+    """A library still writing when the run was aborted (MCT's exporter) creates its file after
+    the first abort; the clean-up's second pass removes it."""
+    staging = artifacts.Staging("run4")
+    temp = staging.write_bytes(tmp_path / "model_quantized.tflite", b"x")
+    assert staging.abort() == [temp]
+    temp.write_bytes(b"late")
+    assert staging.abort() == [temp] and list(tmp_path.iterdir()) == []
 
 
 def test_commit_replaces_older_artifacts_whole(tmp_path):

@@ -21,20 +21,25 @@ def test_the_worker_converts_to_the_same_bytes_as_the_job_itself(project, tmp_pa
     import tensorflow as tf
 
     from mctq_job import export, float_worker
+    from mctq_job.cleanups import Cleanups
 
     model_path = project / "model" / "saved_model"
-    conversion = float_worker.FloatConversion(model_path, tmp_path / "native.txt")
+    cleanups = Cleanups()
+    conversion = float_worker.FloatConversion(model_path, tmp_path / "native.txt", cleanups)
+    assert len(cleanups) == 1  # its stop() is registered while it runs
     in_process = export.convert_float(tf.keras.models.load_model(str(model_path), compile=False))
     assert conversion.result() == in_process
     assert not conversion.process.is_alive() and conversion.process.exitcode == 0
+    assert len(cleanups) == 0
 
 
 def test_a_worker_that_fails_is_a_toolkit_failure_naming_the_converter(tmp_path):
     """No model at the path: the worker reports TensorFlow's error, raised as exit 5 for the converter."""
     from mctq_job import float_worker
+    from mctq_job.cleanups import Cleanups
     from mctq_job.errors import ToolkitError
 
-    conversion = float_worker.FloatConversion(tmp_path / "missing", tmp_path / "native.txt")
+    conversion = float_worker.FloatConversion(tmp_path / "missing", tmp_path / "native.txt", Cleanups())
     with pytest.raises(ToolkitError) as failure:
         conversion.result()
     assert failure.value.tool == float_worker.TOOL and "missing" in failure.value.message

@@ -20,6 +20,7 @@ from xml.etree import ElementTree
 import pytest
 
 from mctq_job import imx500
+from mctq_job.cleanups import Cleanups
 from mctq_job.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ def digits_keras(digits_float, tmp_path_factory):
 def digits_package(converter, digits_keras, tmp_path_factory):
     lines: list[str] = []
     work_dir = tmp_path_factory.mktemp("imx500-work")
-    package = imx500.convert(converter, digits_keras[2], work_dir, lines.append)
+    package = imx500.convert(converter, digits_keras[2], work_dir, lines.append, Cleanups())
     return package, lines, work_dir
 
 
@@ -242,7 +243,9 @@ def test_exported_keras_predicts_like_the_quantized_model_in_a_fresh_process(dig
 def test_every_accepted_tpc_version_converts(converter, digits_float, tpc_version, tmp_path):
     model, pixels = digits_float
     imx500.export_keras(quantize_for_imx500(model, pixels, tpc_version), tmp_path / "model_quantized.keras")
-    package = imx500.convert(converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None)
+    package = imx500.convert(
+        converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None, Cleanups()
+    )
     assert package.fits and package.packer_out is not None
 
 
@@ -265,7 +268,9 @@ def test_model_too_large_for_the_chip_does_not_fit(converter, tmp_path):
     )
     imx500.export_keras(quantize_for_imx500(model, pixels, core_config=fast), tmp_path / "model_quantized.keras")
 
-    package = imx500.convert(converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None)
+    package = imx500.convert(
+        converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None, Cleanups()
+    )
     assert package.facts["fit_in_chip"] is False
     assert package.facts["memory_usage_bytes"] > package.facts["total_memory_bytes"]
     assert package.facts["utilization"] > 1
@@ -285,10 +290,25 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def own_sessions() -> list[int]:
+    """Process groups led by a child of this process (the converter runs in a session of its own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and int(fields[2]) == int(stat.parent.name) and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.slow
-def test_terminate_running_kills_the_whole_conversion(converter, digits_keras, tmp_path, capfd):
-    """Stopped once Java runs (the deepest part of the tree): nothing of it survives, the call
-    raises ConverterError, and none of the converter's output reached the job's stdout."""
+def test_the_registered_cleanup_kills_the_whole_conversion(converter, digits_keras, tmp_path, capfd):
+    """Stopped once Java runs (the deepest part of the tree) by the clean-up the conversion
+    registered: nothing of it survives, the call raises ConverterError, the clean-up is
+    unregistered, and none of the converter's output reached the job's stdout."""
+    cleanups = Cleanups()
     java_started = threading.Event()
     outcome: dict[str, BaseException] = {}
 
@@ -298,22 +318,22 @@ def test_terminate_running_kills_the_whole_conversion(converter, digits_keras, t
 
     def run() -> None:
         try:
-            imx500.convert(converter, digits_keras[2], tmp_path, on_line)
+            imx500.convert(converter, digits_keras[2], tmp_path, on_line, cleanups)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
 
     worker = threading.Thread(target=run)
     worker.start()
     assert java_started.wait(timeout=300), "the converter never reached its Java stage"
-    (pgid,) = imx500.running_process_groups()
-    assert len(group_members(pgid)) >= 2
+    (pgid,) = own_sessions()
+    assert len(group_members(pgid)) >= 2 and len(cleanups) == 1
 
     started = time.monotonic()
-    imx500.terminate_running()
+    cleanups.run()
     assert time.monotonic() - started < imx500.KILL_GRACE_S + 5
     assert group_members(pgid) == []
     worker.join(timeout=30)
     assert isinstance(outcome.get("error"), imx500.ConverterError)
     assert outcome["error"].returncode != 0
-    assert imx500.running_process_groups() == []
+    assert len(cleanups) == 0 and own_sessions() == []
     assert capfd.readouterr().out == ""

@@ -20,15 +20,14 @@ from mctq_job import artifacts
 from mctq_job import config as config_mod
 from mctq_job.artifacts import ARTIFACT_NAMES, MANIFEST_FILE
 from mctq_job.errors import ConfigError, InputDataError
-from mctq_job.events import Event
-from mctq_job.pipeline import STAGES as ALL_STAGES
+from mctq_job.events import Event, Stage
 from mctq_job.report import MODELS
 
 pytestmark = pytest.mark.slow
 
 NOTEBOOK_KEYS = tuple(f"top_1_accuracy_{name}" for name in MODELS)
 #: The stages of a run without the IMX500 package.
-STAGES = [stage for stage in ALL_STAGES if stage != "imx500"]
+STAGES = [stage for stage in Stage if stage != Stage.IMX500]
 
 
 def outputs(project: Path) -> dict[str, Path]:

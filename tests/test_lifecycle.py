@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
 
-from mctq_job import cli, lifecycle
+from mctq_job import lifecycle
+from mctq_job.cleanups import Cleanups
 from mctq_job.errors import Interrupted
 
 SCRIPT = """
@@ -40,7 +40,9 @@ def later():
     return [marker]
 
 first = {"raises": raises, "blocks": blocks}[sys.argv[1]]
-process.handle_signals(first, later)
+process.cleanups.add(later)
+process.cleanups.add(first)  # the newest runs first
+process.handle_signals()
 print('{"event": "ready"}', flush=True)
 if sys.argv[3] == "fail":  # the main thread fails because of the interruption, as a real stage does
     while not process._interrupting.is_set():
@@ -85,13 +87,17 @@ def test_a_blocking_cleanup_cannot_keep_the_process_alive(tmp_path):
     assert all(e["event"] != "run.failed" for e in events)
 
 
-def test_a_cleanup_for_a_module_still_being_imported_does_nothing(monkeypatch):
-    half_imported = types.ModuleType("mctq_job.half_imported")  # in sys.modules, functions not yet defined
-    monkeypatch.setitem(sys.modules, half_imported.__name__, half_imported)
-    assert cli._if_loaded(half_imported.__name__, "stop_all")() is None
-    half_imported.stop_all = lambda: "stopped"
-    assert cli._if_loaded(half_imported.__name__, "stop_all")() == "stopped"
-    assert cli._if_loaded("mctq_job.never_imported", "stop_all")() is None
+def test_cleanups_run_newest_first_and_only_while_registered():
+    """What registered a clean-up and ended by itself removes it; the rest run newest first,
+    each guarded, and may run again (a second pass after a late writer)."""
+    cleanups = Cleanups()
+    ran: list[str] = []
+    cleanups.add(lambda: ran.append("staging") or [Path("a"), Path("b")])
+    done = cleanups.add(lambda: ran.append("finished worker"))
+    cleanups.add(lambda: ran.append("converter"))
+    done()
+    assert cleanups.run() == (2, []) and ran == ["converter", "staging"]
+    assert cleanups.run() == (2, []) and ran == ["converter", "staging"] * 2
 
 
 def test_the_documented_deadline_is_the_code_s():
@@ -106,7 +112,7 @@ def test_the_reported_peak_memory_is_the_jobs_own_not_its_parents():
         import subprocess, sys
         held = bytearray(600 * 2**20)
         held[::4096] = b"x" * len(held[::4096])  # resident, not only reserved
-        child = "from mctq_job.pipeline import peak_memory_bytes; print(peak_memory_bytes())"
+        child = "from mctq_job.context import peak_memory_bytes; print(peak_memory_bytes())"
         print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout)
     """)
     reported = int(

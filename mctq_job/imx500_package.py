@@ -1,0 +1,54 @@
+"""Stage ``imx500``: Sony's converter (found and probed in the inputs stage) turns the staged
+model_quantized.keras into the package for the sensor; its package, parameters and memory
+report are staged with the other artifacts, and its memory facts answer "does it fit the
+chip?". Runs only where ``imx500.package`` is on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import artifacts, imx500
+from .context import RunContext
+from .errors import ToolkitError
+from .events import Event
+
+if TYPE_CHECKING:
+    from .export import Exported
+    from .imx500 import Converter
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """The stage's value: the converter's memory facts (results.json's ``imx500``)."""
+
+    facts: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.facts)
+
+
+def run(ctx: RunContext, converter: Converter, exported: Exported) -> Packaged:
+    """Convert in a private folder; the converter's output lines become ``library.log`` events."""
+    if exported.keras is None:
+        raise RuntimeError("the imx500 stage needs the export stage's model_quantized.keras")
+    output_dir = exported.keras.final.parent
+
+    def on_line(line: str) -> None:
+        if line.strip():
+            ctx.log.info(Event.LIBRARY_LOG.value, logger=imx500.EXECUTABLE, message=line.strip())
+
+    work_dir = ctx.temp_folder("imxconv-")
+    try:
+        package = imx500.convert(converter, exported.keras.staged, work_dir, on_line, ctx.cleanups)
+    except imx500.ConverterError as exc:
+        raise ToolkitError("IMX500 converter", exc, str(exc)) from exc
+    produced = {
+        artifacts.PACKAGE_FILE: package.packer_out,  # None where the model does not fit the chip
+        artifacts.DNN_PARAMS_FILE: package.dnn_params,
+        artifacts.MEMORY_REPORT_FILE: package.memory_report,
+    }
+    for name, source in produced.items():
+        if source is not None:
+            ctx.write(output_dir / name, source.read_bytes())
+    return Packaged(package.facts)

@@ -10,7 +10,7 @@ so memory grows by a few bytes per image, whatever the image size.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +21,10 @@ import tensorflow as tf
 from . import images
 from .config import Config
 from .errors import InputDataError, calling
-from .inputs import Inputs, Sample
+from .inputs import Inputs
 from .progress import Progress
+from .tasks import task_for
+from .tasks.classification import ClassFolders, Tally
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from .quantize import Quantized
 
 EVAL_BATCH_SIZE = 64
-TOP_K = 5
 LATENCY_WARMUP_RUNS = 3
 LATENCY_RUNS = 20
 
@@ -70,12 +71,12 @@ class TFLitePredictor:
 
 def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported) -> Evaluation:
     """Stage ``evaluate``: the Keras models and the staged TFLite files on the evaluation images."""
-    progress = Progress(ctx.log, "evaluate", len(inputs.samples), "image", task="evaluation")
+    progress = Progress(ctx.log, "evaluate", len(inputs.truth.images), "image", task="evaluation")
     found = predictors(
         {"keras": loaded.model, "keras_quantized": quantized.model},
         {name: file.staged for name, file in exported.models.items()},
     )
-    evaluation = evaluate(found, inputs.samples, inputs.config, on_images=progress.advance, on_skip=ctx.skip_logger())
+    evaluation = evaluate(found, inputs.truth, inputs.config, on_images=progress.advance, on_skip=ctx.skip_logger())
     progress.close()
     return evaluation
 
@@ -108,51 +109,36 @@ def _dequantize_output(values: np.ndarray, detail: dict) -> np.ndarray:
     return (values.astype(np.float32) - zero) * scale
 
 
-@dataclass
-class ModelScore:
-    correct: int = 0
-    correct_top5: int = 0
-    seconds: float = 0.0
-    predictions: list[np.ndarray] = field(default_factory=list)
-
-    def predicted(self) -> np.ndarray:
-        return np.concatenate(self.predictions) if self.predictions else np.zeros(0, np.int64)
-
-
 @dataclass(frozen=True)
 class Evaluation:
-    """The stage's value: every model's predictions and latency on the same pixels."""
+    """The stage's value: every model's outputs on the same pixels, scored by the task's
+    tally, and each model's time and single-image latency."""
 
     image_count: int  # images evaluated (skipped ones excluded)
-    labels: np.ndarray  # their labels, in evaluation order
-    scores: dict[str, ModelScore]
+    tally: Tally  # the task's scores of every model
+    seconds: dict[str, float]  # per model: time spent in its batched calls
     skipped: list[tuple[Path, str]]  # undecodable images left out (on_corrupt_image: skip)
     latencies: dict[str, dict[str, Any]]  # per model: single-image latency (see latency())
     batch_size: int = EVAL_BATCH_SIZE
     threads: int = field(default_factory=images.usable_cpus)
 
-    def accuracy(self, name: str) -> float:
-        return self.scores[name].correct / self.image_count
-
-    def top5_accuracy(self, name: str) -> float:
-        return self.scores[name].correct_top5 / self.image_count
-
     def summary(self) -> dict[str, Any]:
-        accuracies = {f"top_1_accuracy_{name}": round(self.accuracy(name), 4) for name in self.scores}
-        return {**accuracies, "latency_median_ms": {name: facts["median_ms"] for name, facts in self.latencies.items()}}
+        latency = {name: facts["median_ms"] for name, facts in self.latencies.items()}
+        return {**self.tally.summary(), "latency_median_ms": latency}
 
 
 def evaluate(
     predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
-    samples: Sequence[Sample],
+    truth: ClassFolders,
     config: Config,
     on_images: Callable[[int], None] = lambda n: None,
     on_skip: Callable[[Path, str], None] = lambda path, reason: None,
 ) -> Evaluation:
-    paths = [s.path for s in samples]
-    all_labels = np.asarray([s.label for s in samples], dtype=np.int64)
-    scores = {name: ModelScore() for name in predictors}
-    evaluated, skipped, example = [], [], None
+    """Decode each batch once, run every model on it, and hand the outputs to the task's tally."""
+    paths = truth.images
+    tally = task_for(config).tally(truth, list(predictors))
+    seconds = dict.fromkeys(predictors, 0.0)
+    evaluated, skipped, example = 0, [], None
     batches = images.iter_batches(
         paths,
         EVAL_BATCH_SIZE,
@@ -165,44 +151,24 @@ def evaluate(
             skipped.append((path, reason))
             on_skip(path, reason)
         if batch.pixels is not None:
-            truth = all_labels[start : start + EVAL_BATCH_SIZE][batch.kept]
-            evaluated.append(truth)
+            indices = start + np.asarray(batch.kept, dtype=np.int64)
+            evaluated += len(indices)
             example = batch.pixels[:1].copy() if example is None else example
-            _score_batch(predictors, scores, batch.pixels, truth)
+            for name, predict in predictors.items():
+                began = time.perf_counter()
+                with calling("TensorFlow"):
+                    outputs = predict(batch.pixels)
+                seconds[name] += time.perf_counter() - began
+                tally.add(name, outputs, indices)
         on_images(len(batch.kept) + len(batch.skipped))
-    labels = np.concatenate(evaluated) if evaluated else np.zeros(0, np.int64)
     if example is None:
         raise InputDataError(
-            f"key 'evaluate_image_dir': none of the {len(samples)} evaluation images could be "
+            f"key 'evaluate_image_dir': none of the {len(paths)} evaluation images could be "
             f"decoded; expected readable JPEG, PNG or BMP files"
         )
     with calling("TensorFlow"):
         latencies = {name: latency(predict, example) for name, predict in predictors.items()}
-    return Evaluation(len(labels), labels, scores, skipped, latencies)
-
-
-def _score_batch(
-    predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
-    scores: dict[str, ModelScore],
-    pixels: np.ndarray,
-    truth: np.ndarray,
-) -> None:
-    for name, predict in predictors.items():
-        began = time.perf_counter()
-        with calling("TensorFlow"):
-            outputs = predict(pixels)
-        score = scores[name]
-        score.seconds += time.perf_counter() - began
-        predicted = np.argmax(outputs, axis=-1).astype(np.int32)
-        score.correct += int(np.sum(predicted == truth))
-        score.correct_top5 += int(np.sum(np.any(_top_k(outputs, TOP_K) == truth[:, None], axis=1)))
-        score.predictions.append(predicted)
-
-
-def _top_k(outputs: np.ndarray, k: int) -> np.ndarray:
-    """The k best classes of each row (unordered); all classes where there are fewer than k."""
-    k = min(k, outputs.shape[-1])
-    return np.argpartition(-outputs, k - 1, axis=-1)[:, :k]
+    return Evaluation(evaluated, tally, seconds, skipped, latencies)
 
 
 def latency(

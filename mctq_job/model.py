@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, InputDataError, calling
 from .inputs import Inputs
+from .tasks import task_for
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -18,11 +19,11 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ModelInfo:
     input_shape: tuple[int | None, ...]
-    output_width: int
+    outputs: dict[str, Any]  # what the task found in the model's outputs (classification: output_width)
     parameters: int
 
     def summary(self) -> dict[str, Any]:
-        return {"input_shape": list(self.input_shape), "output_width": self.output_width, "parameters": self.parameters}
+        return {"input_shape": list(self.input_shape), **self.outputs, "parameters": self.parameters}
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def contract(model: Any, inputs: Inputs) -> ModelInfo:
-    """The model's facts, or the error that says how it does not fit the configuration."""
+    """The model's facts, or the error that says how it does not fit the configuration: one
+    square RGB input of input_tensor_size, and the outputs the task needs."""
     config = inputs.config
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.inputs) != 1:
         raise InputDataError(
-            f"key 'source_keras_model': the model has {len(model.inputs)} inputs and "
-            f"{len(model.outputs)} outputs; expected an image classifier with one of each"
+            f"key 'source_keras_model': the model has {len(model.inputs)} inputs; expected one image input"
         )
     in_shape = tuple(model.inputs[0].shape)
-    out_shape = tuple(model.outputs[0].shape)
     if len(in_shape) != 4 or in_shape[3] not in (3, None):
         raise InputDataError(
             f"key 'source_keras_model': model input shape {in_shape} is not (batch, height, "
@@ -94,18 +94,5 @@ def contract(model: Any, inputs: Inputs) -> ModelInfo:
             f"{in_shape[1]}x{in_shape[2]}; accepted: {in_shape[1] or in_shape[2]}",
             key="input_tensor_size",
         )
-    if len(out_shape) != 2 or out_shape[1] is None:
-        raise InputDataError(
-            f"key 'source_keras_model': model output shape {out_shape} is not (batch, classes); "
-            f"expected a classifier with one score per class"
-        )
-    width = int(out_shape[1])
-    too_big = sorted((label, name) for name, label in inputs.labels.items() if label >= width)
-    if too_big:
-        label, name = too_big[0]
-        raise InputDataError(
-            f"label file {config.evaluate_label_file}: id {label} of {name!r} is beyond the "
-            f"model's {width} outputs; accepted ids: 0 to {width - 1}",
-            file=str(config.evaluate_label_file),
-        )
-    return ModelInfo(in_shape, width, int(model.count_params()))
+    outputs = task_for(config).check_outputs(model, config, inputs.truth)
+    return ModelInfo(in_shape, outputs, int(model.count_params()))

@@ -98,7 +98,7 @@ def run(
         packaged = None
         if inputs.imx500_converter is not None:  # found in the inputs stage where imx500.package is on
             packaged = ctx.stage(Stage.IMX500).run(heavy.imx500, inputs.imx500_converter, exported)
-        evaluation = ctx.stage(Stage.EVALUATE, images=len(inputs.samples)).run(
+        evaluation = ctx.stage(Stage.EVALUATE, images=len(inputs.truth.images)).run(
             heavy.evaluate, inputs, loaded, quantized, exported
         )
         from .report import RunValues

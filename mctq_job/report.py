@@ -71,12 +71,13 @@ class RunValues:
 
 def results(values: RunValues) -> dict[str, Any]:
     """results.json: the notebook's four keys first, then everything else the stages found."""
-    config, evaluation, classes = values.config, values.evaluation, values.inputs.labels
+    config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
+    tally = evaluation.tally
     tflite = values.exported.models
-    doc: dict[str, Any] = {f"top_1_accuracy_{name}": evaluation.accuracy(name) for name in MODELS}
+    doc: dict[str, Any] = {f"top_1_accuracy_{name}": tally.accuracy(name) for name in MODELS}
     doc["results_version"] = RESULTS_VERSION
     doc["image_count"] = evaluation.image_count
-    doc["class_count"] = int(len(set(evaluation.labels.tolist())))
+    doc["class_count"] = int(len(set(tally.labels.tolist())))
     doc["classes"] = dict(sorted(classes.items(), key=lambda item: item[1]))
     doc["target_platform"] = config.target_platform
     doc["seed"] = config.seed
@@ -86,7 +87,7 @@ def results(values: RunValues) -> dict[str, Any]:
     doc["skipped_images"] = [{"path": str(path), "reason": reason} for path, reason in skipped]
     doc["sizes"] = sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size)
     doc["resource_utilization"] = values.quantized.resource_utilization
-    doc["gate"] = gate({name: evaluation.accuracy(name) for name in MODELS}, config.max_top1_drop)
+    doc["gate"] = gate({name: tally.accuracy(name) for name in MODELS}, config.max_top1_drop)
     doc["quantized_io"] = {"type": config.quantized_io, **tflite["tflite_quantized"].io}
     doc["imx500"] = values.imx500
     doc["models"] = {name: _model_details(values, name) for name in MODELS}
@@ -96,23 +97,24 @@ def results(values: RunValues) -> dict[str, Any]:
 
 
 def _model_details(values: RunValues, name: str) -> dict[str, Any]:
-    evaluation, classes = values.evaluation, values.inputs.labels
+    evaluation, classes = values.evaluation, values.inputs.truth.labels
+    tally = evaluation.tally
     exported = values.exported.models.get(name)
-    score = evaluation.scores[name]
+    score = tally.scores[name]
     predicted = score.predicted()
     details: dict[str, Any] = {
         "description": MODELS[name],
         "file": str(exported.final) if exported else None,
         "bytes": exported.size if exported else None,
         "correct": score.correct,
-        "top_1_accuracy": evaluation.accuracy(name),
-        "top_5_accuracy": evaluation.top5_accuracy(name),
-        "per_class": per_class(evaluation.labels, predicted, classes),
-        "confusion": confusion(evaluation.labels, predicted),
+        "top_1_accuracy": tally.accuracy(name),
+        "top_5_accuracy": tally.top5_accuracy(name),
+        "per_class": per_class(tally.labels, predicted, classes),
+        "confusion": confusion(tally.labels, predicted),
         "inference": {
             "batch_size": evaluation.batch_size,
             "threads": evaluation.threads,
-            "ms_per_image": round(1000 * score.seconds / evaluation.image_count, 3),
+            "ms_per_image": round(1000 * evaluation.seconds[name] / evaluation.image_count, 3),
         },
         "latency": evaluation.latencies.get(name),
     }
@@ -145,7 +147,7 @@ def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
 
 def agreement(evaluation: Evaluation) -> dict[str, float]:
     """Fraction of images on which two models predict the same class, right or wrong."""
-    predicted = {name: evaluation.scores[name].predicted() for name in MODELS}
+    predicted = {name: evaluation.tally.scores[name].predicted() for name in MODELS}
     return {f"{a}_vs_{b}": float(np.mean(predicted[a] == predicted[b])) for a, b in AGREEMENT_PAIRS}
 
 

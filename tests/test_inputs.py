@@ -44,13 +44,13 @@ def test_valid_project_discovers_images_recursively_in_any_case(tiny_project):
     the configured extension under each class folder, labelled from the label file."""
     checked = check(tiny_project)
     assert [p.name for p in checked.calibration_images] == ["img0.png", "img2.jpeg", "img1.JPG", "img3.bmp"]
-    assert {(s.class_name, s.label) for s in checked.samples} == {("cat", 0), ("dog", 1)}
-    assert len(checked.samples) == 4
+    assert {(s.class_name, s.label) for s in checked.truth.samples} == {("cat", 0), ("dog", 1)}
+    assert len(checked.truth.samples) == 4
 
 
 def test_evaluation_images_nested_below_class_folders_and_upper_case_extension_count(tiny_project):
     save_image(tiny_project / "data" / "val" / "dog" / "deeper" / "more" / "x.JPG")
-    assert len(check(tiny_project).samples) == 5
+    assert len(check(tiny_project).truth.samples) == 5
 
 
 def test_missing_paths_are_named_with_their_key(tiny_project):
@@ -177,7 +177,7 @@ def test_unreadable_images_can_be_skipped_instead(tiny_project):
     victim.write_bytes(b"")
     write_config(tiny_project, {**read_config(tiny_project), "on_corrupt_image": "skip"})
     checked = check(tiny_project)
-    assert victim not in {s.path for s in checked.samples} and checked.skipped[0][0] == victim
+    assert victim not in {s.path for s in checked.truth.samples} and checked.skipped[0][0] == victim
 
 
 @pytest.mark.parametrize(

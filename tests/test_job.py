@@ -140,7 +140,7 @@ def _accuracy_one_image_at_a_time(model_path: Path, project: Path) -> float:
     from mctq_job.inputs import check
 
     cfg = config_mod.load(project / "configuration.json")
-    samples = check(cfg, project / "configuration.json").samples
+    samples = check(cfg, project / "configuration.json").truth.samples
     interpreter = tf.lite.Interpreter(model_path=str(model_path))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -252,7 +252,7 @@ def test_keras_v3_file_loads_and_passes_the_model_checks(project: Path):
     write_config(project, {**read_config(project), "source_keras_model": "model/model.keras"})
     cfg = config_mod.load(project / "configuration.json")
     info = load(check(cfg, project / "configuration.json")).info
-    assert info.output_width == 10 and tuple(info.input_shape[1:]) == (32, 32, 3)
+    assert info.outputs == {"output_width": 10} and tuple(info.input_shape[1:]) == (32, 32, 3)
 
 
 def test_input_size_that_contradicts_the_model(project: Path):

@@ -9,18 +9,25 @@ import numpy as np
 import pytest
 
 from mctq_job import report
-from mctq_job.evaluate import Evaluation, ModelScore
+from mctq_job.evaluate import Evaluation
 from mctq_job.report import MODELS
+from mctq_job.tasks.classification import ClassFolders, Sample, Tally
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
+CLASSES = {"a": 0, "b": 1, "c": 2}
+TRUTH = ClassFolders(
+    CLASSES, tuple(Sample(Path(f"/p/val/{i}.jpg"), int(label), "abc"[label]) for i, label in enumerate(LABELS))
+)
 
 
 def evaluation(**predicted) -> Evaluation:
-    scores = {}
+    """The models' per-image top-1 classes (the true ones by default), tallied by the real task."""
+    tally = Tally(TRUTH, list(MODELS))
     for name in MODELS:
         guess = np.asarray(predicted.get(name, LABELS), dtype=np.int32)
-        scores[name] = ModelScore(correct=int((guess == LABELS).sum()), correct_top5=len(LABELS), predictions=[guess])
-    return Evaluation(len(LABELS), LABELS, scores, [], {name: {"median_ms": 1.0} for name in MODELS})
+        tally.add(name, np.eye(3, dtype=np.float32)[guess], np.arange(len(LABELS)))
+    seconds = dict.fromkeys(MODELS, 0.007)
+    return Evaluation(len(LABELS), tally, seconds, [], {name: {"median_ms": 1.0} for name in MODELS})
 
 
 def run_values(evaluation: Evaluation, classes: dict[str, int], seed: int = 0) -> report.RunValues:
@@ -54,8 +61,8 @@ def run_values(evaluation: Evaluation, classes: dict[str, int], seed: int = 0) -
     }
     return report.RunValues(
         config,
-        Inputs(config, Path("/p/configuration.json"), (), (), classes),
-        ModelInfo((None, 8, 8, 3), 3, 100),
+        Inputs(config, Path("/p/configuration.json"), (), ClassFolders(classes, TRUTH.samples)),
+        ModelInfo((None, 8, 8, 3), {"output_width": 3}, 100),
         Drawn([np.array([0, 1])], 2),
         Quantized(None, None, {}),
         Exported(files),

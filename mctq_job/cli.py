@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .config_file import DEFAULT_CONFIG_NAME
 from .errors import AccuracyGateError, InternalError, MctqError
 from .events import Event
 from .logs import LOG_FORMATS, LOG_LEVELS
@@ -38,7 +39,7 @@ _JOB_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--config", "config_path"),
         {
             "type": click.Path(path_type=Path),
-            "default": "configuration.json",
+            "default": DEFAULT_CONFIG_NAME,
             "envvar": "MCTQ_CONFIG",
             "help": "configuration.json; relative paths inside it resolve against its folder.",
         },

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import images
-from .config import PATH_KEYS, Config, read_text
-from .errors import ConfigError, InputDataError, MctqError, OutputError
+from .config import PATH_KEYS, Config
+from .config_file import read_text
+from .errors import ConfigError, InputDataError, MctqError, OutputError, numbered
 
 if TYPE_CHECKING:
     from .imx500 import Converter
@@ -68,12 +69,7 @@ class _Problems:
         if not problems:
             return
         kind: type[MctqError] = ConfigError if self.config else InputDataError if self.data else OutputError
-        message = (
-            problems[0]
-            if len(problems) == 1
-            else f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
-        raise kind(message, problems=problems)
+        raise kind(numbered(problems), problems=problems)
 
 
 def _listed(paths: list) -> str:

@@ -109,7 +109,7 @@ def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFi
 
 def _described(final: Path, staged: Path, data: bytes) -> TFLiteFile:
     """The staged file's facts, from the bytes just written there (not read back)."""
-    from .tflite_int8 import census, io_quantization
+    from .tflite_census import census, io_quantization
 
     return TFLiteFile(final, staged, len(data), census(data), io_quantization(data))
 

@@ -79,8 +79,9 @@ class InputDataError(MctqError):
 class ToolkitError(MctqError):
     """TensorFlow, MCT or another external tool failed; the original exception is kept.
 
-    Raised only by :func:`calling`, which wraps each call into such a tool: an exception
-    that escapes the job's own code is a bug (exit 1), not a toolkit failure."""
+    Raised by :func:`calling`, which wraps each call into such a tool: an exception with the
+    job's own code on its path (raised by it, or beneath a callback of ours) is a bug (exit 1),
+    not a toolkit failure."""
 
     exit_code = 5
     kind = "toolkit_failure"

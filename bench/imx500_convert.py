@@ -31,6 +31,7 @@ if str(common.ROOT) not in sys.path:
     sys.path.insert(0, str(common.ROOT))
 
 from mctq_job import imx500  # noqa: E402
+from mctq_job.config import TPC_VERSIONS  # noqa: E402
 
 VENV_CONVERTER = common.ROOT / ".venv-imx500" / "bin" / imx500.EXECUTABLE
 SAMPLE_EVERY_S = 0.2
@@ -47,12 +48,13 @@ def find_converter() -> imx500.Converter:
 def export_quantized(config_file: Path, tpc_version: str, destination: Path) -> None:
     """The job's quantized model for ``config_file`` (with ``tpc_version``), exported for the converter."""
     from mctq_job import model, quantize
+    from mctq_job.export import keras_export_model
 
     checked = common.load_inputs(config_file)
     config = checked.config.model_copy(update={"target_platform": "imx500", "target_platform_version": tpc_version})
     batches = common.calibration_batches(checked)
     quantized = quantize.quantize(model.load(checked).model, lambda: iter([[b] for b in batches]), config)
-    imx500.export_keras(quantized.model, destination)
+    keras_export_model(quantized.model, destination)
 
 
 def tree_rss_bytes(pgid: int) -> int:
@@ -116,7 +118,7 @@ def measure(config_file: Path | None = None, tpc_version: str = "1.0") -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="a project's configuration.json (default: demo)")
-    parser.add_argument("--tpc-version", default="1.0", choices=imx500.ACCEPTED_TPC_VERSIONS)
+    parser.add_argument("--tpc-version", default="1.0", choices=TPC_VERSIONS["imx500"])
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(json.dumps(measure(args.config, args.tpc_version), indent=2))

@@ -126,7 +126,7 @@ def measure(
     that also receives the four files."""
     import tensorflow as tf
 
-    from mctq_job import tflite_int8
+    from mctq_job import tflite_census, tflite_int8
 
     model = model_factory()
     calibration = random_batches(model.input_shape[1:], batches, batch_size)
@@ -151,7 +151,7 @@ def measure(
             "bytes": len(data),
             "latency_ms": statistics.median(latency[name]),
             "fastest_ms": min(latency[name]),
-            "census": tflite_int8.census(data),
+            "census": tflite_census.census(data),
         }
         for name, data in files.items()
     }

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import InternalError, MctqError
+from .config_file import DEFAULT_CONFIG_NAME
+from .errors import AccuracyGateError, InternalError, MctqError
 from .events import Event
 from .logs import LOG_FORMATS, LOG_LEVELS
 
@@ -37,7 +38,7 @@ _JOB_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         ("--config", "config_path"),
         {
             "type": click.Path(path_type=Path),
-            "default": "configuration.json",
+            "default": DEFAULT_CONFIG_NAME,
             "envvar": "MCTQ_CONFIG",
             "help": "configuration.json; relative paths inside it resolve against its folder.",
         },
@@ -89,7 +90,7 @@ def main() -> None:
     help="Accuracy gate: largest allowed top-1 drop from the Keras model to "
     "model_quantized.tflite, as a fraction (0.02 = 2 points); overrides the "
     "configuration's max_top1_drop. When exceeded, everything is written and "
-    "the run exits 8.",
+    f"the run exits {AccuracyGateError.exit_code}.",
 )
 def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float | None) -> None:
     """Run the whole job (the default command)."""
@@ -151,7 +152,7 @@ def validate(config_path: Path, log_format: str, log_level: str) -> None:
         from .lifecycle import termination_message
 
         log.error(Event.RUN_FAILED.value, message=exc.message, command="validate", **exc.event_fields())
-        termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+        termination_message(exc.termination_text())
         sys.exit(exc.exit_code)
     log.info(Event.CONFIG_VALID.value, config=str(config_path), exit_code=0, **checked.summary())
 

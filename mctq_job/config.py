@@ -1,5 +1,9 @@
-"""configuration.json: its schema (the one source, also printed by ``mctq-job schema``),
-loading, and the messages that name the key at fault and what it accepts.
+"""configuration.json: its schema (the one source, also printed by ``mctq-job schema``) and
+:func:`load`, which reads a file and validates it against the schema.
+
+Beside it: :mod:`mctq_job.config_file` reads the file (encoding, JSON, the ``{index}``
+placeholder), :mod:`mctq_job.config_errors` words a validation error as one sentence naming the
+key, and :mod:`mctq_job.docs_tables` makes the documentation's table of keys.
 
 The ten keys of the AITRIOS notebook are required and keep their names, so an existing
 configuration.json runs unchanged. Relative paths resolve against the folder of the
@@ -9,10 +13,8 @@ cannot get by editing code: preprocessing, seed and target platform.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,9 +29,10 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .config_file import locate as locate  # re-exported: callers locate and load through config
+from .config_file import read_json
+from .errors import AccuracyGateError, ConfigError, Imx500NotFitError, numbered
 
-DEFAULT_CONFIG_NAME = "configuration.json"
 PATH_KEYS = (
     "source_keras_model",
     "dataset_image_dir",
@@ -188,7 +191,7 @@ class Imx500(BaseModel):
     require_fit: bool = Field(
         False,
         description="With package: a model that does not fit the chip's memory "
-        "fails the run (exit 9) after everything is written: true or "
+        f"fails the run (exit {Imx500NotFitError.exit_code}) after everything is written: true or "
         "false; default false.",
     )
 
@@ -296,7 +299,7 @@ class Config(BaseModel):
         le=1,
         description="Optional. Accuracy gate: the largest allowed top-1 drop from the Keras "
         "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
-        "exceeded, everything is still written and the run exits 8. null: no gate.",
+        f"exceeded, everything is still written and the run exits {AccuracyGateError.exit_code}. null: no gate.",
     )
 
     @model_validator(mode="after")
@@ -363,161 +366,6 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-INDEX_PLACEHOLDER = "{index}"
-INDEX_ENV = "JOB_COMPLETION_INDEX"
-
-
-def locate(path: Path, environ: dict[str, str] | None = None) -> Path:
-    """The configuration file to read. ``{index}`` in the path is replaced by Kubernetes'
-    ``JOB_COMPLETION_INDEX``, so each pod of an Indexed Job reads its own configuration."""
-    text = str(path)
-    if INDEX_PLACEHOLDER not in text:
-        return path
-    index = (os.environ if environ is None else environ).get(INDEX_ENV, "")
-    if not index.isdigit():
-        raise ConfigError(
-            f"the configuration path {text} contains {INDEX_PLACEHOLDER} but {INDEX_ENV} is "
-            f"{index!r}; accepted: {INDEX_ENV} set to a completion index (0, 1, 2, ...), as an "
-            f"Indexed Job sets it",
-            file=text,
-        )
-    return Path(text.replace(INDEX_PLACEHOLDER, str(int(index))))
-
-
-def load(path: Path) -> Config:
-    """Read, parse and validate a configuration file; raise one ConfigError naming every problem."""
-    data = _read_json(path)
-    try:
-        return Config.model_validate(data, context={"base_dir": path.parent})
-    except ValidationError as exc:
-        problems = [describe(err) for err in _dedupe([dict(err) for err in exc.errors()])]
-        raise ConfigError(_summary(path, problems), problems=problems, file=str(path)) from None
-
-
-def _summary(path: Path, problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"{path}: {problems[0]}"
-    return f"{path}: {len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        raise ConfigError(
-            f"configuration file not found: {path}; pass --config PATH or run where {DEFAULT_CONFIG_NAME} is",
-            file=str(path),
-        )
-    if not path.is_file():
-        raise ConfigError(
-            f"configuration path is not a file: {path}; pass the path of a JSON file with --config", file=str(path)
-        )
-    try:
-        text = read_text(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", file=str(path)) from None
-    except UnicodeError as exc:
-        raise ConfigError(str(exc), file=str(path)) from None
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            file=str(path),
-            line=exc.lineno,
-            column=exc.colno,
-        ) from None
-    except _DuplicateKey as exc:
-        raise ConfigError(
-            f"{path}: key '{exc.args[0]}' appears more than once; keep one", file=str(path), key=exc.args[0]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f'{path}: expected a JSON object {{"key": value, ...}} at the top level, got {_json_kind(data)}',
-            file=str(path),
-        )
-    return data
-
-
-#: Byte-order marks of encodings an editor may have used instead of UTF-8.
-_OTHER_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
-
-
-def read_text(path: Path) -> str:
-    """A JSON file as editors save it: UTF-8 with or without a byte-order mark, LF or CRLF line
-    ends. Any other encoding is a UnicodeError whose message names the file and what to do."""
-    data = path.read_bytes()
-    for bom, name in _OTHER_BOMS:
-        if data.startswith(bom):
-            raise UnicodeError(
-                f"{path} is encoded as {name}; expected UTF-8 (with or without a byte-order mark): save it as UTF-8"
-            )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UnicodeError(
-            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            f"expected UTF-8 (with or without a byte-order mark): save it as UTF-8"
-        ) from None
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen[key] = value
-    return seen
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "an object",
-        type(None): "null",
-    }
-    return kinds.get(type(value), type(value).__name__)
-
-
-def _dedupe(errors: list[dict]) -> list[dict]:
-    """One message per key: unions and nested models can report a key several times."""
-    seen, kept = set(), []
-    for err in errors:
-        key = _key_name(err["loc"])
-        if key not in seen:
-            seen.add(key)
-            kept.append(err)
-    return kept
-
-
-def _key_name(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if not isinstance(part, int)) or "(top level)"
-
-
-def _field_for(loc: tuple) -> Any:
-    model: Any = Config
-    field = None
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        model = NESTED_MODELS.get(str(part)) if model is Config else None
-    return field
-
-
 NESTED_MODELS: dict[str, type[BaseModel]] = {
     "preprocessing": Preprocessing,
     "gptq": Gptq,
@@ -526,69 +374,13 @@ NESTED_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model = NESTED_MODELS.get(str(loc[0]), Config) if len(loc) > 1 else Config
-    return list(model.model_fields)
+def load(path: Path) -> Config:
+    """Read, parse and validate a configuration file; raise one ConfigError naming every problem."""
+    data = read_json(path)
+    try:
+        return Config.model_validate(data, context={"base_dir": path.parent})
+    except ValidationError as exc:
+        from .config_errors import problems as worded
 
-
-def describe(err: dict) -> str:
-    """One sentence naming the key, the value given and what would be accepted."""
-    loc, kind = err["loc"], err["type"]
-    key = _key_name(loc)
-    if kind == "missing":
-        field = _field_for(loc)
-        return f"required key '{key}' is missing: {field.description if field else ''}".rstrip(": ")
-    if kind == "extra_forbidden":
-        return _unknown_key_message(loc)
-    given = f"got {_render(err.get('input'))} ({_json_kind(err.get('input'))})"
-    if kind == "value_error" and not loc:  # a check across keys: its message names them
-        return err["msg"].removeprefix("Value error, ")
-    if kind == "value_error" and _field_for(loc) is None:
-        return f"key '{key}': {err['msg'].removeprefix('Value error, ')}"
-    field = _field_for(loc)
-    accepted = field.description if field is not None and field.description else err["msg"]
-    reason = err["msg"].removeprefix("Value error, ")
-    return f"key '{key}': {reason[0].lower() + reason[1:]}, {given}. Accepted: {accepted}"
-
-
-def _unknown_key_message(loc: tuple) -> str:
-    name = str(loc[-1])
-    allowed = _allowed_keys(loc)
-    near = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6) or [
-        k for k in allowed if k.lower() == name.lower()
-    ]
-    hint = f"; did you mean '{near[0]}'?" if near else ""
-    where = f"{loc[0]}." if len(loc) > 1 and str(loc[0]) in NESTED_MODELS else ""
-    return f"unknown key '{where}{name}'{hint} Accepted keys: {', '.join(allowed)} (names are case sensitive)"
-
-
-def _render(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def keys_table_markdown() -> str:
-    """The table of configuration keys in docs/configuration.md, generated from the schema."""
-    rows = ["| key | required | type | accepted |", "| --- | --- | --- | --- |"]
-    models: list[tuple[type[BaseModel], str]] = [(Config, ""), *((m, f"{k}.") for k, m in NESTED_MODELS.items())]
-    for model, prefix in models:
-        schema = model.model_json_schema()
-        required = set(schema.get("required", []))
-        for name, prop in schema["properties"].items():
-            rows.append(
-                f"| `{prefix}{name}` | {'yes' if name in required else 'no'} | {_kind(prop)} | "
-                f"{prop.get('description', '')} |"
-            )
-    return "\n".join(rows)
-
-
-def _kind(prop: dict[str, Any]) -> str:
-    """A schema property's accepted type in words, for the docs."""
-    if "enum" in prop:
-        return " \\| ".join(f"`{v}`" for v in prop["enum"])
-    if "anyOf" in prop:
-        kinds = [_kind(p) for p in prop["anyOf"] if p.get("type") != "null"]
-        return " \\| ".join(kinds) + (" or null" if len(kinds) < len(prop["anyOf"]) else "")
-    if prop.get("type") == "array":
-        return f"array of {prop.get('minItems', '')} {_kind(prop.get('items', {}))}s".replace("  ", " ")
-    return prop.get("type") or "object"
+        problems = worded(exc)
+        raise ConfigError(f"{path}: {numbered(problems)}", problems=problems, file=str(path)) from None

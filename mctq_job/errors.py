@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,23 @@ class MctqError(Exception):
         fields.update(self.context)
         return fields
 
+    def termination_text(self) -> str:
+        """The line for Kubernetes' termination message: ``<kind> (exit <code>): <message>``."""
+        return f"{self.kind} (exit {self.exit_code}): {self.message}"
+
+
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters; "" where it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def numbered(problems: Sequence[str]) -> str:
+    """Problems as one sentence: a single one as it is, several as "N problems: (1) ...; (2) ..."."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+
 
 class ConfigError(MctqError):
     """configuration.json is missing, not JSON, or a key's value is not accepted."""
@@ -60,14 +79,15 @@ class InputDataError(MctqError):
 class ToolkitError(MctqError):
     """TensorFlow, MCT or another external tool failed; the original exception is kept.
 
-    Raised only by :func:`calling`, which wraps each call into such a tool: an exception
-    that escapes the job's own code is a bug (exit 1), not a toolkit failure."""
+    Raised by :func:`calling`, which wraps each call into such a tool: an exception with the
+    job's own code on its path (raised by it, or beneath a callback of ours) is a bug (exit 1),
+    not a toolkit failure."""
 
     exit_code = 5
     kind = "toolkit_failure"
 
     def __init__(self, tool: str, original: BaseException, detail: str | None = None):
-        text = detail if detail is not None else _first_line(original)
+        text = detail if detail is not None else first_line(original)
         message = f"{tool} failed ({type(original).__module__}.{type(original).__name__})"
         message += f": {text}" if text else ""
         super().__init__(message, tool=tool)
@@ -75,9 +95,13 @@ class ToolkitError(MctqError):
         self.original = original
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else ""
+class UnsupportedModelError(MctqError):
+    """The model has a layer (or an output) the job cannot handle, such as a layer the
+    full-integer exporter cannot export; the message names it and what is supported. Running
+    the same job again cannot help."""
+
+    exit_code = 10
+    kind = "unsupported_model"
 
 
 #: OSError numbers that mean "this output location cannot take the file", wherever raised.
@@ -86,22 +110,59 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _in_package(tb: TracebackType) -> bool:
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
 def raised_by_the_job(exc: BaseException) -> bool:
-    """True when the innermost frame of ``exc``'s traceback is the job's own code (a callback
-    of ours that a library called, such as the calibration data generator)."""
-    tb = exc.__traceback__
+    """True when the job's own code is on the path of ``exc``: raised in our code, or raised
+    anywhere beneath a frame of ours that a library called (the calibration data generator that
+    MCT calls, and whatever that generator calls in turn, numpy or PIL included).
+
+    ``exc`` is as :func:`calling` catches it: its traceback starts with our frames (``calling``
+    itself, the function holding the ``with`` block, any helper of ours it went through) and
+    enters the toolkit at the first frame outside the package. It is the toolkit's failure only
+    when there is such a frame and no frame of ours comes after it. An explicit ``raise ... from``
+    (``__cause__``) is followed, the same rule applied to the cause's own traceback: a toolkit
+    that wraps the error of our callback does not make it its own. The implicit ``__context__``
+    is not: an exception raised while handling another is no sign that the other caused it."""
+    return _ours_beneath(exc.__traceback__, entered=False) or _cause_is_ours(exc)
+
+
+def _ours_beneath(tb: TracebackType | None, entered: bool) -> bool:
+    """Whether a frame of ours follows the first toolkit frame of ``tb`` (``entered``: the
+    traceback already starts inside the toolkit); True also where no toolkit frame is met."""
     if tb is None:
         return False
-    while tb.tb_next is not None:
+    seen_toolkit = entered
+    while tb is not None:
+        if not _in_package(tb):
+            seen_toolkit = True
+        elif seen_toolkit:
+            return True
+        last = tb
         tb = tb.tb_next
-    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+    return _in_package(last)  # raised in our own code, no toolkit frame between
+
+
+def _cause_is_ours(exc: BaseException) -> bool:
+    seen = {id(exc)}
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        # A cause's traceback starts where the toolkit caught it: already inside the toolkit.
+        if _ours_beneath(cause.__traceback__, entered=True):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 @contextlib.contextmanager
 def calling(tool: str) -> Iterator[None]:
     """Wrap a call into ``tool`` (TensorFlow, MCT, the IMX500 converter): what fails inside it
-    becomes a :class:`ToolkitError` naming the tool, unless the failure is the job's own
-    (an :class:`MctqError`, or any exception raised in the job's code, which stays a bug)."""
+    becomes a :class:`ToolkitError` naming the tool, unless the failure is the job's own (an
+    :class:`MctqError`, or an exception with our code on its path, :func:`raised_by_the_job`,
+    which stays a bug)."""
     try:
         yield
     except MctqError:
@@ -121,7 +182,7 @@ class InternalError(MctqError):
 
     def __init__(self, original: BaseException):
         super().__init__(
-            f"internal error: {type(original).__name__}: {_first_line(original) or '(no message)'}; "
+            f"internal error: {type(original).__name__}: {first_line(original) or '(no message)'}; "
             f"this is a bug in mctq-job, please report it with this event"
         )
         self.original = original
@@ -158,16 +219,29 @@ class Imx500NotFitError(MctqError):
 
 
 class Interrupted(MctqError):
-    """SIGINT or SIGTERM arrived; the run stopped and removed its temporary files."""
-
-    kind = "interrupted"
+    """SIGINT or SIGTERM arrived; the run stopped and removed its temporary files. Its kind and
+    exit code follow from the signal: ``interrupted_sigterm``, 128 + 15 = 143, as a shell says."""
 
     def __init__(self, signum: int):
-        import signal
-
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}; temporary files removed", signal=name)
-        self.exit_code = 128 + signum
+        self.kind = self.kind_for(signum)
+        self.exit_code = self.exit_code_for(signum)
+
+    @staticmethod
+    def kind_for(signum: int) -> str:
+        return f"interrupted_{signal.Signals(signum).name.lower()}"
+
+    @staticmethod
+    def exit_code_for(signum: int) -> int:
+        return 128 + int(signum)
+
+
+#: The signals the job handles, with what each means for a run.
+INTERRUPTING_SIGNALS: tuple[tuple[signal.Signals, str], ...] = (
+    (signal.SIGINT, "Stopped by SIGINT (Ctrl-C); temporary files removed."),
+    (signal.SIGTERM, "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed."),
+)
 
 
 EXIT_CODES: tuple[ExitCode, ...] = (
@@ -221,12 +295,15 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "With `imx500.require_fit`, the packaged model does not fit the IMX500's memory; everything is written all the same.",
         True,
     ),
-    ExitCode(130, "interrupted_sigint", "Stopped by SIGINT (Ctrl-C); temporary files removed.", False),
     ExitCode(
-        143,
-        "interrupted_sigterm",
-        "Stopped by SIGTERM (docker stop, Kubernetes eviction); temporary files removed.",
-        False,
+        UnsupportedModelError.exit_code,
+        UnsupportedModelError.kind,
+        "The model has a layer the export cannot handle; the error event names it and what is supported.",
+        True,
+    ),
+    *(
+        ExitCode(Interrupted.exit_code_for(signum), Interrupted.kind_for(signum), meaning, False)
+        for signum, meaning in INTERRUPTING_SIGNALS
     ),
 )
 

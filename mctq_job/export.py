@@ -126,19 +126,30 @@ def _float_bytes(ctx: RunContext, conversion: FloatConversion) -> bytes:
 
 def export_keras(quantized_model: Any, final: Path, staging: Staging) -> KerasFile:
     """MCT's Keras export (its own quantizer format), written straight to its staged name."""
-    from .imx500 import export_keras as mct_keras_export
-
     staged = staging.temp_path(final)
     with calling("MCT exporter"):
-        mct_keras_export(quantized_model, staged)
+        keras_export_model(quantized_model, staged)
     if not staged.is_file():
         raise ToolkitError("MCT exporter", FileNotFoundError(staged), f"it wrote no file at {staged}")
     return KerasFile(final, staged, staged.stat().st_size)
 
 
+def keras_export_model(quantized_model: Any, destination: Path) -> None:
+    """MCT's Keras export of its quantized model (Keras serialization, MCTQ quantization
+    format): the file the IMX500 converter reads, loadable with
+    mct_quantizers.keras_load_quantized_model."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    mct.exporter.keras_export_model(
+        model=quantized_model,
+        save_model_path=str(destination),
+        serialization_format=KerasExportSerializationFormat.KERAS,
+        quantization_format=QuantizationFormat.MCTQ,
+    )
+
+
 def _described(final: Path, staged: Path, data: bytes) -> TFLiteFile:
     """The staged file's facts, from the bytes just written there (not read back)."""
-    from .tflite_int8 import census, io_quantization
+    from .tflite_census import census, io_quantization
 
     return TFLiteFile(final, staged, len(data), census(data), io_quantization(data))
 

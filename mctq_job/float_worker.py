@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from .cleanups import Cleanups
-from .errors import ToolkitError
+from .errors import ToolkitError, first_line
 
 #: Models with fewer parameters convert in-process: a worker's start-up would cost more than it saves.
 WORKER_MIN_PARAMETERS = 1_000_000
@@ -89,7 +89,6 @@ def _convert(model_path: str, sender: Connection, capture: str) -> None:
         model = tf.keras.models.load_model(model_path, compile=False)
         sender.send(("ok", tf.lite.TFLiteConverter.from_keras_model(model).convert()))
     except Exception as exc:  # reported to the parent, which names the converter
-        text = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
-        sender.send(("error", f"{type(exc).__module__}.{type(exc).__name__}: {text}"))
+        sender.send(("error", f"{type(exc).__module__}.{type(exc).__name__}: {first_line(exc)}"))
     finally:
         sender.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputDataError
+from .errors import InputDataError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,17 +84,33 @@ def _extension(path: Path) -> str:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Decode one image fully and return it as an RGB PIL image; name the file if it cannot be."""
-    from PIL import Image, UnidentifiedImageError
+    """Decode one image fully and return it as an RGB PIL image; name the file if it cannot be.
+
+    Whatever PIL raises while opening, decoding or converting the file is the file's fault, not
+    only the errors seen so far (OSError, UnidentifiedImageError, SyntaxError, ValueError, but
+    also DecompressionBombError, struct.error, IndexError, ... from a plugin's parser): an
+    InputDataError naming the file. Only MemoryError passes: it says the machine is short."""
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()  # decode now: truncated data fails here, not later inside a model
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the image library on this file
         raise InputDataError(
-            f"cannot decode image {path}: {exc}; expected a readable JPEG, PNG or BMP file", file=str(path)
+            f"cannot decode image {path}: {_reason(exc)}; expected a readable JPEG, PNG or BMP file", file=str(path)
         ) from None
+
+
+def _reason(exc: Exception) -> str:
+    """PIL's message; for the unusual failures, with the exception's name, which says more than
+    a parser's own message (``struct.error: unpack requires a buffer of 4 bytes``)."""
+    text = first_line(exc) or "(no message)"
+    if isinstance(exc, (OSError, ValueError, SyntaxError)):  # "image file is truncated", ...
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def _resample(name: str) -> int:

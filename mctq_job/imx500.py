@@ -1,5 +1,6 @@
-"""Sony's IMX500 converter (``imxconv-tf``): find it, hand it MCT's Keras export, run it as a
-killable subprocess and read the packaged model's memory report.
+"""Sony's IMX500 converter (``imxconv-tf``): find it, run it on MCT's Keras export (made by
+:func:`mctq_job.export.keras_export_model`) as a killable subprocess, and read the packaged
+model's memory report.
 
 The converter lives in its own venv (``make imx500-venv``) or in the ``mctq-job:imx500`` image,
 never in the job's venv: it pins its own TensorFlow and mct-quantizers, and Sony's licence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .artifacts import DNN_PARAMS_FILE, PACKAGE_FILE
 from .cleanups import Cleanups
 from .errors import ConfigError
 
@@ -30,10 +32,6 @@ ENV = "MCTQ_IMXCONV"
 EXECUTABLE = "imxconv-tf"
 CONFIG_KEY = "imx500.package"
 
-#: The imx500 ``target_platform_version`` values whose quantized models converter 3.19.2
-#: converts (each was converted for real, docs/imx500.md).
-ACCEPTED_TPC_VERSIONS: tuple[str, ...] = ("1.0", "4.0", "5.0", "6.0")
-
 #: ``--version`` starts Python and reads package metadata only: seconds, even on a busy machine.
 VERSION_TIMEOUT_S = 60.0
 #: Between SIGTERM and SIGKILL of the converter's process group.
@@ -41,9 +39,9 @@ KILL_GRACE_S = 3.0
 #: Lines of converter output kept for a ConverterError's message.
 TAIL_LINES = 20
 
+#: The converter names its memory report after the model; its other outputs have fixed names
+#: (artifacts.PACKAGE_FILE, artifacts.DNN_PARAMS_FILE), which the job publishes unchanged.
 REPORT_SUFFIX = "_MemoryReport.json"
-PACKAGE_FILE = "packerOut.zip"
-DNN_PARAMS_FILE = "dnnParams.xml"
 OUTPUT_FOLDER = "imxconv-output"
 TEMP_FOLDER = "imxconv-tmp"
 
@@ -152,21 +150,7 @@ def _child_env(env: Mapping[str, str], temp_dir: Path | None = None) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------
-# Export and conversion
-
-
-def export_keras(quantized_model: Any, destination: Path) -> None:
-    """MCT's Keras export of its quantized model (Keras serialization, MCTQ quantization
-    format): the file the converter reads, loadable with mct_quantizers.keras_load_quantized_model."""
-    import model_compression_toolkit as mct
-
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    mct.exporter.keras_export_model(
-        model=quantized_model,
-        save_model_path=str(destination),
-        serialization_format=mct.exporter.KerasExportSerializationFormat.KERAS,
-        quantization_format=mct.exporter.QuantizationFormat.MCTQ,
-    )
+# Conversion
 
 
 def convert(

@@ -79,7 +79,7 @@ class Process:
             fields["cleanup_errors"] = problems
         original = getattr(exc, "original", None)
         self.log.error(Event.RUN_FAILED.value, message=exc.message, **exc.event_fields(), **fields, exc_info=original)
-        termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+        termination_message(exc.termination_text())
         exit_now(exc.exit_code)
 
     def succeed(self, message: str) -> NoReturn:
@@ -114,7 +114,7 @@ class Process:
             if problems:
                 fields["cleanup_errors"] = problems
             self.log.error(Event.RUN_FAILED.value, message=exc.message, **fields, **exc.event_fields())
-            termination_message(f"{exc.kind} (exit {exc.exit_code}): {exc.message}")
+            termination_message(exc.termination_text())
             self.cleanups.run()  # again: the main thread may still have been writing (MCT's exporter)
         finally:
             exit_now(exc.exit_code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InputDataError, calling
+from .errors import ConfigError, InputDataError, calling, first_line
 from .inputs import Inputs
 from .tasks import task_for
 
@@ -55,7 +55,7 @@ def load(inputs: Inputs) -> Loaded:
     except Exception as exc:  # TF raises many types for "not a Keras model"
         raise InputDataError(
             f"key 'source_keras_model': cannot load a Keras model from {path}: "
-            f"{type(exc).__name__}: {_first_line(exc)}; expected a SavedModel folder written by "
+            f"{type(exc).__name__}: {first_line(exc, 300) or '(no message)'}; expected a SavedModel folder written by "
             f"Keras (model.save) or a .h5 / .keras file",
             file=str(path),
         ) from exc
@@ -66,11 +66,6 @@ def load(inputs: Inputs) -> Loaded:
             file=str(path),
         )
     return Loaded(model, contract(model, inputs))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def contract(model: Any, inputs: Inputs) -> ModelInfo:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, InputDataError, MctqError, OutputError
+from .errors import ConfigError, InputDataError, MctqError, OutputError, numbered
 
 LISTED = 5  # names shown in one message before "and N more"
 
@@ -25,12 +25,7 @@ class Problems:
         if not problems:
             return
         kind: type[MctqError] = ConfigError if self.config else InputDataError if self.data else OutputError
-        message = (
-            problems[0]
-            if len(problems) == 1
-            else f"{len(problems)} problems: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        )
-        raise kind(message, problems=problems)
+        raise kind(numbered(problems), problems=problems)
 
 
 def listed(items: list) -> str:

@@ -1,12 +1,12 @@
-"""A fully integer TFLite file made from MCT's quantized Keras model, and its census.
+"""A fully integer TFLite file made from MCT's quantized Keras model.
 
 ``full_integer`` rebuilds MCT's model as a plain Keras graph in which every quantized weight is a
 constant behind a fake-quant op carrying MCT's exact grid, and every activation holder is a
 fake-quant op with MCT's exact range; TensorFlow Lite's converter then turns each fake-quant
-pair into int8 tensors, so every kernel runs as an int8 kernel with MCT's numbers.
-``census`` and ``io_quantization`` describe any TFLite file: which operators run on which
-input type, whether anything between the input and the output computes in float, and the
-input/output quantization.
+pair into int8 tensors, so every kernel runs as an int8 kernel with MCT's numbers. What has no
+such int8 form (a look-up-table quantizer, 16-bit activations, a quantized constant operand, an
+asymmetric weight grid) is refused with an UnsupportedModelError naming the layer and what is
+supported. :mod:`mctq_job.tflite_census` describes the file made.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-QUANTIZED_IO = {"float": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+from .config import QUANTIZED_IO
+from .errors import UnsupportedModelError
+
+#: The way out named by every refusal: MCT's own INT8 exporter keeps what it cannot make int8 in float.
+OTHER_EXPORT = "export_format 'mct_int8' (MCT's own exporter, which leaves some layers in float) may export it"
 
 #: Activations that TFLite fuses into a kernel, so that a kernel followed by one of them needs no
 #: range of its own (MCT leaves such an intermediate tensor unquantized as well).
@@ -36,7 +40,7 @@ def full_integer(
     followed by swish, or an operator the target platform does not quantize): those tensors get
     the range measured on that data; without it such a model raises ValueError."""
     if quantized_io not in QUANTIZED_IO:
-        raise ValueError(f"quantized_io must be one of {sorted(QUANTIZED_IO)}, not {quantized_io!r}")
+        raise ValueError(f"quantized_io must be one of {', '.join(QUANTIZED_IO)}, not {quantized_io!r}")
     model = fake_quant_model(quantized_model, representative_data)
     function = tf.function(model).get_concrete_function([tf.TensorSpec(t.shape, tf.float32) for t in model.inputs])
     # From a concrete function, and without TFLITE_BUILTINS_INT8: that option makes the converter
@@ -44,10 +48,18 @@ def full_integer(
     # that nothing stayed in float.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantized_io != "float":
-        converter.inference_input_type = QUANTIZED_IO[quantized_io]
-        converter.inference_output_type = QUANTIZED_IO[quantized_io]
+    if quantized_io != "float":  # "int8", "uint8": the TensorFlow type of that name
+        converter.inference_input_type = converter.inference_output_type = tf.as_dtype(quantized_io)
     return converter.convert()
+
+
+def unsupported(layer: str, problem: str, supported: str) -> UnsupportedModelError:
+    """The refusal of one layer: what it has, what the full-integer export supports instead."""
+    return UnsupportedModelError(
+        f"layer '{layer}' has no int8 TFLite form: {problem}. The full-integer export "
+        f"(export_format 'int8') supports {supported}; {OTHER_EXPORT}",
+        layer=layer,
+    )
 
 
 def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Iterable] | None = None) -> tf.keras.Model:
@@ -65,7 +77,7 @@ def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Ite
         if isinstance(layer, tf.keras.layers.Concatenate):
             held = holder_after.get(layer.name)
             return RequantizingConcatenate(
-                layer, *(_range(held.activation_holder_quantizer) if held else measured[layer.name])
+                layer, *(_range(held.activation_holder_quantizer, layer.name) if held else measured[layer.name])
             )
         if _is_valid_average_pool(layer) and layer.name in holder_after:
             return AveragePoolAsDepthwise(layer)
@@ -178,10 +190,14 @@ def _holders_by_producer(model: Any) -> dict[str, Any]:
     return holders
 
 
-def _range(quantizer: Any) -> tuple[float, float]:
-    """(min, max) of an MCT activation quantizer."""
+def _range(quantizer: Any, layer: str) -> tuple[float, float]:
+    """(min, max) of an MCT activation quantizer of ``layer``'s output."""
     if not hasattr(quantizer, "min_range"):
-        raise NotImplementedError(f"{type(quantizer).__name__} (look-up table) has no int8 TFLite form")
+        raise unsupported(
+            layer,
+            f"MCT quantizes its output with a look-up table ({type(quantizer).__name__})",
+            "outputs quantized on a uniform grid (power-of-two, symmetric or uniform quantizers)",
+        )
     return float(quantizer.min_range[0]), float(quantizer.max_range[0])
 
 
@@ -191,13 +207,14 @@ class ActivationFakeQuant(tf.keras.layers.Layer):
 
     def __init__(self, minimum: float, maximum: float, num_bits: int = 8, **kwargs: Any):
         super().__init__(**kwargs)
-        if num_bits != 8:
-            raise NotImplementedError(f"{num_bits}-bit activations have no int8 TFLite form")
         self.minimum, self.maximum, self.num_bits = float(minimum), float(maximum), num_bits
 
     @classmethod
-    def from_quantizer(cls, quantizer: Any, **kwargs: Any) -> ActivationFakeQuant:
-        return cls(*_range(quantizer), quantizer.num_bits, **kwargs)
+    def from_quantizer(cls, quantizer: Any, name: str) -> ActivationFakeQuant:
+        """The fake-quant of MCT's activation holder ``name``; only 8-bit activations have an int8 form."""
+        if quantizer.num_bits != 8:
+            raise unsupported(name, f"{quantizer.num_bits}-bit activations", "8-bit activations")
+        return cls(*_range(quantizer, name), quantizer.num_bits, name=name)
 
     def call(self, inputs: Any) -> Any:
         return tf.quantization.fake_quant_with_min_max_vars(inputs, self.minimum, self.maximum, self.num_bits)
@@ -261,6 +278,9 @@ class WeightGrid:
     with the zero point 0 that TFLite requires of int8 weights."""
 
     def __init__(self, quantizer: Any, weight: np.ndarray, layer: Any, layout: tuple | None = None):
+        self.layer = layer.name
+        if quantizer.num_bits > 8:
+            raise unsupported(self.layer, f"{quantizer.num_bits}-bit weights", "weights of 8 bits or fewer")
         self.shape = weight.shape
         self.axis = _output_channel_axis(quantizer, layer, weight.ndim)
         self.scales = _grid_scales(quantizer, weight.shape, self.axis, layer)
@@ -274,9 +294,11 @@ class WeightGrid:
         on_last = self._channels_last(quantized)
         integers = np.round(on_last / self.scales)
         if np.abs(on_last - integers * self.scales).max() > 1e-6 * max(1.0, np.abs(on_last).max()):
-            raise ValueError("MCT's quantized weight is not on its own grid")
+            raise unsupported(
+                self.layer, "MCT's quantized weights are not on its own grid", "weights on a uniform grid"
+            )
         if integers.min() < -128 or integers.max() > 127:
-            raise ValueError("MCT's quantized weight does not fit int8")
+            raise unsupported(self.layer, "MCT's quantized weights do not fit int8", "weights in -128..127 steps")
         return integers.astype(np.int8)
 
     def _channels_last(self, values: np.ndarray) -> np.ndarray:
@@ -319,7 +341,11 @@ def _grid_scales(quantizer: Any, shape: tuple, axis: Any, layer: Any) -> Any:
     scales = (maximum - minimum) / steps
     zero_points = -minimum / scales
     if not np.allclose(zero_points, 2 ** (quantizer.num_bits - 1)):
-        raise NotImplementedError("TFLite int8 weights need a symmetric grid; MCT's is not")
+        raise unsupported(
+            layer.name,
+            "MCT's weight grid is not symmetric around zero",
+            "symmetric weight grids (power-of-two or symmetric quantizers; TFLite's int8 weights have zero point 0)",
+        )
     if axis is None:
         return np.float32(scales.reshape(-1)[0])
     if axis == "depthwise":
@@ -327,7 +353,11 @@ def _grid_scales(quantizer: Any, shape: tuple, axis: Any, layer: Any) -> Any:
         if scales.size == shape[-2] and quantizer.channel_axis % len(shape) == 2:  # one per input channel
             scales = np.repeat(scales, multiplier)
         elif scales.size != shape[-2] * multiplier:
-            raise ValueError(f"{layer.name}: {scales.size} scales for {shape[-2] * multiplier} channels")
+            raise unsupported(
+                layer.name,
+                f"{scales.size} weight scales for {shape[-2] * multiplier} depthwise output channels",
+                "one scale per input channel or per output channel",
+            )
     return scales.astype(np.float32)
 
 
@@ -338,12 +368,21 @@ class FakeQuantWeightsLayer(tf.keras.layers.Layer):
     def __init__(self, wrapper: Any, **kwargs: Any):
         super().__init__(name=wrapper.name, **kwargs)
         self.inner = wrapper.layer
+        weights = wrapper.get_weights_vars()
+        positional = [name for name, _, _ in weights if not isinstance(name, str)]
+        if positional:
+            raise unsupported(
+                self.inner.name,
+                f"MCT quantized a constant operand of this {type(self.inner).__name__} (positional weight "
+                f"{positional[0]}), as the imx500 TPC does from version 4.0 on for the constants of Add, "
+                f"Sub, Mul, Div, Concatenate and others",
+                "quantized weights that are a layer's own (the kernel of Conv2D, DepthwiseConv2D, Dense); "
+                "target_platform_version 1.0 leaves such constants in float",
+            )
         self.grids = {
             name: WeightGrid(quantizer, np.asarray(weight), self.inner, _layout(self.inner, weight))
-            for name, weight, quantizer in wrapper.get_weights_vars()
+            for name, weight, quantizer in weights
         }
-        if any(not isinstance(name, str) for name in self.grids):
-            raise NotImplementedError(f"{wrapper.name}: positional (constant-operand) weights are not supported")
 
     def call(self, inputs: Any) -> Any:
         if isinstance(self.inner, tf.keras.layers.Dense):
@@ -370,104 +409,3 @@ def _layout(layer: Any, weight: Any) -> tuple | None:
     if isinstance(layer, tf.keras.layers.Dense):
         return (1, 1) + tuple(weight.shape)
     return None
-
-
-#: Operators that only move or re-index data: applied to constants, they reshape weights at run time.
-DATA_MOVEMENT = frozenset(
-    {
-        "RESHAPE",
-        "TRANSPOSE",
-        "EXPAND_DIMS",
-        "SQUEEZE",
-        "STRIDED_SLICE",
-        "SLICE",
-        "PACK",
-        "UNPACK",
-        "GATHER",
-        "SHAPE",
-        "CONCATENATION",
-        "SPLIT",
-        "TILE",
-        "BROADCAST_TO",
-    }
-)
-
-
-def census(tflite_bytes: bytes) -> dict[str, Any]:
-    """Operators of a TFLite file counted as "<OP>/<first input dtype>", whether everything between
-    the input and the output computes in integers, and how many operators reshape weights at run time."""
-    graph = _Graph(tflite_bytes)
-    operators: dict[str, int] = {}
-    for op in graph.operators:
-        key = f"{graph.op_name(op)}/{graph.dtype(op.inputs[0]) if len(op.inputs) else 'none'}"
-        operators[key] = operators.get(key, 0) + 1
-    return {
-        "operators": dict(sorted(operators.items())),
-        "integer_only": not any(graph.computes_in_float(op) for op in graph.operators),
-        "runtime_weight_reshapes": sum(graph.reshapes_constants(op) for op in graph.operators),
-    }
-
-
-def io_quantization(tflite_bytes: bytes) -> dict[str, dict[str, Any]]:
-    """dtype, scale and zero point of the first input and output (scale 0.0 for float tensors)."""
-    interpreter = tf.lite.Interpreter(model_content=tflite_bytes)
-    return {
-        "input": _io_record(interpreter.get_input_details()[0]),
-        "output": _io_record(interpreter.get_output_details()[0]),
-    }
-
-
-def _io_record(detail: dict) -> dict[str, Any]:
-    scale, zero_point = detail["quantization"]
-    return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
-
-
-class _Graph:
-    """The first subgraph of a TFLite flatbuffer, read with the schema module TensorFlow ships."""
-
-    def __init__(self, tflite_bytes: bytes):
-        from tensorflow.lite.python import schema_py_generated as schema
-
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite_bytes), 0))
-        self.subgraph = model.subgraphs[0]
-        self.operators = self.subgraph.operators or []
-        self.codes = model.operatorCodes
-        self.names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        self.types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-        self.constant = {
-            i
-            for i, t in enumerate(self.subgraph.tensors)
-            if model.buffers[t.buffer].data is not None and len(model.buffers[t.buffer].data)
-        }
-        self.inputs, self.outputs = set(self.subgraph.inputs), set(self.subgraph.outputs)
-        self.constant_derived = self._constant_derived()
-
-    def op_name(self, op: Any) -> str:
-        code = self.codes[op.opcodeIndex]
-        return self.names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-
-    def dtype(self, tensor: int) -> str:
-        return self.types[self.subgraph.tensors[tensor].type]
-
-    def computes_in_float(self, op: Any) -> bool:
-        """True for an operator reading or writing float tensors, except the QUANTIZE of a model
-        input and the DEQUANTIZE of a model output (the boundary of a float-I/O model)."""
-        name = self.op_name(op)
-        if name == "QUANTIZE" and set(op.inputs) <= self.inputs:
-            return False
-        if name == "DEQUANTIZE" and set(op.outputs) <= self.outputs:
-            return False
-        tensors = [t for t in list(op.inputs) + list(op.outputs) if t >= 0]
-        return any(self.dtype(t).startswith("float") for t in tensors)
-
-    def reshapes_constants(self, op: Any) -> bool:
-        """True for a data-movement operator whose data comes from constants only: work on weights
-        that a converter would have done once, done at every inference."""
-        return self.op_name(op) in DATA_MOVEMENT and len(op.inputs) > 0 and op.inputs[0] in self.constant_derived
-
-    def _constant_derived(self) -> set[int]:
-        derived = set(self.constant)
-        for op in self.operators:  # TFLite stores operators in execution order
-            if all(t in derived for t in op.inputs if t >= 0):
-                derived.update(op.outputs)
-        return derived

@@ -227,3 +227,13 @@ def tiny_project(tmp_path) -> Path:
         },
     )
     return root
+
+
+def declare_huge_jpeg(path: Path, side: int = 60_000) -> Path:
+    """Rewrite the JPEG at ``path`` to declare ``side`` x ``side`` pixels in its frame header: a
+    file PIL refuses with DecompressionBombError (no OSError or ValueError) as it opens it."""
+    data = bytearray(path.read_bytes())
+    frame = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height (2), width (2)
+    data[frame + 5 : frame + 9] = side.to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return path

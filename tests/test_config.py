@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mctq_job import config as config_mod
+from mctq_job import docs_tables
 from mctq_job.errors import ConfigError
 
 AITRIOS = {
@@ -257,7 +258,7 @@ def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, ex
 
 
 def test_the_readme_key_table_lists_the_nested_option_keys():
-    table = config_mod.keys_table_markdown()
+    table = docs_tables.keys_table_markdown()
     for key in (
         "gptq.epochs",
         "gptq.hessian",

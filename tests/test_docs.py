@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mctq_job import config, errors, events
+from mctq_job import docs_tables, errors, events
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -108,7 +108,7 @@ def test_generated_tables_are_current():
 
 @pytest.mark.parametrize(
     "table",
-    [config.keys_table_markdown, events.event_table_markdown, errors.exit_code_table_markdown],
+    [docs_tables.keys_table_markdown, events.event_table_markdown, errors.exit_code_table_markdown],
     ids=lambda f: f.__name__,
 )
 def test_each_generated_table_is_published(table):

@@ -63,7 +63,7 @@ def test_sigterm_while_the_worker_runs_leaves_no_worker_and_no_file(project):
         assert workers, "no worker process was started"
         job.proc.send_signal(signal.SIGTERM)
         assert job.finish(timeout=60) == 143
-        assert job.events[-1]["error"] == "interrupted"
+        assert job.events[-1]["error"] == "interrupted_sigterm"
     time.sleep(0.5)
     assert not [
         pid

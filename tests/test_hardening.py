@@ -137,7 +137,7 @@ def test_sigterm_at_any_moment_keeps_old_artifacts_or_publishes_a_complete_set(p
         assert moment == "writing" and events[-1]["event"] == "run.finish"
     else:
         assert code == SIGTERM_EXIT and Interrupted(signal.SIGTERM).exit_code == SIGTERM_EXIT
-        assert events[-1]["event"] == "run.failed" and events[-1]["error"] == "interrupted"
+        assert events[-1]["event"] == "run.failed" and events[-1]["error"] == "interrupted_sigterm"
     manifest = json.loads(after["manifest.json"])
     if after == previous_artifacts:
         return

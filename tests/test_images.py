@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import save_image
+from conftest import declare_huge_jpeg, save_image
 from PIL import Image
 
 from mctq_job import images
@@ -69,6 +69,24 @@ def test_undecodable_image_names_the_file(tmp_path, content):
     with pytest.raises(InputDataError) as info:
         images.load_batch([path], 8, Preprocessing())
     assert str(path) in info.value.message and "expected a readable JPEG, PNG or BMP" in info.value.message
+
+
+def test_any_failure_of_the_image_library_is_the_files_fault(tmp_path):
+    """PIL refuses a JPEG declaring 60000 x 60000 pixels with DecompressionBombError, neither an
+    OSError nor a ValueError: still an input error naming the file and saying what PIL said,
+    and under skip_corrupt a skipped image like any other."""
+    from PIL.Image import DecompressionBombError
+
+    path = declare_huge_jpeg(save_image(tmp_path / "huge.jpg"))
+    with pytest.raises(DecompressionBombError):
+        Image.open(path)  # the premise: PIL's own exception is of this kind
+    with pytest.raises(InputDataError) as info:
+        images.load_batch([path], 8, Preprocessing())
+    assert info.value.context == {"file": str(path)}
+    assert f"cannot decode image {path}: DecompressionBombError: " in info.value.message
+    good = save_image(tmp_path / "good.jpg")
+    batch = images.load_batch([path, good], 8, Preprocessing(), skip_corrupt=True)
+    assert batch.kept == [1] and batch.skipped[0][0] == path
 
 
 def test_skip_corrupt_leaves_the_image_out_and_says_why(tmp_path):

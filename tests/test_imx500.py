@@ -21,6 +21,7 @@ import pytest
 
 from mctq_job import imx500
 from mctq_job.cleanups import Cleanups
+from mctq_job.config import TPC_VERSIONS
 from mctq_job.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,10 +165,12 @@ def digits_float(digits_template):
 @pytest.fixture(scope="session")
 def digits_keras(digits_float, tmp_path_factory):
     """The quantized digits model, its calibration pixels and its MCT Keras export."""
+    from mctq_job.export import keras_export_model
+
     model, pixels = digits_float
     quantized = quantize_for_imx500(model, pixels)
     destination = tmp_path_factory.mktemp("imx500-export") / "model_quantized.keras"
-    imx500.export_keras(quantized, destination)
+    keras_export_model(quantized, destination)
     return quantized, pixels, destination
 
 
@@ -239,10 +242,12 @@ def test_exported_keras_predicts_like_the_quantized_model_in_a_fresh_process(dig
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tpc_version", [v for v in imx500.ACCEPTED_TPC_VERSIONS if v != "1.0"])
+@pytest.mark.parametrize("tpc_version", [v for v in TPC_VERSIONS["imx500"] if v != "1.0"])
 def test_every_accepted_tpc_version_converts(converter, digits_float, tpc_version, tmp_path):
+    from mctq_job.export import keras_export_model
+
     model, pixels = digits_float
-    imx500.export_keras(quantize_for_imx500(model, pixels, tpc_version), tmp_path / "model_quantized.keras")
+    keras_export_model(quantize_for_imx500(model, pixels, tpc_version), tmp_path / "model_quantized.keras")
     package = imx500.convert(
         converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None, Cleanups()
     )
@@ -257,6 +262,8 @@ def test_model_too_large_for_the_chip_does_not_fit(converter, tmp_path):
     import numpy as np
     import tensorflow as tf
 
+    from mctq_job.export import keras_export_model
+
     inputs = tf.keras.Input((IMAGE_SIDE, IMAGE_SIDE, 3))
     hidden = tf.keras.layers.Dense(2880, activation="relu")(tf.keras.layers.Flatten()(inputs))
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(10)(hidden))
@@ -266,7 +273,7 @@ def test_model_too_large_for_the_chip_does_not_fit(converter, tmp_path):
             weights_error_method=mct.core.QuantizationErrorMethod.NOCLIPPING
         )
     )
-    imx500.export_keras(quantize_for_imx500(model, pixels, core_config=fast), tmp_path / "model_quantized.keras")
+    keras_export_model(quantize_for_imx500(model, pixels, core_config=fast), tmp_path / "model_quantized.keras")
 
     package = imx500.convert(
         converter, tmp_path / "model_quantized.keras", tmp_path / "work", lambda line: None, Cleanups()

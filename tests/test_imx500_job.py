@@ -164,7 +164,7 @@ def test_sigterm_during_the_converter_stops_it_and_leaves_nothing_partial(projec
         groups = {os.getpgid(int(pid)) for pid in converters}
         job.proc.send_signal(signal.SIGTERM)
         assert job.finish(timeout=60) == 143
-        assert job.events[-1]["error"] == "interrupted"
+        assert job.events[-1]["error"] == "interrupted_sigterm"
     assert not any(_group_alive(group) for group in groups)
     for folder in (project / "output", project / "evaluate" / "results"):
         assert not folder.exists() or not list(folder.iterdir())

@@ -300,7 +300,7 @@ def test_sigterm_mid_run_removes_temporary_files_and_keeps_older_artifacts(proje
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == 143
     last = json.loads(rest.strip().splitlines()[-1])
-    assert last["event"] == "run.failed" and last["error"] == "interrupted" and last["signal"] == "SIGTERM"
+    assert last["event"] == "run.failed" and last["error"] == "interrupted_sigterm" and last["signal"] == "SIGTERM"
     assert sorted(p.name for p in out.iterdir()) == ["model.tflite"]
     assert (out / "model.tflite").read_bytes() == b"previous run"
     assert not (project / "evaluate" / "results" / "results.json").exists()

@@ -75,7 +75,7 @@ def test_a_failing_cleanup_is_reported_and_the_others_still_run(tmp_path, main_t
     code, events, marker = interrupt(tmp_path, "raises", main_thread)
     assert code == Interrupted(signal.SIGTERM).exit_code == 143
     last = events[-1]
-    assert last["event"] == "run.failed" and last["error"] == "interrupted"
+    assert last["event"] == "run.failed" and last["error"] == "interrupted_sigterm"
     assert len(last["cleanup_errors"]) == 1 and "has no attribute 'stop_all'" in last["cleanup_errors"][0]
     assert marker.read_text() == "ran" and last["removed_temporary_files"] == 1
 

@@ -165,7 +165,7 @@ def case(request) -> Case:
 
 
 def test_every_kernel_is_int8_and_nothing_computes_in_float(case):
-    from mctq_job.tflite_int8 import census
+    from mctq_job.tflite_census import census
 
     counted = census(case.tflite)
     kernels = {op: n for op, n in counted["operators"].items() if op.split("/")[0] in KERNELS}
@@ -204,7 +204,8 @@ def test_where_a_third_is_out_of_reach_the_converters_own_full_integer_model_is_
 
 @pytest.mark.parametrize("io", ["int8", "uint8"])
 def test_integer_io_takes_integers_and_still_agrees(mixed_imx500, io):
-    from mctq_job.tflite_int8 import census, full_integer, io_quantization
+    from mctq_job.tflite_census import census, io_quantization
+    from mctq_job.tflite_int8 import full_integer
 
     tflite = full_integer(mixed_imx500.quantized, io, mixed_imx500.representative_data)
     quantization = io_quantization(tflite)
@@ -218,7 +219,7 @@ def test_integer_io_takes_integers_and_still_agrees(mixed_imx500, io):
 
 
 def test_float_io_reports_float_boundaries(mixed_imx500):
-    from mctq_job.tflite_int8 import io_quantization
+    from mctq_job.tflite_census import io_quantization
 
     assert io_quantization(mixed_imx500.tflite)["input"] == {"dtype": "float32", "scale": 0.0, "zero_point": 0}
 
@@ -226,7 +227,7 @@ def test_float_io_reports_float_boundaries(mixed_imx500):
 def test_census_flags_the_float_dense_in_mcts_own_export(digits_case, tmp_path):
     """MCT's INT8 exporter leaves the Dense after Flatten in float: the census must say so."""
     from mctq_job.export import quantized_tflite
-    from mctq_job.tflite_int8 import census
+    from mctq_job.tflite_census import census
 
     counted = census(quantized_tflite(digits_case.quantized, tmp_path / "mct.tflite", "mct_int8", "float"))
     assert not counted["integer_only"]

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import images
-from ..config import Config, read_text
+from ..config import Config
+from ..config_file import read_text
 from ..errors import InputDataError
 from ..problems import Problems, extension_counts, folder_problem, listed, missing
 

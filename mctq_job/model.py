@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, InputDataError, calling, first_line
+from .errors import ConfigError, InputDataError, UnsupportedModelError, calling, first_line
 from .inputs import Inputs
 from .tasks import task_for
 
@@ -73,12 +73,13 @@ def contract(model: Any, inputs: Inputs) -> ModelInfo:
     square RGB input of input_tensor_size, and the outputs the task needs."""
     config = inputs.config
     if len(model.inputs) != 1:
-        raise InputDataError(
-            f"key 'source_keras_model': the model has {len(model.inputs)} inputs; expected one image input"
+        raise UnsupportedModelError(
+            f"key 'source_keras_model': the model has {len(model.inputs)} inputs; the job feeds one image "
+            f"input (batch, height, width, 3)"
         )
     in_shape = tuple(model.inputs[0].shape)
     if len(in_shape) != 4 or in_shape[3] not in (3, None):
-        raise InputDataError(
+        raise UnsupportedModelError(
             f"key 'source_keras_model': model input shape {in_shape} is not (batch, height, "
             f"width, 3); expected a model taking RGB images"
         )

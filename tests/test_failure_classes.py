@@ -168,6 +168,28 @@ def test_a_layer_the_full_integer_export_refuses_is_unsupported_model_naming_it(
 
 
 @pytest.mark.slow
+def test_a_model_whose_outputs_the_task_cannot_read_is_unsupported_model_naming_them(project):
+    """A classifier with a second head: the classification task reads one output of one score
+    per class, so the model stage refuses it as unsupported_model, naming both outputs."""
+    import tensorflow as tf
+
+    config = read_config(project)
+    size, layers = config["input_tensor_size"], tf.keras.layers
+    inputs = tf.keras.Input((size, size, 3))
+    features = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+    model = tf.keras.Model(inputs, [layers.Dense(10, name="scores")(features), layers.Dense(4, name="box")(features)])
+    model.save(project / "model" / "two_heads.keras")
+    write_config(project, {**config, "source_keras_model": "model/two_heads.keras"})
+
+    result = run_with_fault(project, "")
+    assert result.returncode == UnsupportedModelError.exit_code, result.stdout[-2000:]
+    failed = result.events[-1]
+    assert failed["error"] == "unsupported_model" and failed["stage"] == "model"
+    assert failed["outputs"] == ["scores", "box"] and "one output of one score per class" in failed["message"]
+    assert no_artifacts(project)
+
+
+@pytest.mark.slow
 def test_an_image_library_failure_of_a_new_kind_is_exit_4_naming_the_file(project):
     """An evaluation JPEG declaring 60000 x 60000 pixels passes the cheap first-bytes check and
     makes PIL raise DecompressionBombError (neither OSError nor ValueError) during evaluation."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import images
 from ..config import Config
 from ..config_file import read_text
-from ..errors import InputDataError
+from ..errors import InputDataError, UnsupportedModelError
 from ..problems import Problems, extension_counts, folder_problem, listed, missing
 
 if TYPE_CHECKING:  # numpy is imported where the evaluation needs it: validate stays light
@@ -133,15 +133,17 @@ class Classification:
     def check_outputs(self, model: Any, config: Config, truth: ClassFolders) -> dict[str, Any]:
         """One output of one score per class, wide enough for every label id."""
         if len(model.outputs) != 1:
-            raise InputDataError(
-                f"key 'source_keras_model': the model has {len(model.outputs)} outputs; expected an image "
-                f"classifier with one output of one score per class"
+            names = ", ".join(repr(name) for name in model.output_names)
+            raise UnsupportedModelError(
+                f"key 'source_keras_model': the model has {len(model.outputs)} outputs ({names}); the "
+                f"classification task reads one output of one score per class (batch, classes)",
+                outputs=list(model.output_names),
             )
         out_shape = tuple(model.outputs[0].shape)
         if len(out_shape) != 2 or out_shape[1] is None:
-            raise InputDataError(
-                f"key 'source_keras_model': model output shape {out_shape} is not (batch, classes); "
-                f"expected a classifier with one score per class"
+            raise UnsupportedModelError(
+                f"key 'source_keras_model': the model's output {model.output_names[0]!r} has shape {out_shape}, "
+                f"not (batch, classes); the classification task reads one score per class"
             )
         width = int(out_shape[1])
         too_big = sorted((label, name) for name, label in truth.labels.items() if label >= width)

@@ -481,10 +481,10 @@ def _sizes_section(results: dict[str, Any]) -> str:
     bars = {label: float(sizes[key]) for label, key in named if sizes.get(key)}
     if not bars:
         return ""
-    # The other exported files (extra_exports), by their results.json names.
+    # The other exported files (extra_exports): "TFLite float16" for tflite_float16.
     bars.update(
         {
-            name: float(model["bytes"])
+            f"TFLite {name.removeprefix('tflite_').replace('_', ' ')}": float(model["bytes"])
             for name, model in _models(results).items()
             if name not in MODELS and model.get("bytes")
         }

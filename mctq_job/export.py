@@ -231,9 +231,19 @@ def _wanted(extra: str) -> Callable[[Config], bool]:
 
 #: The name of MCT's Keras export among the variants (its size is stage.finish's keras_quantized_bytes).
 KERAS_EXPORT = "keras_quantized"
-#: Every file the stage can write, in report order. The first two are always written: their
+#: Every file the stage can write, in the order they are made (a variant with a background start
+#: last) and the TFLite ones are reported. tflite and tflite_quantized are always written: their
 #: names are results.json's top_1_accuracy_tflite and top_1_accuracy_tflite_quantized.
 VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        KERAS_EXPORT,
+        KERAS_FILE,
+        f"{KERAS_FILE} (MCT's Keras export, the IMX500 converter's input)",
+        "quantized",
+        False,
+        _keras_export,
+        lambda config: config.target_platform == "imx500",
+    ),
     Variant(
         "tflite",
         MODEL_FILE,
@@ -268,15 +278,6 @@ VARIANTS: tuple[Variant, ...] = (
         True,
         _dynamic_range_tflite,
         _wanted("dynamic_range"),
-    ),
-    Variant(
-        KERAS_EXPORT,
-        KERAS_FILE,
-        f"{KERAS_FILE} (MCT's Keras export, the IMX500 converter's input)",
-        "quantized",
-        False,
-        _keras_export,
-        lambda config: config.target_platform == "imx500",
     ),
 )
 

@@ -33,16 +33,24 @@ PACKAGE_FILE = "packerOut.zip"  # imx500.package: what goes onto the sensor
 DNN_PARAMS_FILE = "dnnParams.xml"
 MEMORY_REPORT_FILE = "imx500_MemoryReport.json"  # the converter's memory report, under a fixed name
 IMX500_FILES = (PACKAGE_FILE, DNN_PARAMS_FILE, MEMORY_REPORT_FILE)
+FLOAT16_FILE = "model_float16.tflite"  # extra_exports "float16": float16 weights
+DYNAMIC_RANGE_FILE = "model_dynamic_range.tflite"  # extra_exports "dynamic_range": int8 weights, float activations
+#: The accepted values of configuration.json's extra_exports, each with the file it adds to output_dir.
+EXTRA_EXPORT_FILES = {"float16": FLOAT16_FILE, "dynamic_range": DYNAMIC_RANGE_FILE}
 
 
 def output_dir_files(
-    target_platform: str = "imx500", imx500_package: bool = False, fits: bool = True
+    target_platform: str = "imx500",
+    imx500_package: bool = False,
+    fits: bool = True,
+    extra_exports: Iterable[str] = (),
 ) -> tuple[str, ...]:
     """The files a run publishes in output_dir, for these settings. The converter makes no
     package (only its memory report) for a model that does not fit the chip."""
     keras = (KERAS_FILE,) if target_platform == "imx500" else ()
     package = (IMX500_FILES if fits else (MEMORY_REPORT_FILE,)) if imx500_package else ()
-    return (MODEL_FILE, QUANTIZED_FILE, *keras, *package, MANIFEST_FILE)
+    extra = tuple(EXTRA_EXPORT_FILES[name] for name in extra_exports)
+    return (MODEL_FILE, QUANTIZED_FILE, *extra, *keras, *package, MANIFEST_FILE)
 
 
 RESULT_DIR_FILES = (RESULTS_FILE, REPORT_FILE)

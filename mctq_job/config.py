@@ -26,9 +26,11 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
+from .artifacts import EXTRA_EXPORT_FILES
 from .config_file import locate as locate  # re-exported: callers locate and load through config
 from .config_file import read_json
 from .errors import AccuracyGateError, ConfigError, Imx500NotFitError, numbered
@@ -287,6 +289,13 @@ class Config(BaseModel):
         "model_quantized.tflite: 'float' (default), 'int8' or 'uint8' (for integer-only "
         "runtimes; scale and zero point in results.json).",
     )
+    extra_exports: list[Literal[tuple(EXTRA_EXPORT_FILES)]] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="Optional. TensorFlow Lite converter's other post-training modes, written, "
+        "evaluated and reported beside the others: any of 'float16' (model_float16.tflite: "
+        "float16 weights) and 'dynamic_range' (model_dynamic_range.tflite: int8 weights, "
+        "float activations), each at most once; default [] (none).",
+    )
     imx500: Imx500 | None = Field(
         None,
         description='Optional, imx500 only: {"package": true, "require_fit": false}: run Sony\'s IMX500 '
@@ -301,6 +310,14 @@ class Config(BaseModel):
         "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
         f"exceeded, everything is still written and the run exits {AccuracyGateError.exit_code}. null: no gate.",
     )
+
+    @field_validator("extra_exports")
+    @classmethod
+    def _each_export_once(cls, value: list[str]) -> list[str]:
+        repeated = [name for name in dict.fromkeys(value) if value.count(name) > 1]
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is given {value.count(repeated[0])} times; list each value at most once")
+        return value
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> Config:

@@ -1,10 +1,11 @@
-"""Stage ``evaluate``: top-1 and top-5 accuracy of the four models on the same preprocessed
+"""Stage ``evaluate``: top-1 and top-5 accuracy of every model on the same preprocessed
 pixels, and each model's latency.
 
 Each evaluation image is decoded and preprocessed once per run (the next batch on every core
 while the current one runs); every batch is then fed to the Keras float model, MCT's quantized
-Keras model, model.tflite and model_quantized.tflite. Only each image's top-1 class is kept,
-so memory grows by a few bytes per image, whatever the image size.
+Keras model and each TFLite file the export stage wrote (model.tflite, model_quantized.tflite
+and the extra_exports). Only each image's top-1 class is kept, so memory grows by a few bytes
+per image, whatever the image size.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class TFLitePredictor:
 
 
 def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported) -> Evaluation:
-    """Stage ``evaluate``: the Keras models and the staged TFLite files on the evaluation images."""
+    """Stage ``evaluate``: the Keras models and the staged TFLite files (every exported variant
+    that is a TFLite model, in the export stage's order) on the evaluation images."""
     progress = Progress(ctx.log, "evaluate", len(inputs.truth.images), "image", task="evaluation")
     found = predictors(
         {"keras": loaded.model, "keras_quantized": quantized.model},

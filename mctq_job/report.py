@@ -36,13 +36,14 @@ VOLATILE_MANIFEST_FIELDS = (
 )
 #: results.json fields that differ between two runs of the same inputs and seed.
 VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
-#: Evaluated models in report order: (results.json key suffix, description).
-MODELS = {
+#: The Keras models evaluated beside the exported TFLite files (those follow, in the export
+#: stage's order, each with its own description): results.json key suffix, description.
+KERAS_MODELS = {
     "keras": "Keras model (float)",
     "keras_quantized": "MCT's quantized Keras model",
-    "tflite": "model.tflite (TensorFlow converter, float)",
-    "tflite_quantized": "model_quantized.tflite (quantized by MCT)",
 }
+#: results.json's first keys, top_1_accuracy_<name>, in this order: the notebook's, which existing users parse.
+MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 #: Pairs of models whose per-image top-1 predictions are compared.
 AGREEMENT_PAIRS = (
     ("keras", "keras_quantized"),
@@ -90,20 +91,27 @@ def results(values: RunValues) -> dict[str, Any]:
     doc["gate"] = gate({name: tally.accuracy(name) for name in MODELS}, config.max_top1_drop)
     doc["quantized_io"] = {"type": config.quantized_io, **tflite["tflite_quantized"].io}
     doc["imx500"] = values.imx500
-    doc["models"] = {name: _model_details(values, name) for name in MODELS}
+    doc["models"] = {name: _model_details(values, name, text) for name, text in evaluated(values).items()}
     doc["agreement"] = agreement(evaluation)
     doc["volatile_fields"] = list(VOLATILE_RESULT_FIELDS)
     return doc
 
 
-def _model_details(values: RunValues, name: str) -> dict[str, Any]:
+def evaluated(values: RunValues) -> dict[str, str]:
+    """Every evaluated model in report order, with its description: the Keras models, then the
+    exported TFLite files."""
+    exported = {name: file.description for name, file in values.exported.models.items()}
+    return {**KERAS_MODELS, **exported}
+
+
+def _model_details(values: RunValues, name: str, description: str) -> dict[str, Any]:
     evaluation, classes = values.evaluation, values.inputs.truth.labels
     tally = evaluation.tally
     exported = values.exported.models.get(name)
     score = tally.scores[name]
     predicted = score.predicted()
     details: dict[str, Any] = {
-        "description": MODELS[name],
+        "description": description,
         "file": str(exported.final) if exported else None,
         "bytes": exported.size if exported else None,
         "correct": score.correct,

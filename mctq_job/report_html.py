@@ -481,11 +481,20 @@ def _sizes_section(results: dict[str, Any]) -> str:
     bars = {label: float(sizes[key]) for label, key in named if sizes.get(key)}
     if not bars:
         return ""
+    # The other exported files (extra_exports): "TFLite float16" for tflite_float16.
+    bars.update(
+        {
+            f"TFLite {name.removeprefix('tflite_').replace('_', ' ')}": float(model["bytes"])
+            for name, model in _models(results).items()
+            if name not in MODELS and model.get("bytes")
+        }
+    )
     ratio = sizes.get("quantized_to_float_ratio")
     title = "Model sizes" + ("" if ratio is None else f": quantized / float = {ratio:.2f}")
-    figure = _figure(6, 3.6)
+    figure = _figure(6 + 1.2 * max(0, len(bars) - 2), 3.6)
     ax = figure.add_subplot()
-    drawn = ax.bar(list(bars), [value / 1024 for value in bars.values()], color=["#3b6fb6", "#e08a2c"][: len(bars)])
+    colors = ["#3b6fb6", "#e08a2c", "#6a9f58", "#8e6bb0", "#b5835a"]
+    drawn = ax.bar(list(bars), [value / 1024 for value in bars.values()], color=colors[: len(bars)])
     ax.bar_label(drawn, labels=[f"{value / 1024:,.1f} KiB" for value in bars.values()], fontsize=9, padding=2)
     ax.margins(y=0.15)
     ax.set_ylabel("KiB")

@@ -257,6 +257,30 @@ def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, ex
     assert expect in problem
 
 
+def test_extra_exports_default_to_none_and_take_any_subset_in_the_given_order(tmp_path):
+    assert config_mod.load(write(tmp_path, AITRIOS)).extra_exports == []
+    both = config_mod.load(write(tmp_path, {**AITRIOS, "extra_exports": ["dynamic_range", "float16"]}))
+    assert both.extra_exports == ["dynamic_range", "float16"]
+    assert both.to_document()["extra_exports"] == ["dynamic_range", "float16"]
+
+
+@pytest.mark.parametrize(
+    "value,expect",
+    [
+        (["int4"], 'got "int4"'),
+        (["float16", "int4"], 'got "int4"'),
+        (["float16", "float16"], "'float16' is given 2 times; list each value at most once"),
+        (["dynamic_range", "float16", "dynamic_range"], "'dynamic_range' is given 2 times"),
+        ("float16", "input should be a valid list"),
+        ([16], "got 16"),
+    ],
+)
+def test_bad_extra_exports_name_the_key_the_value_and_the_accepted_values(tmp_path, value, expect):
+    (problem,) = problems_of(tmp_path, {**AITRIOS, "extra_exports": value})
+    assert problem.startswith("key 'extra_exports': ") and expect in problem
+    assert "'float16'" in problem and "'dynamic_range'" in problem  # what is accepted
+
+
 def test_the_readme_key_table_lists_the_nested_option_keys():
     table = docs_tables.keys_table_markdown()
     for key in (

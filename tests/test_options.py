@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import JobRun, miscalibrate, read_config, run_cli, write_config
 
-from mctq_job.artifacts import ARTIFACT_NAMES
+from mctq_job.artifacts import ARTIFACT_NAMES, output_dir_files
 from mctq_job.errors import AccuracyGateError
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,98 @@ def test_integer_io_model_takes_int8_and_its_accuracy_is_reported(project):
     assert results["models"]["tflite_quantized"]["census"]["integer_only"] is True
     assert results["agreement"]["keras_quantized_vs_tflite_quantized"] >= 0.99
     assert abs(results["top_1_accuracy_tflite_quantized"] - results["top_1_accuracy_keras_quantized"]) <= 0.01
+
+
+def constants_and_activations(model: Path) -> tuple[list[tuple[str, int]], Counter]:
+    """A TFLite file's constant tensors as (dtype, element count), and its other tensors'
+    dtypes, read from the flatbuffer with the schema module TensorFlow ships."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    flat = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model.read_bytes()), 0))
+    names = {value: name.lower() for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    constants, activations = [], Counter()
+    for tensor in flat.subgraphs[0].tensors:
+        data = flat.buffers[tensor.buffer].data
+        if data is not None and len(data):
+            constants.append((names[tensor.type], int(np.prod(tensor.shape))))
+        else:
+            activations[names[tensor.type]] += 1
+    return constants, activations
+
+
+def test_extra_exports_write_evaluate_and_report_float16_and_dynamic_range_files(project):
+    """extra_exports: the TFLite converter's float16 and dynamic-range files are published and
+    listed in manifest.json, hold what their names claim, keep the float model's accuracy, are
+    about 1/2 and 1/4 of model.tflite, and are scored, sized and timed in results.json and
+    report.html beside the others; the notebook's four keys stay first and unchanged."""
+    import tensorflow as tf
+
+    result, results = run_with(project, extra_exports=["float16", "dynamic_range"])
+    assert result.returncode == 0, result.stdout[-3000:]
+    output = project / "output"
+    expected = output_dir_files("imx500", extra_exports=["float16", "dynamic_range"])
+    assert {p.name for p in output.iterdir()} == set(expected)
+    manifest = json.loads((output / "manifest.json").read_text())
+    listed = {artifact["name"]: artifact["size"] for artifact in manifest["artifacts"]}
+    float16, dynamic = output / "model_float16.tflite", output / "model_dynamic_range.tflite"
+    assert listed[float16.name] == float16.stat().st_size and listed[dynamic.name] == dynamic.stat().st_size
+
+    # float16: every float constant (weights, biases) stored as float16, computed in float32.
+    float_constants, _ = constants_and_activations(output / "model.tflite")
+    constants, activations = constants_and_activations(float16)
+    halves = [count for dtype, count in constants if dtype == "float16"]
+    assert sorted(halves) == sorted(count for dtype, count in float_constants if dtype == "float32")
+    assert not any(dtype in ("float32", "int8") for dtype, _ in constants)
+    assert set(activations) == {"float32"}
+    # dynamic_range: the big weights int8, every activation float32, float in and out.
+    constants, activations = constants_and_activations(dynamic)
+    largest = max(constants, key=lambda constant: constant[1])
+    assert largest[0] == "int8" and sum(count for dtype, count in constants if dtype == "int8") > 0.9 * sum(
+        count for _, count in constants
+    )
+    assert set(activations) == {"float32"}
+    interpreter = tf.lite.Interpreter(model_path=str(dynamic))
+    assert interpreter.get_input_details()[0]["dtype"] == interpreter.get_output_details()[0]["dtype"] == np.float32
+
+    assert list(results)[:4] == [
+        f"top_1_accuracy_{name}" for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")
+    ]
+    models = results["models"]
+    assert list(models) == [
+        "keras",
+        "keras_quantized",
+        "tflite",
+        "tflite_quantized",
+        "tflite_float16",
+        "tflite_dynamic_range",
+    ]
+    sizes = {name: models[name]["bytes"] for name in ("tflite", "tflite_float16", "tflite_dynamic_range")}
+    assert sizes == {
+        "tflite": (output / "model.tflite").stat().st_size,
+        "tflite_float16": float16.stat().st_size,
+        "tflite_dynamic_range": dynamic.stat().st_size,
+    }
+    assert 0.45 <= sizes["tflite_float16"] / sizes["tflite"] <= 0.55
+    assert 0.2 <= sizes["tflite_dynamic_range"] / sizes["tflite"] <= 0.3
+    for name, file in (("tflite_float16", float16), ("tflite_dynamic_range", dynamic)):
+        model = models[name]
+        assert model["file"] == str(file) and file.name in model["description"]
+        assert abs(model["top_1_accuracy"] - results["top_1_accuracy_keras"]) <= 0.05
+        assert model["top_5_accuracy"] >= model["top_1_accuracy"] > 0.5
+        assert sum(row["images"] for row in model["per_class"].values()) == results["image_count"]
+        assert sum(count for _, _, count in model["confusion"]) == results["image_count"]
+        assert model["latency"]["median_ms"] > 0 and model["inference"]["ms_per_image"] > 0
+        assert model["census"]["integer_only"] is False
+    assert set(results["agreement"]) == {
+        "keras_vs_keras_quantized",
+        "tflite_vs_tflite_quantized",
+        "keras_vs_tflite_quantized",
+        "keras_vs_tflite",
+        "keras_quantized_vs_tflite_quantized",
+    }
+    page = (project / "evaluate" / "results" / "report.html").read_text()
+    for name in ("tflite_float16", "tflite_dynamic_range", float16.name, dynamic.name):
+        assert name in page
 
 
 def test_gptq_with_a_newer_imx500_tpc(project, finished_run: JobRun):

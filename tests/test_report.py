@@ -56,8 +56,8 @@ def run_values(evaluation: Evaluation, classes: dict[str, int], seed: int = 0) -
     )
     census = {"operators": {}, "integer_only": True}
     files = {
-        "tflite": TFLiteFile(Path("/o/m.tflite"), Path("/o/.m.tmp"), 40, census, {}),
-        "tflite_quantized": TFLiteFile(Path("/o/q.tflite"), Path("/o/.q.tmp"), 10, census, {}),
+        "tflite": TFLiteFile(Path("/o/m.tflite"), Path("/o/.m.tmp"), 40, census, {}, "float"),
+        "tflite_quantized": TFLiteFile(Path("/o/q.tflite"), Path("/o/.q.tmp"), 10, census, {}, "quantized"),
     }
     return report.RunValues(
         config,

@@ -60,7 +60,7 @@ test-fast: venv
 
 # QUICK=1: the digits workloads only (skips MobileNetV2 224x224, about 10 minutes).
 bench: venv
-	$(BIN)/python bench/run.py $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
 
 lock:
 	PYTHON=$(PYTHON) scripts/lock.sh

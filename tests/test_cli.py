@@ -194,6 +194,7 @@ def test_index_placeholder_picks_the_configuration_of_this_completion_index(tiny
     assert "JOB_COMPLETION_INDEX" in unset.events[-1]["message"]
 
 
+@pytest.mark.slow  # the run reaches the model stage: TensorFlow, in the child
 def test_umask_from_the_environment_makes_created_folders_group_writable(tiny_project):
     """The image sets MCTQ_UMASK=002 so pods of different UIDs in one group share volumes.
     (The placeholder model fails to load, after the output folders were made.)"""

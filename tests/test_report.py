@@ -4,18 +4,25 @@ the sparse confusion matrix, agreement between models and the accuracy gate."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from mctq_job import report
-from mctq_job.evaluate import Evaluation, ModelScore
 from mctq_job.report import MODELS
+
+if TYPE_CHECKING:
+    from mctq_job.evaluate import Evaluation
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
 
 
 def evaluation(**predicted) -> Evaluation:
+    """(The stage values the report reads live in the stage modules, which import TensorFlow
+    and MCT: the tests that build them are marked slow.)"""
+    from mctq_job.evaluate import Evaluation, ModelScore
+
     scores = {}
     for name in MODELS:
         guess = np.asarray(predicted.get(name, LABELS), dtype=np.int32)
@@ -79,6 +86,7 @@ def test_confusion_is_sparse_sorted_triples_that_sum_to_the_image_count():
     assert report.confusion(np.zeros(0, np.int64), np.zeros(0, np.int32)) == []
 
 
+@pytest.mark.slow
 def test_agreement_compares_predictions_not_correctness():
     wrong_the_same_way = np.array([1, 1, 1, 1, 1, 1, 1])
     agreement = report.agreement(evaluation(tflite=wrong_the_same_way, tflite_quantized=wrong_the_same_way))
@@ -87,6 +95,7 @@ def test_agreement_compares_predictions_not_correctness():
     assert agreement["keras_vs_keras_quantized"] == 1.0
 
 
+@pytest.mark.slow
 def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
     doc = report.results(
         run_values(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2}, seed=3)

@@ -2,7 +2,7 @@
 code, the calibration batches and validation pixels the job would use, the job's way of
 predicting, and markdown tables.
 
-Nothing here imports TensorFlow at import time: ``irreducible.py`` times that import itself.
+Nothing here imports TensorFlow at import time: ``irreducible`` times that import itself.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,18 @@ WORK = OUT / "work"
 REPEAT = 3
 
 Predictor = Callable[["np.ndarray"], "np.ndarray"]
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """``python -m bench.NAME ARGS``: a part that measures in a fresh process starts it this
+    way (with :func:`child_env`, so the child finds ``bench`` and ``mctq_job`` from any folder)."""
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a bench child process: this one's, with the repository first on PYTHONPATH."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 #: Seconds between two samples of a process tree's memory.
@@ -80,7 +93,9 @@ class SampledRun:
     peak_tree_bytes: int
 
 
-def run_sampled(args: Sequence[str], cwd: Path | None = None, log: Path | None = None) -> SampledRun:
+def run_sampled(
+    args: Sequence[str], cwd: Path | None = None, log: Path | None = None, env: dict[str, str] | None = None
+) -> SampledRun:
     """Run ``args`` to the end while sampling its process tree's memory every SAMPLE_EVERY_S.
     Output goes through files (``log`` stem), so a chatty process never blocks on a pipe."""
     log = log or WORK / "sampled"
@@ -88,7 +103,7 @@ def run_sampled(args: Sequence[str], cwd: Path | None = None, log: Path | None =
     log.parent.mkdir(parents=True, exist_ok=True)
     peak, began = 0, time.perf_counter()
     with out_file.open("w") as out, err_file.open("w") as err:
-        proc = subprocess.Popen(list(args), cwd=cwd, stdout=out, stderr=err, text=True)
+        proc = subprocess.Popen(list(args), cwd=cwd, env=env, stdout=out, stderr=err, text=True)
         while True:
             peak = max(peak, tree_rss_bytes(proc.pid))
             try:
@@ -123,13 +138,13 @@ def calibration_batches(checked: Inputs) -> list[np.ndarray]:
 
 
 def validation_paths(checked: Inputs) -> list[Path]:
-    return [sample.path for sample in checked.samples]
+    return [sample.path for sample in checked.truth.samples]
 
 
 def validation_labels(checked: Inputs) -> np.ndarray:
     import numpy as np
 
-    return np.asarray([sample.label for sample in checked.samples], dtype=np.int64)
+    return np.asarray([sample.label for sample in checked.truth.samples], dtype=np.int64)
 
 
 def validation_pixels(checked: Inputs) -> np.ndarray:

@@ -2,8 +2,8 @@
 """Every bench table rendered from the bench's JSON alone, and docs/benchmarks.md's tables
 rewritten from it: each sits between `<!-- bench: NAME -->` and `<!-- end bench -->`.
 
-    python bench/docs_tables.py [--json docs/bench.json]          rewrite docs/benchmarks.md
-    python bench/docs_tables.py --check [--json docs/bench.json]  exit 1 if a block differs
+    python -m bench.docs_tables [--json docs/bench.json]          rewrite docs/benchmarks.md
+    python -m bench.docs_tables --check [--json docs/bench.json]  exit 1 if a block differs
 
 Imports neither TensorFlow nor MCT.
 """
@@ -18,13 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import irreducible  # noqa: E402
-import realphotos  # noqa: E402
-import realsize_compare  # noqa: E402
-import tflite_int8  # noqa: E402
-import throughput  # noqa: E402
+from . import common, converter_ptq, irreducible, realphotos, realsize_compare, throughput
 
 PAGE = common.ROOT / "docs" / "benchmarks.md"
 DOCS_JSON = common.ROOT / "docs" / "bench.json"
@@ -163,7 +157,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     ),
     "tflite-int8": (
         "(c) MCT INT8 vs the TFLite converter's full-integer quantization",
-        comparison("tflite_int8", tflite_int8.table),
+        comparison("tflite_int8", converter_ptq.table),
     ),
     "memory": ("(d) Peak memory with 1x and 10x the validation images", memory_table),
 }
@@ -192,18 +186,32 @@ def render_page(text: str, report: dict[str, Any]) -> str:
     return BLOCK.sub(body, text)
 
 
+def missing_blocks(text: str, report: dict[str, Any]) -> list[str]:
+    """The sections ``report`` has figures for that have no block on the page ``text``."""
+    present = {m.group("name") for m in BLOCK.finditer(text)}
+    return [name for name in tables(report) if name not in present]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.docs_tables", description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=DOCS_JSON)
-    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--page", type=Path, default=PAGE, help="the page to check or rewrite")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale or missing")
     args = parser.parse_args()
-    text, report = PAGE.read_text(), json.loads(args.json.read_text())
+    text, report = args.page.read_text(), json.loads(args.json.read_text())
     fresh = render_page(text, report)
     if args.check:
-        if fresh != text:
-            print(f"{PAGE}: bench tables differ from {args.json}: run bench/docs_tables.py", file=sys.stderr)
-        return int(fresh != text)
-    PAGE.write_text(fresh)
+        stale = [m.group("name") for m in BLOCK.finditer(text) if m.group(0) not in fresh]
+        missing = missing_blocks(text, report)
+        if stale:
+            print(
+                f"{args.page}: bench blocks {stale} differ from {args.json}: run python -m bench.docs_tables",
+                file=sys.stderr,
+            )
+        if missing:
+            print(f"{args.page}: no block for the sections {missing} of {args.json}", file=sys.stderr)
+        return int(bool(stale or missing))
+    args.page.write_text(fresh)
     return 0
 
 

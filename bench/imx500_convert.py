@@ -6,7 +6,7 @@ The model is quantized by the job's own stages (inputs, calibration, quantize) f
 configuration.json (default: the digits demo, built if missing), exported with MCT's Keras
 exporter, then converted with mctq_job.imx500.convert while /proc is sampled.
 
-    python bench/imx500_convert.py [--config demo/configuration.json] [--tpc-version 1.0]
+    python -m bench.imx500_convert [--config demo/configuration.json] [--tpc-version 1.0]
 
 Needs the converter (MCTQ_IMXCONV, imxconv-tf on PATH, or .venv-imx500 from `make imx500-venv`).
 """
@@ -16,22 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import workload  # noqa: E402
+from mctq_job import imx500
+from mctq_job.config import TPC_VERSIONS
 
-if str(common.ROOT) not in sys.path:
-    sys.path.insert(0, str(common.ROOT))
-
-from mctq_job import imx500  # noqa: E402
-from mctq_job.config import TPC_VERSIONS  # noqa: E402
+from . import common, workload
 
 VENV_CONVERTER = common.ROOT / ".venv-imx500" / "bin" / imx500.EXECUTABLE
 SAMPLE_EVERY_S = 0.2

@@ -2,7 +2,7 @@
 """Comparison (b): the job's wall time against the sum of its irreducible parts, each timed
 alone in a fresh process on the job's inputs.
 
-    python bench/irreducible.py CONFIG OUT_JSON     writes the seconds of each part
+    python -m bench.irreducible CONFIG OUT_JSON     writes the seconds of each part
 
 Parts in the sum: importing TensorFlow and MCT, loading the Keras model, MCT's
 ``keras_post_training_quantization`` call alone (imx500 target platform, the calibration
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import common  # stdlib only at import time: the timed imports below stay cold
+from . import common  # stdlib only at import time: the timed imports below stay cold
 
 #: Parts of the sum, in the job's order: (key, description).
 PARTS = {
@@ -147,9 +147,9 @@ def measure(config_file: Path, job_walls_s: list[float]) -> dict[str, Any]:
 
 
 def _fresh_process(config_file: Path, out: Path) -> dict[str, float]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = common.child_env(TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     proc = subprocess.run(
-        [sys.executable, __file__, str(config_file), str(out)], env=env, capture_output=True, text=True
+        common.module_command(__spec__.name, str(config_file), str(out)), env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
         sys.exit(f"bench: irreducible.py failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -7,7 +7,7 @@ export with MCT's INT8 exporter, convert the float model with TFLiteConverter, a
 
 Run in a fresh process, so its wall time and memory are those of a notebook kernel doing only this:
 
-    .venv/bin/python bench/notebook_path.py --config PROJECT/configuration.json --out FOLDER
+    .venv/bin/python -m bench.notebook_path --config PROJECT/configuration.json --out FOLDER
 
 Writes FOLDER/mct_int8.tflite, FOLDER/model.tflite and FOLDER/notebook_path.json (seconds of
 each part, top-1 of both files).
@@ -18,16 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-if str(common.ROOT) not in sys.path:
-    sys.path.insert(0, str(common.ROOT))
+from . import common
 
 RESULT_FILE = "notebook_path.json"
 FILES = {"mct_int8": "mct_int8.tflite", "float": "model.tflite"}
@@ -48,7 +43,7 @@ class Clock:
 
 def one_image_top1(tflite_file: Path, checked) -> float:
     """Top-1 of ``tflite_file`` on the validation images, decoded and invoked one at a time."""
-    from throughput import one_by_one
+    from .throughput import one_by_one
 
     return common.top1(one_by_one(checked, tflite_file), common.validation_labels(checked))
 
@@ -57,7 +52,7 @@ def run(config_file: Path, out: Path) -> dict[str, Any]:
     clock = Clock()
     tf = clock.time("import_tensorflow", __import__, "tensorflow")
     clock.time("import_mct", __import__, "model_compression_toolkit")
-    from tflite_export import mct_int8_bytes, mct_quantized
+    from .tflite_export import mct_int8_bytes, mct_quantized
 
     checked = common.load_inputs(config_file)
     model = clock.time("load_model", tf.keras.models.load_model, str(checked.config.source_keras_model), False)
@@ -70,7 +65,7 @@ def run(config_file: Path, out: Path) -> dict[str, Any]:
     return {
         "seconds": clock.seconds,
         "top_1": top1,
-        "validation_images": len(checked.samples),
+        "validation_images": len(checked.truth.samples),
         "calibration_images": sum(len(batch) for batch in batches),
     }
 

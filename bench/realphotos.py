@@ -14,7 +14,7 @@ users would, and the bench sets the top-1 drops side by side:
 The project (frames, labels, the trained model, configuration.json written last) is built once
 under bench-results/work/realphotos/ in a fresh process.
 
-    .venv/bin/python bench/realphotos.py [DEST]     build the project only
+    .venv/bin/python -m bench.realphotos [DEST]     build the project only
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import common
-import realsize_compare
-import tflite_int8
-import workload
-from workload import INPUT_LAYOUT, OUTPUT_LAYOUT, Project, copy_project
+from . import common, converter_ptq, realsize_compare, workload
+from .workload import INPUT_LAYOUT, OUTPUT_LAYOUT, Project, copy_project
 
 PROJECT = common.WORK / "realphotos"
 #: The photographs (loader module, function): colour photos bundled with the packages, no download.
@@ -172,7 +169,7 @@ def ensure(dest: Path = PROJECT) -> Path:
     """``dest``'s configuration.json, after building the project in a fresh process if missing."""
     config = dest / "configuration.json"
     if not config.exists():
-        subprocess.run([sys.executable, __file__, str(dest)], check=True)
+        subprocess.run(common.module_command(__spec__.name, str(dest)), env=common.child_env(), check=True)
     return config
 
 
@@ -195,7 +192,7 @@ def measure() -> dict[str, Any]:
     training = json.loads((config.parent / "training.json").read_text())
     imx500 = run_job(copy_project(config, common.WORK / "realphotos-imx500"))
     tflite = run_job(copy_project(config, common.WORK / "realphotos-tflite"), target_platform="tflite")
-    converter = tflite_int8.measure(config, common.WORK / "realphotos-converter-int8.tflite")["top1"]
+    converter = converter_ptq.measure(config, common.WORK / "realphotos-converter-int8.tflite")["top1"]
     keras = imx500["top_1"]["keras"]
     drops = {
         "imx500_mct_keras": keras - imx500["top_1"]["keras_quantized"],

@@ -7,7 +7,7 @@ folders, labels.json and an AITRIOS-style configuration.json (batch_size 50, ite
 Built once under bench-results/work/realsize/; configuration.json is written last, so its
 presence means the project is complete.
 
-    .venv/bin/python bench/realsize.py [DEST]
+    .venv/bin/python -m bench.realsize [DEST]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import common
-from workload import INPUT_LAYOUT, OUTPUT_LAYOUT
+from . import common
+from .workload import INPUT_LAYOUT, OUTPUT_LAYOUT
 
 PROJECT = common.WORK / "realsize"
 INPUT_SIZE = 224
@@ -36,7 +36,7 @@ def ensure(dest: Path = PROJECT) -> Path:
     (a fresh process, so the caller's memory holds no model)."""
     config = dest / "configuration.json"
     if not config.exists():
-        subprocess.run([sys.executable, __file__, str(dest)], check=True)
+        subprocess.run(common.module_command(__spec__.name, str(dest)), env=common.child_env(), check=True)
     return config
 
 

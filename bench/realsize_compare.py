@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import common
-import notebook_path
-import realsize
-from workload import ENTRY, Project
+from . import common, notebook_path, realsize
+from .workload import ENTRY, Project
 
 #: The targets: job quantize stage / direct MCT call, job wall / notebook wall, job latency /
 #: converter latency, job size / float size (upper bounds); job peak memory <= the notebook's.
@@ -60,8 +58,9 @@ def run_notebook(project: Project) -> dict[str, Any]:
     """notebook_path.py on ``project`` in a fresh process: wall, peak memory, its own part seconds."""
     out = common.WORK / "realsize-notebook"
     run = common.run_sampled(
-        [sys.executable, notebook_path.__file__, "--config", str(project.config_file), "--out", str(out)],
+        common.module_command(notebook_path.__name__, "--config", str(project.config_file), "--out", str(out)),
         log=common.WORK / "realsize-notebook",
+        env=common.child_env(),
     )
     if run.returncode != 0:
         sys.exit(f"bench: the notebook path failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
@@ -83,10 +82,11 @@ def latency_and_size(project: Project) -> dict[str, Any]:
     """Size and single-image latency (usable CPUs as threads) of the four files; the converter's
     full-integer model is made here from the job's calibration batches."""
     import tensorflow as tf
-    from tflite_export import latencies_ms
-    from tflite_int8 import convert
 
     from mctq_job.images import usable_cpus
+
+    from .converter_ptq import convert
+    from .tflite_export import latencies_ms
 
     checked = common.load_inputs(project.config_file)
     batches = common.calibration_batches(checked)

@@ -4,10 +4,12 @@ cost, and four comparisons on the digits demo, all in one run. Prints one markdo
 measure and saves them to bench-results/bench.md, every number (with the machine and a
 timestamp) to bench-results/bench.json.
 
-    python bench/run.py               everything (about 15 minutes on 2 cores, +12 the first time)
-    python bench/run.py --quick       the digits workloads only (`make bench QUICK=1`)
-    python bench/run.py --write-docs  copy bench-results/bench.json to docs/bench.json and
+    python -m bench.run               everything (about 15 minutes on 2 cores, +12 the first time)
+    python -m bench.run --quick       the digits workloads only (`make bench QUICK=1`)
+    python -m bench.run --write-docs  copy bench-results/bench.json to docs/bench.json and
                                       regenerate docs/benchmarks.md's tables from it
+
+(from the repository root; each module named below is ``bench.NAME``)
 
 Real size (realsize.py, realsize_compare.py): MobileNetV2 224x224 with camera-size JPEGs; the
 job and notebook_path.py each in their own process, memory summed over the process tree;
@@ -21,7 +23,7 @@ fully integer model's size and top-1, the IMX500 converter, and
   (b) the job's wall time against the sum of its irreducible parts, each timed alone in a
       fresh process (irreducible.py);
   (c) MCT's INT8 model against the TFLite converter's own full-integer quantization
-      (tflite_int8.py);
+      (converter_ptq.py);
   (d) the job's peak memory with 1x and 10x the validation images.
 Timed digits comparisons are repeated (common.REPEAT) and their medians reported.
 """
@@ -41,19 +43,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import common
-import docs_tables
-import imx500_convert
-import irreducible
-import realphotos
-import realsize_compare
-import tflite_int8
-import throughput
-import workload
-from common import OUT, WORK
-from workload import DEMO, ENTRY, JobRun
-
 from mctq_job.images import usable_cpus
+
+from . import (
+    common,
+    converter_ptq,
+    docs_tables,
+    imx500_convert,
+    irreducible,
+    realphotos,
+    realsize_compare,
+    throughput,
+    workload,
+)
+from .common import OUT, WORK
+from .workload import DEMO, ENTRY, JobRun
 
 UI_REPEAT = 5
 SCALE = 10  # validation copies for (a) and (d)
@@ -144,14 +148,17 @@ def digits_int8(run: JobRun) -> dict[str, Any]:
 
 
 def imx500_conversion(config_file: Path) -> dict[str, Any]:
-    """bench/imx500_convert.py on ``config_file`` in a fresh process, or why it was skipped."""
+    """bench.imx500_convert on ``config_file`` in a fresh process, or why it was skipped."""
     if not imx500_convert.VENV_CONVERTER.exists():
         return {
             "skipped": f"no converter at {imx500_convert.VENV_CONVERTER.relative_to(common.ROOT)} "
             "(make imx500-venv builds it)"
         }
     proc = subprocess.run(
-        [sys.executable, imx500_convert.__file__, "--config", str(config_file)], capture_output=True, text=True
+        common.module_command(imx500_convert.__name__, "--config", str(config_file)),
+        env=common.child_env(),
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:  # a result to report, not a reason to lose the other figures
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -178,7 +185,7 @@ def measure_digits() -> dict[str, Any]:
     note(f"(a) evaluation throughput on {SCALE}x the validation images")
     speed = throughput.compare(runs[1])
     note("(c) TFLite converter full-integer quantization")
-    int8 = tflite_int8.compare(runs[0], parts)
+    int8 = converter_ptq.compare(runs[0], parts)
     return {
         "figures": figures,
         "comparisons": {

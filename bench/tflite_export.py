@@ -6,7 +6,7 @@ Default model: MobileNetV2 224x224, alpha 1.0, random weights; MCT and the conve
 calibrated on the same few batches of random images (enough for speed and size, not accuracy).
 Latency is the median of single-image invocations at a fixed thread count, after a warm-up.
 
-    .venv/bin/python bench/tflite_export.py [--batches 4] [--batch-size 16] [--threads 2] [--runs 50]
+    .venv/bin/python -m bench.tflite_export [--batches 4] [--batch-size 16] [--threads 2] [--runs 50]
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def mobilenet_v2_224():
@@ -41,7 +36,7 @@ def random_batches(shape: tuple, batches: int, batch_size: int, seed: int = 0) -
 
 def converter_full_integer(model, batches: list) -> bytes:
     """The converter's own full-integer PTQ, float input/output, calibrated one image per sample."""
-    from tflite_int8 import convert
+    from .converter_ptq import convert
 
     return convert(model, batches)
 

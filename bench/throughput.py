@@ -16,13 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import common
+from . import common
 
 if TYPE_CHECKING:
     import numpy as np
-    from workload import JobRun
 
     from mctq_job.inputs import Inputs
+
+    from .workload import JobRun
 
 MODEL_NAMES = {"tflite": "model.tflite", "tflite_quantized": "model_quantized.tflite"}
 

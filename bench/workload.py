@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import ROOT
+from .common import ROOT
 
 ENTRY = [sys.executable, str(ROOT / "entrypoint.py")]
 DEMO = Path(os.environ.get("DEMO", ROOT / "demo"))

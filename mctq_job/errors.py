@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+import click
+
 
 @dataclass(frozen=True)
 class ExitCode:
@@ -252,7 +254,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
         "A bug in mctq-job itself; the error event has the traceback.",
         False,
     ),
-    ExitCode(2, "usage_error", "Unknown command or option on the command line.", True),
+    ExitCode(click.UsageError.exit_code, "usage_error", "Unknown command or option on the command line.", True),
     ExitCode(
         ConfigError.exit_code,
         ConfigError.kind,

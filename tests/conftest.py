@@ -60,6 +60,41 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     return JobRun(proc.returncode, proc.stdout, proc.stderr, Path(cwd))
 
 
+#: ``make test-fast`` sets MCTQ_TEST_FAST=1: the tests it selects run without TensorFlow or MCT,
+#: in this process and in every process they start. Both packages are shadowed by stubs that
+#: refuse to be imported (a folder first on sys.path and on the children's PYTHONPATH), so a
+#: test that needs one fails saying so, and the session fails if either got imported anyway.
+FAST_ENV = "MCTQ_TEST_FAST"
+HEAVY_PACKAGES = ("tensorflow", "model_compression_toolkit")
+
+
+def pytest_configure(config):
+    if os.environ.get(FAST_ENV) != "1":
+        return
+    import tempfile
+
+    blocked = Path(tempfile.mkdtemp(prefix="mctq-test-fast-"))
+    for name in HEAVY_PACKAGES:
+        (blocked / name).mkdir()
+        message = (
+            f"{FAST_ENV}=1 (make test-fast) runs without {name}, yet this test imports it "
+            "(here or in a process it started): mark the test slow"
+        )
+        (blocked / name / "__init__.py").write_text(f"raise ImportError({message!r})\n")
+    sys.path.insert(0, str(blocked))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(blocked), os.environ.get("PYTHONPATH", "")) if p)
+    config.add_cleanup(lambda: shutil.rmtree(blocked, ignore_errors=True))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get(FAST_ENV) != "1":
+        return
+    loaded = [name for name in HEAVY_PACKAGES if name in sys.modules]
+    if loaded:
+        print(f"\n{FAST_ENV}=1, yet {loaded} got imported in the test process", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 #: No single test (with the set-up it triggers, such as an image build) takes this long; one
 #: that does is hung: its threads' tracebacks are printed and the run ends, so CI says where.
 HUNG_TEST_S = 1800

@@ -3,7 +3,10 @@ README stays short, and nothing cites documents that live outside the repository
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,22 +119,69 @@ def test_each_generated_table_is_published(table):
     assert any(table() in page.read_text() for page in PAGES), f"{table.__name__}() is on no page"
 
 
-def error_classes_with_fixed_codes() -> list[type[errors.MctqError]]:
-    """Every error class of mctq_job.errors that sets its own class-level exit code."""
+def error_classes() -> list[type[errors.MctqError]]:
+    """Every error class of mctq_job.errors the job can end a run with (the base is never raised)."""
     return [
         cls
         for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.MctqError) and "exit_code" in vars(cls)
+        if isinstance(cls, type) and issubclass(cls, errors.MctqError) and cls is not errors.MctqError
     ]
 
 
-def test_exit_codes_match_the_error_classes():
+#: A child that ends a run the one way the job does (lifecycle.Process.fail) with an instance of
+#: the error class named by argv[1], or, for Interrupted, waits for the signal it is sent.
+ENDING = """
+import sys, time
+from mctq_job import errors, lifecycle, logs
+
+process = lifecycle.Process(logs.configure("json", "info", sys.stdout))
+name = sys.argv[1]
+if name == "Interrupted":
+    process.handle_signals()
+    print('{"event": "ready"}', flush=True)
+    while True:
+        time.sleep(1)
+cls = getattr(errors, name)
+special = {"ToolkitError": lambda: cls("MCT", RuntimeError("broke")), "InternalError": lambda: cls(KeyError("k"))}
+process.fail(special.get(name, lambda: cls("a message"))())
+"""
+
+
+def ended(tmp_path: Path, name: str, signum: int | None = None) -> tuple[int, dict, str]:
+    """(exit status, last event, termination message) of a process ending with error ``name``."""
+    log = tmp_path / "termination-log"
+    log.touch()
+    env = {**os.environ, "MCTQ_TERMINATION_LOG": str(log)}
+    proc = subprocess.Popen([sys.executable, "-c", ENDING, name], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        if signum is not None:
+            assert json.loads(proc.stdout.readline())["event"] == "ready"
+            proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    return proc.returncode, json.loads(out.splitlines()[-1]), log.read_text()
+
+
+@pytest.mark.parametrize("name", [cls.__name__ for cls in error_classes() if cls is not errors.Interrupted])
+def test_each_error_ends_the_process_as_its_row_of_the_exit_code_table_says(tmp_path, name):
+    """The table is what users, CI scripts and the podFailurePolicy read: the exit status, the
+    last event and the termination message of a run ended by each error must match one row."""
+    code, last, message = ended(tmp_path, name)
     by_name = {e.name: e.code for e in errors.EXIT_CODES}
-    classes = error_classes_with_fixed_codes()
-    assert len(classes) >= 6, classes  # the base, config, input, toolkit, output, lock, gate ...
-    for cls in classes:
-        assert by_name[cls.kind] == cls.exit_code, cls.__name__
-    assert len(by_name) == len(set(by_name.values()))
+    assert last["event"] == "run.failed" and last["error"] in by_name, last
+    assert code == last["exit_code"] == by_name[last["error"]], (code, last)
+    assert message.startswith(f"{last['error']} (exit {code}): ")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interruption_ends_the_process_as_its_row_of_the_exit_code_table_says(tmp_path, signum):
+    code, last, message = ended(tmp_path, "Interrupted", signum)
+    (row,) = [e for e in errors.EXIT_CODES if e.code == code]
+    assert code == 128 + signum and last["exit_code"] == code
+    assert last["error"] == row.name and row.name.endswith(signal.Signals(signum).name.lower()), last
+    assert message.startswith(f"{row.name} (exit {code}): ")
 
 
 def test_every_event_has_a_meaning():

@@ -139,6 +139,7 @@ def _update_all(collector, batches) -> Exception | None:
     return None
 
 
+@pytest.mark.slow  # imports MCT
 @pytest.mark.parametrize("axis", [-1, 1])
 @pytest.mark.parametrize("name", list(_tensors()))
 def test_collector_state_equals_mcts(name, axis):
@@ -156,6 +157,7 @@ def test_collector_state_equals_mcts(name, axis):
         _assert_same_arrays(_collector_state(fast), _collector_state(reference))
 
 
+@pytest.mark.slow  # imports MCT
 def test_mcts_methods_are_back_after_the_block():
     from model_compression_toolkit.core.common.collectors.statistics_collector import StatsCollector
     from model_compression_toolkit.core.common.model_collector import ModelCollector
@@ -171,6 +173,7 @@ def test_mcts_methods_are_back_after_the_block():
 # --- guard against MCT / numpy changes -----------------------------------------------------------
 
 
+@pytest.mark.slow  # imports MCT
 def test_reproduced_code_is_unchanged_since_it_was_checked():
     changed = {
         name for name, digest in fast_statistics.source_hashes().items() if RECORDED_SOURCE_HASHES.get(name) != digest
@@ -182,6 +185,7 @@ def test_reproduced_code_is_unchanged_since_it_was_checked():
     )
 
 
+@pytest.mark.slow  # imports MCT
 def test_other_mct_versions_run_mcts_own_code(monkeypatch):
     import model_compression_toolkit as mct
     from model_compression_toolkit.core.common.collectors.statistics_collector import StatsCollector

@@ -1,6 +1,6 @@
 """Each fact has one definition; everything that repeats it is checked against it here: the
 hardened `docker run` flags (mk/container.mk), the package's imports against its declared
-dependencies, and the schema's choices against the tuples they are built from."""
+dependencies, and the schema's target platforms and TPC versions against the installed MCT's."""
 
 from __future__ import annotations
 
@@ -73,15 +73,26 @@ def test_every_package_the_job_imports_is_a_declared_dependency():
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
 
 
-@pytest.mark.parametrize(
-    "field,values",
-    [
-        ("target_platform", config.TARGET_PLATFORMS),
-        ("target_platform_version", config.ALL_TPC_VERSIONS),
-        ("export_format", config.EXPORT_FORMATS),
-        ("quantized_io", config.QUANTIZED_IO),
-    ],
-)
-def test_the_schemas_choices_are_the_tuples_they_are_built_from(field, values):
-    """The JSON Schema (what `mctq-job schema` prints and validate enforces) offers exactly these."""
-    assert tuple(config.json_schema()["properties"][field]["enum"]) == tuple(values)
+def mcts_choices(what: str, **call: str) -> set[str]:
+    """The devices or versions MCT lists when asked for one it does not have."""
+    import model_compression_toolkit as mct
+
+    with pytest.raises(AssertionError) as refused:
+        mct.get_target_platform_capabilities(**call)
+    listed = re.search(rf"Available {what} are: ([^.]+(?:\.\d+[^.]*)*)\. ", str(refused.value))
+    assert listed, str(refused.value)
+    return {item.strip() for item in listed.group(1).split(",")}
+
+
+@pytest.mark.slow
+def test_the_schemas_platforms_and_versions_are_the_ones_mct_has():
+    """What `mctq-job schema` offers and validate accepts, against what the installed MCT lists
+    (its refusal of an unknown device or version names them): an MCT upgrade that adds or
+    drops a target platform or TPC version fails here until config.TPC_VERSIONS follows."""
+    schema = config.json_schema()["properties"]
+    platforms = set(schema["target_platform"]["enum"])
+    assert platforms == mcts_choices("devices", device_type="no-such-device")
+    for platform in platforms:
+        offered = set(config.TPC_VERSIONS[platform])
+        assert offered == mcts_choices("versions", device_type=platform, tpc_version="0.0"), platform
+        assert offered <= set(schema["target_platform_version"]["enum"])

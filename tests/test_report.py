@@ -4,14 +4,17 @@ the sparse confusion matrix, agreement between models and the accuracy gate."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from mctq_job import report
-from mctq_job.evaluate import Evaluation
 from mctq_job.report import MODELS
 from mctq_job.tasks.classification import ClassFolders, Sample, Tally
+
+if TYPE_CHECKING:
+    from mctq_job.evaluate import Evaluation
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 2])
 CLASSES = {"a": 0, "b": 1, "c": 2}
@@ -21,7 +24,11 @@ TRUTH = ClassFolders(
 
 
 def evaluation(**predicted) -> Evaluation:
-    """The models' per-image top-1 classes (the true ones by default), tallied by the real task."""
+    """The models' per-image top-1 classes (the true ones by default), tallied by the real task.
+    (The Evaluation lives in the evaluate stage's module, which imports TensorFlow: the tests
+    that build one are marked slow.)"""
+    from mctq_job.evaluate import Evaluation
+
     tally = Tally(TRUTH, list(MODELS))
     for name in MODELS:
         guess = np.asarray(predicted.get(name, LABELS), dtype=np.int32)
@@ -86,6 +93,7 @@ def test_confusion_is_sparse_sorted_triples_that_sum_to_the_image_count():
     assert report.confusion(np.zeros(0, np.int64), np.zeros(0, np.int32)) == []
 
 
+@pytest.mark.slow
 def test_agreement_compares_predictions_not_correctness():
     wrong_the_same_way = np.array([1, 1, 1, 1, 1, 1, 1])
     agreement = report.agreement(evaluation(tflite=wrong_the_same_way, tflite_quantized=wrong_the_same_way))
@@ -94,6 +102,7 @@ def test_agreement_compares_predictions_not_correctness():
     assert agreement["keras_vs_keras_quantized"] == 1.0
 
 
+@pytest.mark.slow
 def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
     doc = report.results(
         run_values(evaluation(tflite_quantized=[0, 0, 1, 1, 2, 2, 0]), {"a": 0, "b": 1, "c": 2}, seed=3)

@@ -2,7 +2,12 @@
 
 Three real models (the digits CNN, a small MobileNetV2, a small model with residual Add,
 Concatenate, pooling, BatchNormalization, ReLU6, swish and hard-swish), each quantized by MCT
-on a few seeded batches and exported by ``mctq_job.tflite_int8.full_integer``."""
+on a few seeded batches and exported by ``mctq_job.tflite_int8.full_integer``.
+
+Every case is built, trained, quantized and exported after :func:`deterministic`: seeded just
+before the model is made (its initial weights come from TensorFlow's global generator) and
+with op determinism on, so an agreement figure is the same whatever ran before in the
+process and however loaded the machine is; each figure is printed (shown on failure, or with -s)."""
 
 from __future__ import annotations
 
@@ -13,19 +18,35 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = 240
 KERNELS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
-def mct_quantized(model, batches: list[np.ndarray], platform: str = "imx500"):
-    """MCT PTQ with the job's repaired TPC: the bench's own helper, so both quantize alike."""
-    import importlib.util
+def deterministic(seed: int) -> None:
+    """TensorFlow, Python and NumPy seeded with ``seed``, and op determinism on. It stays on
+    afterwards (TensorFlow 2.15 has no public switch to turn it off), as after any in-process
+    run of the job, which turns it on too."""
+    import tensorflow as tf
 
-    spec = importlib.util.spec_from_file_location("tflite_export", ROOT / "bench" / "tflite_export.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench.mct_quantized(model, batches, platform)
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def mct_quantized(model, batches: list[np.ndarray], platform: str = "imx500"):
+    """MCT's PTQ called directly, as a notebook does, with the job's TPC for ``platform``
+    (``mctq_job.quantize.target_platform_capabilities``, which repairs MCT's tflite TPC)."""
+    import model_compression_toolkit as mct
+
+    from mctq_job.quantize import target_platform_capabilities
+
+    def representative_data():
+        for batch in batches:
+            yield [batch]
+
+    quantized, _ = mct.ptq.keras_post_training_quantization(
+        model, representative_data, target_platform_capabilities=target_platform_capabilities(platform, "1.0")
+    )
+    return quantized
 
 
 def tflite_outputs(tflite_bytes: bytes, images: np.ndarray) -> np.ndarray:
@@ -43,9 +64,12 @@ def tflite_outputs(tflite_bytes: bytes, images: np.ndarray) -> np.ndarray:
     return _dequantize_output(interpreter.get_tensor(target["index"]), target)
 
 
-def agreement(tflite_bytes: bytes, quantized, images: np.ndarray) -> float:
+def agreement(tflite_bytes: bytes, quantized, images: np.ndarray, name: str = "") -> float:
+    """Share of ``images`` on which the TFLite file and MCT's quantized model pick the same class."""
     expected = np.asarray(quantized.predict(images, batch_size=64, verbose=0)).argmax(-1)
-    return float((tflite_outputs(tflite_bytes, images).argmax(-1) == expected).mean())
+    agreed = tflite_outputs(tflite_bytes, images).argmax(-1) == expected
+    print(f"agreement {name}: {agreed.mean():.4f} ({int((~agreed).sum())} of {len(agreed)} differ)")
+    return float(agreed.mean())
 
 
 def float_size(model) -> int:
@@ -87,9 +111,9 @@ def small_mixed_model(size: int = 32, classes: int = 10):
 
 
 def trained(model, size: int, seed: int):
+    """``model`` fitted for two epochs on patterned images (after :func:`deterministic`)."""
     import tensorflow as tf
 
-    tf.keras.utils.set_random_seed(seed)
     images, labels = patterned_images(384, size, model.output_shape[-1], seed)
     logits = getattr(model.layers[-1], "activation", None) is not tf.keras.activations.softmax
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=logits))
@@ -123,6 +147,7 @@ def digits_images(project: Path) -> np.ndarray:
 def digits_case(digits_template) -> Case:
     import tensorflow as tf
 
+    deterministic(0)
     model = tf.keras.models.load_model(str(digits_template / "model" / "saved_model"), compile=False)
     pixels = digits_images(digits_template)
     order = np.random.default_rng(0).permutation(len(pixels))
@@ -133,14 +158,18 @@ def digits_case(digits_template) -> Case:
 def mobilenet_case() -> Case:
     import tensorflow as tf
 
+    deterministic(1)
     model = trained(
-        tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=10), 96, seed=1
+        tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=10),
+        96,
+        seed=1,
     )
     images, _ = patterned_images(32 + HELD_OUT, 96, 10, seed=2)
     return Case(model, images[:32], images[32:])
 
 
 def mixed_case(platform: str) -> Case:
+    deterministic(3)
     model = trained(small_mixed_model(), 32, seed=3)
     images, _ = patterned_images(32 + HELD_OUT, 32, 10, seed=4)
     return Case(model, images[:32], images[32:], platform)
@@ -174,9 +203,9 @@ def test_every_kernel_is_int8_and_nothing_computes_in_float(case):
     assert counted["runtime_weight_reshapes"] == 0, counted
 
 
-def test_predictions_agree_with_mcts_quantized_model(case):
+def test_predictions_agree_with_mcts_quantized_model(request, case):
     assert len(case.held_out) >= 200
-    assert agreement(case.tflite, case.quantized, case.held_out) >= 0.99
+    assert agreement(case.tflite, case.quantized, case.held_out, request.node.callspec.id) >= 0.99
 
 
 # MobileNetV2 at width 0.35 has few weights per output channel, and TFLite stores 16 bytes per
@@ -207,6 +236,7 @@ def test_integer_io_takes_integers_and_still_agrees(mixed_imx500, io):
     from mctq_job.tflite_census import census, io_quantization
     from mctq_job.tflite_int8 import full_integer
 
+    deterministic(5)
     tflite = full_integer(mixed_imx500.quantized, io, mixed_imx500.representative_data)
     quantization = io_quantization(tflite)
     assert quantization["input"]["dtype"] == quantization["output"]["dtype"] == io
@@ -215,7 +245,7 @@ def test_integer_io_takes_integers_and_still_agrees(mixed_imx500, io):
     assert counted["integer_only"] and not any(
         op.startswith(("QUANTIZE/float", "DEQUANTIZE")) for op in counted["operators"]
     ), counted
-    assert agreement(tflite, mixed_imx500.quantized, mixed_imx500.held_out) >= 0.99
+    assert agreement(tflite, mixed_imx500.quantized, mixed_imx500.held_out, f"mixed_imx500 {io} io") >= 0.99
 
 
 def test_float_io_reports_float_boundaries(mixed_imx500):

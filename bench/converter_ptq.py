@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import common
+from . import common
 
 if TYPE_CHECKING:
     import numpy as np
-    from workload import JobRun
+
+    from .workload import JobRun
 
 FILE = common.WORK / "tflite_converter_int8.tflite"
 

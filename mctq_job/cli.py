@@ -122,7 +122,7 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         process.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a bug of ours, whatever it is: say so, keep the traceback
         process.fail(InternalError(exc))
-    accuracy = {k: v for k, v in result.results.items() if k.startswith("top_1_accuracy_")}
+    accuracy = result.results.notebook_accuracies()
     log.info(
         Event.RUN_FINISH.value,
         outcome="success",

@@ -42,6 +42,7 @@ from .progress import Heartbeat, Progress
 
 if TYPE_CHECKING:
     from .imx500 import Converter
+    from .results import Manifest, Results
 
 #: The stages of a run, in order: the ``stage`` of every event written inside one. ``imx500``
 #: runs only where the configuration asks for the package.
@@ -50,8 +51,8 @@ STAGES = ("config", "inputs", "model", "calibrate", "quantize", "export", "imx50
 
 @dataclass(frozen=True)
 class RunResult:
-    results: dict[str, Any]
-    manifest: dict[str, Any]
+    results: Results
+    manifest: Manifest
     published: list[Path]
 
 
@@ -325,43 +326,43 @@ def _report(values: Any, stages: _Stages, staging: artifacts.Staging, log: Logge
 
     config = values.config
     results = report.results(values)
-    verdict = results["gate"]
+    verdict = results.gate
     if verdict is not None:
-        (log.info if verdict["passed"] else log.error)(Event.ACCURACY_GATE.value, **verdict)
-    _write(staging, config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results))
+        (log.info if verdict.passed else log.error)(Event.ACCURACY_GATE.value, **verdict.document())
+    _write(staging, config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results.document()))
     _write(staging, config.evaluate_result_dir / REPORT_FILE, report_html.render(results).encode())
     failed_gate = _failed_gate(values.config, results)
     outcome = failed_gate.kind if failed_gate else "success"
     manifest = _manifest(values, staging, stages, started_at, outcome)
-    _write(staging, config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest))
+    _write(staging, config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest.document()))
     published = staging.commit()
     for path in published:
         log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
     return RunResult(results, manifest, published)
 
 
-def _failed_gate(config: config_mod.Config, results: dict[str, Any]) -> MctqError | None:
+def _failed_gate(config: config_mod.Config, results: Results) -> MctqError | None:
     """The error of a gate the published run failed (the chip's fit first, then accuracy), or None."""
-    chip, verdict = results.get("imx500"), results.get("gate")
-    if chip and config.imx500 and config.imx500.require_fit and not chip["fit_in_chip"]:
+    chip, verdict = results.imx500, results.gate
+    if chip and config.imx500 and config.imx500.require_fit and not chip.fit_in_chip:
         return Imx500NotFitError(
-            f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
-            f"of {chip['total_memory_bytes']}; the memory report, the models and results are written for "
+            f"the IMX500 converter says the model does not fit the chip: it needs {chip.memory_usage_bytes} bytes "
+            f"of {chip.total_memory_bytes}; the memory report, the models and results are written for "
             f"inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
             fit_in_chip=False,
-            utilization=chip["utilization"],
+            utilization=chip.utilization,
         )
-    if verdict and not verdict["passed"]:
+    if verdict and not verdict.passed:
         return AccuracyGateError(
-            f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to {QUANTIZED_FILE}, "
-            f"more than max_top1_drop {verdict['max_top1_drop']}; the models, results.json and report.html are "
+            f"top-1 accuracy dropped by {verdict.top_1_drop:.4f} from the Keras model to {QUANTIZED_FILE}, "
+            f"more than max_top1_drop {verdict.max_top1_drop}; the models, results.json and report.html are "
             f"written for inspection",
-            **verdict,
+            **verdict.document(),
         )
     return None
 
 
-def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_at: str, outcome: str) -> dict:
+def _manifest(values: Any, staging: artifacts.Staging, stages: _Stages, started_at: str, outcome: str) -> Manifest:
     import numpy
     import tensorflow as tf
 

@@ -239,8 +239,7 @@ class ModelResult(_Part):
 
 
 class Agreement(_Part):
-    """Share of the evaluation images on which two models predict the same class, right or wrong.
-    The pairs are the field names (``AGREEMENT_PAIRS``)."""
+    """Share of the evaluation images on which two models predict the same class, right or wrong."""
 
     keras_vs_keras_quantized: Share = Field(description="The Keras model against MCT's quantized one.")
     tflite_vs_tflite_quantized: Share = Field(description="The two TFLite files.")
@@ -251,7 +250,7 @@ class Agreement(_Part):
     )
 
 
-#: Pairs of models whose per-image top-1 predictions are compared: Agreement's fields.
+#: Pairs of models whose per-image top-1 predictions are compared: Agreement's field names.
 AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (a, b) for a, _, b in (name.partition("_vs_") for name in Agreement.model_fields)
 )

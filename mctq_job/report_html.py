@@ -90,6 +90,8 @@ def _fmt(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"  # byte and bit-operation counts, which MCT gives as floats
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (dict, list)):

@@ -5,6 +5,9 @@ from, read back byte for byte and checked against the published JSON Schemas."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +198,19 @@ def test_sizes_ratio():
         "tflite_quantized_bytes": 1000,
         "quantized_to_float_ratio": 0.25,
     }
+
+
+@pytest.mark.parametrize("option,model", [("--results", results.Results), ("--manifest", results.Manifest)])
+def test_schema_prints_the_documents_json_schema_without_tensorflow(option, model):
+    """`mctq-job schema --results/--manifest` print the JSON Schema the tests validate every run's
+    files against; like plain `schema`, without importing TensorFlow, MCT or numpy."""
+    code = (
+        "import sys; from mctq_job.cli import main\n"
+        f"try:\n    main(['schema', '{option}'])\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('tensorflow', 'model_compression_toolkit', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout) == json.loads(json.dumps(results.json_schema(model)))
+    assert "HEAVY []" in proc.stderr

@@ -214,3 +214,17 @@ def test_schema_prints_the_documents_json_schema_without_tensorflow(option, mode
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(proc.stdout) == json.loads(json.dumps(results.json_schema(model)))
     assert "HEAVY []" in proc.stderr
+
+
+def test_the_run_check_catches_a_published_file_that_breaks_its_schema(tmp_path):
+    """conftest's check of every run's published files (run_cli, LiveRun) fails on a stray key."""
+    from conftest import check_published_documents
+
+    values = run_values(evaluation(LABELS, {}), {"a": 0, "b": 1, "c": 2})
+    path = tmp_path / "results.json"
+    event = json.dumps({"event": "artifact.written", "name": "results.json", "path": str(path)})
+    path.write_bytes(artifacts.json_bytes(report.results(values).document()))
+    check_published_documents(["console line", event])
+    path.write_bytes(artifacts.json_bytes({**report.results(values).document(), "stray": 1}))
+    with pytest.raises(AssertionError, match="breaks the published schema"):
+        check_published_documents([event])

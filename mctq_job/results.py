@@ -42,6 +42,8 @@ ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
 NOTEBOOK_KEYS = tuple(f"top_1_accuracy_{name}" for name in MODELS)
 #: The accuracy gate compares the deliverable with the model it came from.
 GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
+GateReference = Literal[(GATE_REFERENCE,)]  # type: ignore[valid-type]
+GateCandidate = Literal[(GATE_CANDIDATE,)]  # type: ignore[valid-type]
 #: How a run ended where it published its files: success, or the gate it failed.
 OUTCOMES = ("success", AccuracyGateError.kind, Imx500NotFitError.kind)
 Outcome = Literal[OUTCOMES]  # type: ignore[valid-type]
@@ -123,8 +125,8 @@ class ResourceUtilization(_Part):
 class Gate(_Part):
     """The accuracy gate's verdict."""
 
-    reference: Literal["keras"] = Field(description="The model the drop is measured from.")
-    candidate: Literal["tflite_quantized"] = Field(description="The model the drop is measured to.")
+    reference: GateReference = Field(description="The model the drop is measured from.")
+    candidate: GateCandidate = Field(description="The model the drop is measured to.")
     top_1_drop: float = Field(ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain).")
     max_top1_drop: Share = Field(description="The largest drop allowed (`max_top1_drop`).")
     passed: bool = Field(description="Whether the drop is at most the allowed one.")

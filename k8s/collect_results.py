@@ -12,9 +12,13 @@ the manifest records for its results.json, so the folders may have been copied a
 seed) come from the resolved configuration in manifest.json; ``gate`` is the accuracy gate's
 verdict where the run had one (``max_top1_drop``).
 
+Both files are read through the job's own models (``mctq_job.results``), so the script runs
+wherever mctq-job is installed: in the job's image (the loader pod) or with the repository's
+venv. A file that does not fit its schema is listed with the reason.
+
 Exit status: 0 when every run is complete; 1 when some results.json has no manifest.json or
-the reverse (a run that failed or is still running); 2 when nothing was found.
-Only the standard library is used, so it runs in the job's image too.
+the reverse (a run that failed or is still running), or a file does not fit its schema; 2 when
+nothing was found or mctq-job is not installed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+try:
+    import pydantic
+
+    from mctq_job.results import GATE_CANDIDATE, GATE_REFERENCE, MODELS, Manifest, Results
+except ImportError as exc:  # not the job's image or venv
+    print(
+        f"collect_results: needs mctq-job installed (the job's image, or the repository's .venv): {exc}",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 COLUMNS = (
     "run",
     "target_platform",
@@ -52,12 +66,23 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load(path: Path) -> dict[str, Any] | None:
+def _load(path: Path) -> Any:
+    """The file's JSON, or None where it cannot be read or parsed."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    return document if isinstance(document, dict) else None
+
+
+def _validated(model: type[Results] | type[Manifest], document: Any) -> tuple[Any, str | None]:
+    """(the document as ``model``, None), or (None, why it does not fit the schema)."""
+    try:
+        return model.model_validate(document), None
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return None, f"{where}: {first['msg']}{more}"
 
 
 def _run_name(root: Path, *folders: Path) -> str:
@@ -69,56 +94,62 @@ def _run_name(root: Path, *folders: Path) -> str:
 def collect(root: Path) -> list[dict[str, Any]]:
     """One row per run found below ``root``, in natural order of the run names."""
     root = root.absolute()
-    manifests = {}
+    manifests: dict[Path, tuple[Manifest | None, str | None]] = {}
+    by_results_hash: dict[str, list[Path]] = {}
     for path in sorted(root.rglob("manifest.json")):
         document = _load(path)
-        if document is not None and "artifacts" in document:
-            manifests[path] = document
-    by_results_hash: dict[str, list[Path]] = {}
-    for path, document in manifests.items():
-        for artifact in document.get("artifacts", []):
-            if artifact.get("name") == "results.json" and artifact.get("sha256"):
+        if not isinstance(document, dict) or not isinstance(document.get("artifacts"), list):
+            continue  # not a manifest the job wrote
+        manifests[path] = _validated(Manifest, document)
+        for artifact in document["artifacts"]:
+            if isinstance(artifact, dict) and artifact.get("name") == "results.json" and artifact.get("sha256"):
                 by_results_hash.setdefault(artifact["sha256"], []).append(path)
     rows, paired = [], set()
     for path in sorted(root.rglob("results.json")):
-        results = _load(path)
-        if results is None or not any(f"top_1_accuracy_{m}" in results for m in MODELS):
-            continue
+        document = _load(path)
+        if not isinstance(document, dict) or not any(key.startswith("top_1_accuracy_") for key in document):
+            continue  # not a results.json the job wrote
+        results, problem = _validated(Results, document)
         # Identical results.json files may exist in several runs: the nearest unpaired manifest.
         candidates = [m for m in by_results_hash.get(sha256(path), []) if m not in paired]
         manifest_path = max(candidates, key=lambda m: len(os.path.commonpath([str(m), str(path)])), default=None)
         if manifest_path is not None:
             paired.add(manifest_path)
-            row = _row(_run_name(root, path.parent, manifest_path.parent), results, manifests[manifest_path], OK)
+            manifest, manifest_problem = manifests[manifest_path]
+            status = _unfit(problem, manifest_problem) or OK
+            row = _row(_run_name(root, path.parent, manifest_path.parent), results, manifest, status)
         else:
-            row = _row(_run_name(root, path.parent.parent), results, None, "no manifest.json (run incomplete?)")
+            status = _unfit(problem, None) or "no manifest.json (run incomplete?)"
+            row = _row(_run_name(root, path.parent.parent), results, None, status)
         rows.append(row)
-    for path, document in manifests.items():
+    for path, (manifest, problem) in manifests.items():
         if path not in paired:
-            rows.append(_row(_run_name(root, path.parent.parent), {}, document, "results.json missing or changed"))
+            status = _unfit(None, problem) or "results.json missing or changed"
+            rows.append(_row(_run_name(root, path.parent.parent), None, manifest, status))
     return sorted(rows, key=lambda r: _natural(r["run"]))
 
 
-def _row(run: str, results: dict[str, Any], manifest: dict[str, Any] | None, status: str) -> dict[str, Any]:
-    config = (manifest or {}).get("config", {})
+def _unfit(results_problem: str | None, manifest_problem: str | None) -> str | None:
+    """Why the run's files do not fit their schemas, or None where they do."""
+    named = (("results.json", results_problem), ("manifest.json", manifest_problem))
+    return "; ".join(f"{name} does not fit its schema: {why}" for name, why in named if why) or None
+
+
+def _row(run: str, results: Results | None, manifest: Manifest | None, status: str) -> dict[str, Any]:
+    config = manifest.config if manifest else None
     row: dict[str, Any] = {"run": run, "status": status}
-    row["target_platform"] = results.get("target_platform", config.get("target_platform"))
-    row["seed"] = results.get("seed", config.get("seed"))
-    row["iteration_count"] = config.get("iteration_count")
-    row["batch_size"] = config.get("batch_size")
-    row["image_count"] = results.get("image_count")
+    row["target_platform"] = results.target_platform if results else config.target_platform if config else None
+    row["seed"] = results.seed if results else config.seed if config else None
+    row["iteration_count"] = config.iteration_count if config else None
+    row["batch_size"] = config.batch_size if config else None
+    row["image_count"] = results.image_count if results else None
     for model in MODELS:
-        row[model] = results.get(f"top_1_accuracy_{model}")
-    if row["keras"] is not None and row["tflite_quantized"] is not None:
-        row["drop"] = row["keras"] - row["tflite_quantized"]
-    else:
-        row["drop"] = None
-    gate = results.get("gate")
-    row["gate"] = None if not isinstance(gate, dict) else "passed" if gate.get("passed") else "failed"
-    peak = (manifest or {}).get("peak_memory_bytes")
-    row["peak_memory_mb"] = round(peak / 2**20) if isinstance(peak, (int, float)) else None
-    stages = (manifest or {}).get("stage_seconds") or {}
-    row["seconds"] = round(sum(stages.values()), 1) if stages else None
+        row[model] = results.accuracy(model) if results else None
+    row["drop"] = results.accuracy(GATE_REFERENCE) - results.accuracy(GATE_CANDIDATE) if results else None
+    gate = results.gate if results else None
+    row["gate"] = None if gate is None else "passed" if gate.passed else "failed"
+    row["peak_memory_mb"] = round(manifest.peak_memory_bytes / 2**20) if manifest else None
+    row["seconds"] = round(sum(manifest.stage_seconds.values()), 1) if manifest and manifest.stage_seconds else None
     return row
 
 

@@ -122,7 +122,7 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         process.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a bug of ours, whatever it is: say so, keep the traceback
         process.fail(InternalError(exc))
-    accuracy = {k: v for k, v in result.results.items() if k.startswith("top_1_accuracy_")}
+    accuracy = result.results.notebook_accuracies()
     log.info(
         Event.RUN_FINISH.value,
         outcome="success",
@@ -158,11 +158,18 @@ def validate(config_path: Path, log_format: str, log_level: str) -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the JSON Schema of configuration.json."""
-    from .config import json_schema
+@click.option("--results", "document", flag_value="results", help="results.json's schema instead.")
+@click.option("--manifest", "document", flag_value="manifest", help="manifest.json's schema instead.")
+def schema(document: str | None) -> None:
+    """Print the JSON Schema of configuration.json (or of results.json, manifest.json)."""
+    if document is None:
+        from .config import json_schema
 
-    click.echo(json.dumps(json_schema(), indent=2))
+        click.echo(json.dumps(json_schema(), indent=2))
+        return
+    from . import results
+
+    click.echo(json.dumps(results.json_schema(results.SCHEMAS[document]), indent=2))
 
 
 @main.command()

@@ -17,14 +17,15 @@ from .config import Config
 from .context import RunContext, now, peak_memory_bytes
 from .errors import AccuracyGateError, Imx500NotFitError, MctqError
 from .events import Event
+from .results import Manifest, Results
 
 
 @dataclass(frozen=True)
 class RunResult:
     """The stage's value, and the run's."""
 
-    results: dict[str, Any]
-    manifest: dict[str, Any]
+    results: Results
+    manifest: Manifest
     published: list[Path]
 
     def summary(self) -> dict[str, Any]:
@@ -34,42 +35,42 @@ class RunResult:
 def run(ctx: RunContext, values: report.RunValues) -> RunResult:
     config = values.config
     results = report.results(values)
-    verdict = results["gate"]
+    verdict = results.gate
     if verdict is not None:
-        (ctx.log.info if verdict["passed"] else ctx.log.error)(Event.ACCURACY_GATE.value, **verdict)
-    ctx.write(config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results))
+        (ctx.log.info if verdict.passed else ctx.log.error)(Event.ACCURACY_GATE.value, **verdict.document())
+    ctx.write(config.evaluate_result_dir / RESULTS_FILE, artifacts.json_bytes(results.document()))
     ctx.write(config.evaluate_result_dir / REPORT_FILE, report_html.render(results).encode())
     failed = failed_gate(config, results)
     manifest = _manifest(ctx, values, outcome=failed.kind if failed else "success")
-    ctx.write(config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest))
+    ctx.write(config.output_dir / MANIFEST_FILE, artifacts.json_bytes(manifest.document()))
     published = ctx.require_staging().commit()
     for path in published:
         ctx.log.info(Event.ARTIFACT_WRITTEN.value, **artifacts.describe(path).record())
     return RunResult(results, manifest, published)
 
 
-def failed_gate(config: Config, results: dict[str, Any]) -> MctqError | None:
+def failed_gate(config: Config, results: Results) -> MctqError | None:
     """The error of a gate the published run failed (the chip's fit first, then accuracy), or None."""
-    chip, verdict = results.get("imx500"), results.get("gate")
-    if chip and config.imx500 and config.imx500.require_fit and not chip["fit_in_chip"]:
+    chip, verdict = results.imx500, results.gate
+    if chip and config.imx500 and config.imx500.require_fit and not chip.fit_in_chip:
         return Imx500NotFitError(
-            f"the IMX500 converter says the model does not fit the chip: it needs {chip['memory_usage_bytes']} bytes "
-            f"of {chip['total_memory_bytes']}; the memory report, the models and results are written for "
+            f"the IMX500 converter says the model does not fit the chip: it needs {chip.memory_usage_bytes} bytes "
+            f"of {chip.total_memory_bytes}; the memory report, the models and results are written for "
             f"inspection; make the model smaller (e.g. mixed_precision) or set imx500.require_fit false",
             fit_in_chip=False,
-            utilization=chip["utilization"],
+            utilization=chip.utilization,
         )
-    if verdict and not verdict["passed"]:
+    if verdict and not verdict.passed:
         return AccuracyGateError(
-            f"top-1 accuracy dropped by {verdict['top_1_drop']:.4f} from the Keras model to {QUANTIZED_FILE}, "
-            f"more than max_top1_drop {verdict['max_top1_drop']}; the models, results.json and report.html are "
+            f"top-1 accuracy dropped by {verdict.top_1_drop:.4f} from the Keras model to {QUANTIZED_FILE}, "
+            f"more than max_top1_drop {verdict.max_top1_drop}; the models, results.json and report.html are "
             f"written for inspection",
-            **verdict,
+            **verdict.document(),
         )
     return None
 
 
-def _manifest(ctx: RunContext, values: report.RunValues, outcome: str) -> dict[str, Any]:
+def _manifest(ctx: RunContext, values: report.RunValues, outcome: str) -> Manifest:
     import numpy
     import tensorflow as tf
 

@@ -1,8 +1,10 @@
-"""Stage ``report``: results.json and manifest.json as plain data (pure functions).
+"""Stage ``report``: results.json and manifest.json built from the stages' values (pure functions).
 
-results.json keeps the notebook's four ``top_1_accuracy_*`` keys first, then what the
-notebook never had: top-5, per-class accuracy, confusion matrices, agreement between the
-models' predictions, sizes, latency, MCT's resource utilization and the accuracy gate.
+Both are the models of :mod:`mctq_job.results`, their one definition: constructing them
+validates what the stages found against the published schema. results.json keeps the
+notebook's four ``top_1_accuracy_*`` keys first, then what the notebook never had: top-5,
+per-class accuracy, confusion matrices, agreement between the models' predictions, sizes,
+latency, MCT's resource utilization and the accuracy gate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .results import (
+    AGREEMENT_PAIRS,
+    GATE_CANDIDATE,
+    GATE_REFERENCE,
+    MANIFEST_VERSION,
+    RESULTS_VERSION,
+    VOLATILE_MANIFEST_FIELDS,
+    VOLATILE_RESULT_FIELDS,
+    Agreement,
+    Gate,
+    Manifest,
+    ModelResult,
+    PerClass,
+    Results,
+    Sizes,
+)
+from .results import MODELS as MODELS  # noqa: PLC0414 - tests/test_job.py reads it from here
+from .tasks import task_for
+
+#: The Keras models evaluated beside the exported TFLite files (those follow, in the export
+#: stage's order, each with its own description): results.json name, description.
+KERAS_MODELS = {name: MODELS[name] for name in ("keras", "keras_quantized")}
+
 if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlow
     from .calibrate import Drawn
     from .config import Config
@@ -21,39 +46,6 @@ if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlo
     from .inputs import Inputs
     from .model import ModelInfo
     from .quantize import Quantized
-
-RESULTS_VERSION = 2
-MANIFEST_VERSION = 1
-#: manifest.json fields that differ between two runs of the same inputs and seed.
-VOLATILE_MANIFEST_FIELDS = (
-    "run_id",
-    "started_at",
-    "finished_at",
-    "stage_seconds",
-    "peak_memory_bytes",
-    "config_file",
-    "versions.platform",
-)
-#: results.json fields that differ between two runs of the same inputs and seed.
-VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
-#: The Keras models evaluated beside the exported TFLite files (those follow, in the export
-#: stage's order, each with its own description): results.json key suffix, description.
-KERAS_MODELS = {
-    "keras": "Keras model (float)",
-    "keras_quantized": "MCT's quantized Keras model",
-}
-#: results.json's first keys, top_1_accuracy_<name>, in this order: the notebook's, which existing users parse.
-MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
-#: Pairs of models whose per-image top-1 predictions are compared.
-AGREEMENT_PAIRS = (
-    ("keras", "keras_quantized"),
-    ("tflite", "tflite_quantized"),
-    ("keras", "tflite_quantized"),
-    ("keras", "tflite"),
-    ("keras_quantized", "tflite_quantized"),
-)
-#: The accuracy gate compares the deliverable with the model it came from.
-GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
 
 
 @dataclass(frozen=True)
@@ -70,31 +62,34 @@ class RunValues:
     imx500: dict[str, Any] | None = None  # the IMX500 converter's memory facts, where a package was made
 
 
-def results(values: RunValues) -> dict[str, Any]:
-    """results.json: the notebook's four keys first, then everything else the stages found."""
+def results(values: RunValues) -> Results:
+    """results.json: the notebook's four keys first, then everything else the stages found.
+    Raises pydantic.ValidationError where a stage's value does not fit the published schema."""
     config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
     tally = evaluation.tally
     tflite = values.exported.models
-    doc: dict[str, Any] = {f"top_1_accuracy_{name}": tally.accuracy(name) for name in MODELS}
-    doc["results_version"] = RESULTS_VERSION
-    doc["image_count"] = evaluation.image_count
-    doc["class_count"] = int(len(set(tally.labels.tolist())))
-    doc["classes"] = dict(sorted(classes.items(), key=lambda item: item[1]))
-    doc["target_platform"] = config.target_platform
-    doc["seed"] = config.seed
-    doc["quantization"] = config.quantization_settings()
-    doc["calibration"] = values.drawn.facts()
     skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
-    doc["skipped_images"] = [{"path": str(path), "reason": reason} for path, reason in skipped]
-    doc["sizes"] = sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size)
-    doc["resource_utilization"] = values.quantized.resource_utilization
-    doc["gate"] = gate({name: tally.accuracy(name) for name in MODELS}, config.max_top1_drop)
-    doc["quantized_io"] = {"type": config.quantized_io, **tflite["tflite_quantized"].io}
-    doc["imx500"] = values.imx500
-    doc["models"] = {name: _model_details(values, name, text) for name, text in evaluated(values).items()}
-    doc["agreement"] = agreement(evaluation)
-    doc["volatile_fields"] = list(VOLATILE_RESULT_FIELDS)
-    return doc
+    return Results(
+        **{f"top_1_accuracy_{name}": tally.accuracy(name) for name in MODELS},
+        results_version=RESULTS_VERSION,
+        task=task_for(config).name,
+        image_count=evaluation.image_count,
+        class_count=int(len(set(tally.labels.tolist()))),
+        classes=dict(sorted(classes.items(), key=lambda item: item[1])),
+        target_platform=config.target_platform,
+        seed=config.seed,
+        quantization=config.quantization_settings(),
+        calibration=values.drawn.facts(),
+        skipped_images=[{"path": str(path), "reason": reason} for path, reason in skipped],
+        sizes=sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size),
+        resource_utilization=values.quantized.resource_utilization,
+        gate=gate({name: tally.accuracy(name) for name in MODELS}, config.max_top1_drop),
+        quantized_io={"type": config.quantized_io, **tflite["tflite_quantized"].io},
+        imx500=values.imx500,
+        models={name: _model_details(values, name, text) for name, text in evaluated(values).items()},
+        agreement=agreement(evaluation),
+        volatile_fields=list(VOLATILE_RESULT_FIELDS),
+    )
 
 
 def evaluated(values: RunValues) -> dict[str, str]:
@@ -104,35 +99,33 @@ def evaluated(values: RunValues) -> dict[str, str]:
     return {**KERAS_MODELS, **exported}
 
 
-def _model_details(values: RunValues, name: str, description: str) -> dict[str, Any]:
+def _model_details(values: RunValues, name: str, description: str) -> ModelResult:
     evaluation, classes = values.evaluation, values.inputs.truth.labels
     tally = evaluation.tally
     exported = values.exported.models.get(name)
     score = tally.scores[name]
     predicted = score.predicted()
-    details: dict[str, Any] = {
-        "description": description,
-        "file": str(exported.final) if exported else None,
-        "bytes": exported.size if exported else None,
-        "correct": score.correct,
-        "top_1_accuracy": tally.accuracy(name),
-        "top_5_accuracy": tally.top5_accuracy(name),
-        "per_class": per_class(tally.labels, predicted, classes),
-        "confusion": confusion(tally.labels, predicted),
-        "inference": {
+    return ModelResult(
+        description=description,
+        file=str(exported.final) if exported else None,
+        bytes=exported.size if exported else None,
+        correct=score.correct,
+        top_1_accuracy=tally.accuracy(name),
+        top_5_accuracy=tally.top5_accuracy(name),
+        per_class=per_class(tally.labels, predicted, classes),
+        confusion=confusion(tally.labels, predicted),
+        inference={
             "batch_size": evaluation.batch_size,
             "threads": evaluation.threads,
             "ms_per_image": round(1000 * evaluation.seconds[name] / evaluation.image_count, 3),
         },
-        "latency": evaluation.latencies.get(name),
-    }
-    if exported:
-        details["census"] = exported.census
-        details["io"] = exported.io
-    return details
+        latency=evaluation.latencies.get(name),
+        census=exported.census if exported else None,
+        io=exported.io if exported else None,
+    )
 
 
-def per_class(labels: np.ndarray, predicted: np.ndarray, classes: dict[str, int]) -> dict[str, dict[str, Any]]:
+def per_class(labels: np.ndarray, predicted: np.ndarray, classes: dict[str, int]) -> dict[str, PerClass]:
     """Top-1 accuracy of each class that has evaluation images, by class name."""
     table = {}
     for name, label in sorted(classes.items(), key=lambda item: item[1]):
@@ -140,47 +133,47 @@ def per_class(labels: np.ndarray, predicted: np.ndarray, classes: dict[str, int]
         images = int(mine.sum())
         if images:
             correct = int((predicted[mine] == label).sum())
-            table[name] = {"label": label, "images": images, "correct": correct, "top_1_accuracy": correct / images}
+            table[name] = PerClass(label=label, images=images, correct=correct, top_1_accuracy=correct / images)
     return table
 
 
-def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:
-    """The confusion matrix as sorted [true label, predicted label, count] triples, zeros left out:
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> list[tuple[int, int, int]]:
+    """The confusion matrix as sorted (true label, predicted label, count) triples, zeros left out:
     the same for 10 classes or 1,000."""
     if not len(labels):
         return []
     pairs, counts = np.unique(np.stack([labels, predicted], axis=1), axis=0, return_counts=True)
-    return [[int(t), int(p), int(n)] for (t, p), n in zip(pairs, counts, strict=True)]
+    return [(int(t), int(p), int(n)) for (t, p), n in zip(pairs, counts, strict=True)]
 
 
-def agreement(evaluation: Evaluation) -> dict[str, float]:
+def agreement(evaluation: Evaluation) -> Agreement:
     """Fraction of images on which two models predict the same class, right or wrong."""
     predicted = {name: evaluation.tally.scores[name].predicted() for name in MODELS}
-    return {f"{a}_vs_{b}": float(np.mean(predicted[a] == predicted[b])) for a, b in AGREEMENT_PAIRS}
+    return Agreement(**{f"{a}_vs_{b}": float(np.mean(predicted[a] == predicted[b])) for a, b in AGREEMENT_PAIRS})
 
 
-def sizes(keras_parameters: int, tflite_bytes: int, tflite_quantized_bytes: int) -> dict[str, Any]:
-    return {
-        "keras_parameters": keras_parameters,
-        "tflite_bytes": tflite_bytes,
-        "tflite_quantized_bytes": tflite_quantized_bytes,
-        "quantized_to_float_ratio": round(tflite_quantized_bytes / tflite_bytes, 4),
-    }
+def sizes(keras_parameters: int, tflite_bytes: int, tflite_quantized_bytes: int) -> Sizes:
+    return Sizes(
+        keras_parameters=keras_parameters,
+        tflite_bytes=tflite_bytes,
+        tflite_quantized_bytes=tflite_quantized_bytes,
+        quantized_to_float_ratio=round(tflite_quantized_bytes / tflite_bytes, 4),
+    )
 
 
-def gate(accuracies: dict[str, float], max_drop: float | None) -> dict[str, Any] | None:
+def gate(accuracies: dict[str, float], max_drop: float | None) -> Gate | None:
     """The accuracy gate's verdict, or None without a gate. Passes when the drop is at most
     ``max_drop`` (rounded to 12 digits: 0.98 - 0.96 must not fail a 0.02 gate)."""
     if max_drop is None:
         return None
     drop = round(accuracies[GATE_REFERENCE] - accuracies[GATE_CANDIDATE], 12)
-    return {
-        "reference": GATE_REFERENCE,
-        "candidate": GATE_CANDIDATE,
-        "top_1_drop": drop,
-        "max_top1_drop": max_drop,
-        "passed": drop <= max_drop,
-    }
+    return Gate(
+        reference=GATE_REFERENCE,
+        candidate=GATE_CANDIDATE,
+        top_1_drop=drop,
+        max_top1_drop=max_drop,
+        passed=drop <= max_drop,
+    )
 
 
 def manifest(
@@ -196,20 +189,21 @@ def manifest(
     peak_memory_bytes: int,
     artifacts: list[dict[str, Any]],
     outcome: str,
-) -> dict[str, Any]:
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "outcome": outcome,
-        "run_id": run_id,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "versions": {**versions, "python": platform.python_version(), "platform": platform.platform()},
-        "config_file": config_file,
-        "config": config_doc,
-        "config_sha256": config_sha256,
-        "seed": config_doc.get("seed"),
-        "stage_seconds": stage_seconds,
-        "peak_memory_bytes": peak_memory_bytes,
-        "artifacts": artifacts,
-        "volatile_fields": list(VOLATILE_MANIFEST_FIELDS),
-    }
+) -> Manifest:
+    """manifest.json. Raises pydantic.ValidationError where a value does not fit the published schema."""
+    return Manifest(
+        manifest_version=MANIFEST_VERSION,
+        outcome=outcome,
+        run_id=run_id,
+        started_at=started_at,
+        finished_at=finished_at,
+        versions={**versions, "python": platform.python_version(), "platform": platform.platform()},
+        config_file=config_file,
+        config=config_doc,
+        config_sha256=config_sha256,
+        seed=config_doc.get("seed"),
+        stage_seconds=stage_seconds,
+        peak_memory_bytes=peak_memory_bytes,
+        artifacts=artifacts,
+        volatile_fields=list(VOLATILE_MANIFEST_FIELDS),
+    )

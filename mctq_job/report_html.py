@@ -1,12 +1,13 @@
-"""report.html: results.json (version 2) as one self-contained page for a person to read.
+"""report.html: results.json as one self-contained page for a person to read.
 
-``render(results)`` is a pure function from the results dict to an HTML document: inline CSS,
+``render(results)`` is a pure function from the results (:class:`mctq_job.results.Results`,
+the model results.json is written from) to an HTML document: inline CSS,
 no JavaScript and no external reference; the plots are PNGs drawn with matplotlib's object API
 (never pyplot's global state) and embedded as ``data:`` URIs. Every string that comes from the
 job's inputs (class names, paths, settings) is escaped. Sections whose data is absent (no gate,
 no resource utilization, no skipped images, ...) are left out. matplotlib is imported only when
 a plot is drawn. The model names and the gate's pair of models are results.json's own
-(``mctq_job.report``).
+(``mctq_job.results``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # The per-class plot and the confusion matrices compare the pair the accuracy gate compares.
-from .report import GATE_CANDIDATE as CANDIDATE
-from .report import GATE_REFERENCE as REFERENCE
-from .report import MODELS
+from .results import GATE_CANDIDATE as CANDIDATE
+from .results import GATE_REFERENCE as REFERENCE
+from .results import MODELS, ModelResult, PerClass, Results
 
 TITLE = "mctq-job report"
 #: The plots' section headings, in page order.
@@ -48,7 +49,7 @@ code{font-size:.88rem;word-break:break-all}
 """
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: Results) -> str:
     """The whole report.html for one results.json document."""
     sections = (
         _summary(results),
@@ -89,6 +90,8 @@ def _fmt(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"  # byte and bit-operation counts, which MCT gives as floats
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (dict, list)):
@@ -140,48 +143,41 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
 
 
-def _models(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The models that are present, in results.json's order."""
-    return {name: model for name, model in (results.get("models") or {}).items() if isinstance(model, dict)}
-
-
 # --- Tables -------------------------------------------------------------------------------
 
 
-def _summary(results: dict[str, Any]) -> str:
-    rows = [[_head(key), _share(results.get(key))] for key in (f"top_1_accuracy_{name}" for name in MODELS)]
-    rows += [[_head(key), _cell(results.get(key))] for key in ("image_count", "class_count")]
+def _summary(results: Results) -> str:
+    rows = [[_head(key), _share(value)] for key, value in results.notebook_accuracies().items()]
+    rows += [[_head("image_count"), _cell(results.image_count)], [_head("class_count"), _cell(results.class_count)]]
     return _section("Summary", _table(("result", "value"), rows), _models_table(results))
 
 
-def _models_table(results: dict[str, Any]) -> str:
-    models = _models(results)
-    if not models:
+def _models_table(results: Results) -> str:
+    if not results.models:
         return ""
     rows = (
         [
             _head(name),
-            _cell(model.get("description")),
-            _share(model.get("top_1_accuracy")),
-            _share(model.get("top_5_accuracy")),
-            _cell(model.get("correct")),
-            f"<td><code>{_e(_fmt(model.get('file')))}</code></td>",
-            _cell(model.get("bytes")),
+            _cell(model.description),
+            _share(model.top_1_accuracy),
+            _share(model.top_5_accuracy),
+            _cell(model.correct),
+            f"<td><code>{_e(_fmt(model.file))}</code></td>",
+            _cell(model.bytes),
         ]
-        for name, model in models.items()
+        for name, model in results.models.items()
     )
     return _table(("model", "description", "top-1", "top-5", "correct", "file", "bytes"), rows)
 
 
-def _gate(results: dict[str, Any]) -> str:
-    gate = results.get("gate")
-    if not isinstance(gate, dict):
+def _gate(results: Results) -> str:
+    gate = results.gate
+    if gate is None:
         return ""
-    verdict = "passed" if gate.get("passed") else "failed"
-    drop, limit = gate.get("top_1_drop"), gate.get("max_top1_drop")
+    verdict = "passed" if gate.passed else "failed"
     text = (
-        f"top-1 drop from {gate.get('reference')} to {gate.get('candidate')}: "
-        f"{_points(drop)} (at most {_points(limit)} allowed)"
+        f"top-1 drop from {gate.reference} to {gate.candidate}: "
+        f"{_points(gate.top_1_drop)} (at most {_points(gate.max_top1_drop)} allowed)"
     )
     return _section("Accuracy gate", f'<p><span class="gate {verdict}">gate {verdict}</span></p>', _note(text))
 
@@ -190,19 +186,16 @@ def _points(value: Any) -> str:
     return MISSING if value is None else f"{100 * value:.2f} percentage points"
 
 
-def _settings(results: dict[str, Any]) -> str:
-    quantization = results.get("quantization")
-    tables = [_key_values(quantization, "quantization")] if isinstance(quantization, dict) else []
-    run: dict[str, Any] = {key: results[key] for key in ("seed", "calibration") if key in results}
-    tables += [_key_values(run, "run")] if run else []
-    return _section("Settings", *tables) if tables else ""
+def _settings(results: Results) -> str:
+    document = results.document()
+    run = {key: document[key] for key in ("task", "seed", "calibration")}
+    return _section("Settings", _key_values(document["quantization"], "quantization"), _key_values(run, "run"))
 
 
-def _agreement(results: dict[str, Any]) -> str:
-    agreement = results.get("agreement")
-    if not agreement:
-        return ""
-    rows = ([_head(pair.replace("_vs_", " vs ")), _share(share)] for pair, share in agreement.items())
+def _agreement(results: Results) -> str:
+    rows = (
+        [_head(pair.replace("_vs_", " vs ")), _share(share)] for pair, share in results.agreement.document().items()
+    )
     return _section(
         "Agreement",
         _note("Share of images on which two models predict the same class, right or wrong."),
@@ -210,19 +203,18 @@ def _agreement(results: dict[str, Any]) -> str:
     )
 
 
-def _latency(results: dict[str, Any]) -> str:
-    models = _models(results)
-    if not any(model.get("latency") or model.get("inference") for model in models.values()):
+def _latency(results: Results) -> str:
+    if not results.models:
         return ""
     rows = []
-    for name, model in models.items():
-        inference, latency = model.get("inference") or {}, model.get("latency") or {}
+    for name, model in results.models.items():
+        inference, latency = model.inference, model.latency
         rows.append(
             [
                 _head(name),
-                _cell(inference.get("ms_per_image")),
-                _cell(inference.get("batch_size")),
-                *(_cell(latency.get(key)) for key in ("batch_size", "threads", "runs", "median_ms", "p90_ms")),
+                _cell(inference.ms_per_image),
+                _cell(inference.batch_size),
+                *map(_cell, (latency.batch_size, latency.threads, latency.runs, latency.median_ms, latency.p90_ms)),
             ]
         )
     header = (
@@ -238,41 +230,35 @@ def _latency(results: dict[str, Any]) -> str:
     return _section("Latency", _table(header, rows))
 
 
-def _resources(results: dict[str, Any]) -> str:
-    columns = {
-        name: values for name, values in (results.get("resource_utilization") or {}).items() if isinstance(values, dict)
-    }
-    if not columns:
-        return ""
+def _resources(results: Results) -> str:
+    utilization = results.resource_utilization
+    records = {"float_8bit": utilization.float_8bit, "final": utilization.final}
+    columns = {name: record.document() for name, record in records.items() if record is not None}
     metrics = list(dict.fromkeys(key for values in columns.values() for key in values))
     rows = ([_head(metric), *(_cell(values.get(metric)) for values in columns.values())] for metric in metrics)
     return _section("MCT resource utilization", _table(("metric", *columns), rows))
 
 
-def _census(results: dict[str, Any]) -> str:
+def _census(results: Results) -> str:
     """Per TFLite model: which operators run on which input type, and whether it is integer only."""
-    censuses = {name: model["census"] for name, model in _models(results).items() if model.get("census")}
+    censuses = {name: model.census for name, model in results.models.items() if model.census is not None}
     if not censuses:
         return ""
     summary = (
         [
             _head(name),
-            _cell("yes" if census.get("integer_only") else "no"),
-            _cell(census.get("runtime_weight_reshapes")),
-            _cell(_models(results)[name].get("bytes")),
+            _cell("yes" if census.integer_only else "no"),
+            _cell(census.runtime_weight_reshapes),
+            _cell(results.models[name].bytes),
         ]
         for name, census in censuses.items()
     )
-    operators = sorted({op for census in censuses.values() for op in census.get("operators", {})})
-    counts = (
-        [_head(op), *(_cell(census.get("operators", {}).get(op, 0)) for census in censuses.values())]
-        for op in operators
-    )
-    io = results.get("quantized_io") or {}
+    operators = sorted({op for census in censuses.values() for op in census.operators})
+    counts = ([_head(op), *(_cell(census.operators.get(op, 0)) for census in censuses.values())] for op in operators)
+    io = results.quantized_io
     io_rows = (
-        [_head(side), _cell(facts.get("dtype")), _cell(facts.get("scale")), _cell(facts.get("zero_point"))]
-        for side, facts in io.items()
-        if isinstance(facts, dict)
+        [_head(side), _cell(facts.dtype), _cell(facts.scale), _cell(facts.zero_point)]
+        for side, facts in (("input", io.input), ("output", io.output))
     )
     return _section(
         "TFLite operator census",
@@ -283,27 +269,27 @@ def _census(results: dict[str, Any]) -> str:
         ),
         _table(("model", "integer only", "run-time weight reshapes", "bytes"), summary),
         _table(("operator/input type", *censuses), counts),
-        _table(("model_quantized.tflite", "type", "scale", "zero point"), io_rows) if io else "",
+        _table(("model_quantized.tflite", "type", "scale", "zero point"), io_rows),
     )
 
 
-def _imx500(results: dict[str, Any]) -> str:
-    facts = results.get("imx500")
-    if not isinstance(facts, dict):
+def _imx500(results: Results) -> str:
+    facts = results.imx500
+    if facts is None:
         return ""
-    fits = facts.get("fit_in_chip")
+    fits = facts.fit_in_chip
     verdict = (
         f'<p><span class="gate {"passed" if fits else "failed"}">{"fits" if fits else "does not fit"} '
         f"the IMX500</span></p>"
     )
-    return _section("IMX500 package", verdict, _key_values(facts, "fact"))
+    return _section("IMX500 package", verdict, _key_values(facts.document(), "fact"))
 
 
-def _skipped(results: dict[str, Any]) -> str:
-    skipped = results.get("skipped_images") or []
+def _skipped(results: Results) -> str:
+    skipped = results.skipped_images
     if not skipped:
         return ""
-    rows = ([f"<td><code>{_e(item.get('path', ''))}</code></td>", _cell(item.get("reason"))] for item in skipped)
+    rows = ([f"<td><code>{_e(item.path)}</code></td>", _cell(item.reason)] for item in skipped)
     return _section(f"Skipped images ({len(skipped)})", _table(("path", "reason"), rows))
 
 
@@ -326,8 +312,8 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _accuracy_section(results: dict[str, Any]) -> str:
-    models = _models(results)
+def _accuracy_section(results: Results) -> str:
+    models = results.models
     if not models:
         return ""
     figure = _figure(8, 4.2)
@@ -337,7 +323,7 @@ def _accuracy_section(results: dict[str, Any]) -> str:
         (-width / 2, "top_1_accuracy", "top-1", "#3b6fb6"),
         (width / 2, "top_5_accuracy", "top-5", "#9cc3e6"),
     ):
-        values = [models[name].get(key) for name in models]
+        values = [getattr(model, key) for model in models.values()]
         bars = ax.bar(
             [i + offset for i in range(len(models))], [v or 0 for v in values], width, label=label, color=color
         )
@@ -350,21 +336,24 @@ def _accuracy_section(results: dict[str, Any]) -> str:
     return _section(PLOT_HEADINGS[0], _img(_png(figure), "Top-1 and top-5 accuracy per model"))
 
 
-def _class_changes(results: dict[str, Any]) -> list[tuple[float, str, dict[str, Any], dict[str, Any]]]:
+def _per_class(model: ModelResult | None) -> dict[str, PerClass]:
+    return model.per_class if model is not None else {}
+
+
+def _class_changes(results: Results) -> list[tuple[float, str, PerClass, PerClass]]:
     """(change, class, reference row, candidate row) for each class both models were scored on,
     largest drop first."""
-    models = _models(results)
-    reference = (models.get(REFERENCE) or {}).get("per_class") or {}
-    candidate = (models.get(CANDIDATE) or {}).get("per_class") or {}
+    reference = _per_class(results.models.get(REFERENCE))
+    candidate = _per_class(results.models.get(CANDIDATE))
     rows = [
-        (candidate[name]["top_1_accuracy"] - reference[name]["top_1_accuracy"], name, reference[name], candidate[name])
+        (candidate[name].top_1_accuracy - reference[name].top_1_accuracy, name, reference[name], candidate[name])
         for name in reference
         if name in candidate
     ]
     return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
-def _per_class_section(results: dict[str, Any]) -> str:
+def _per_class_section(results: Results) -> str:
     rows = _class_changes(results)
     if not rows:
         return ""
@@ -385,15 +374,15 @@ def _per_class_section(results: dict[str, Any]) -> str:
     )
 
 
-def _per_class_table(rows: list[tuple[float, str, dict, dict]]) -> str:
+def _per_class_table(rows: list[tuple[float, str, PerClass, PerClass]]) -> str:
     return _table(
         ("class", "images", REFERENCE, CANDIDATE, "change"),
         (
             [
                 _head(name),
-                _cell(ref.get("images")),
-                _share(ref["top_1_accuracy"]),
-                _share(cand["top_1_accuracy"]),
+                _cell(ref.images),
+                _share(ref.top_1_accuracy),
+                _share(cand.top_1_accuracy),
                 _cell(change, f"{100 * change:+.2f} pp"),
             ]
             for change, name, ref, cand in rows
@@ -401,7 +390,7 @@ def _per_class_table(rows: list[tuple[float, str, dict, dict]]) -> str:
     )
 
 
-def _per_class_png(rows: list[tuple[float, str, dict, dict]], title: str, split: float | None) -> bytes:
+def _per_class_png(rows: list[tuple[float, str, PerClass, PerClass]], title: str, split: float | None) -> bytes:
     """Horizontal bars, largest drop on top; a dashed line at ``split`` where classes were left out."""
     figure = _figure(8, 1.4 + 0.24 * len(rows))
     ax = figure.add_subplot()
@@ -420,12 +409,12 @@ def _per_class_png(rows: list[tuple[float, str, dict, dict]], title: str, split:
     return _png(figure)
 
 
-def _class_names(results: dict[str, Any], size: int) -> list[str]:
-    names = {label: name for name, label in (results.get("classes") or {}).items()}
+def _class_names(results: Results, size: int) -> list[str]:
+    names = {label: name for name, label in results.classes.items()}
     return [str(names.get(label, label)) for label in range(size)]
 
 
-def _matrix(triples: list[list[int]], size: int) -> Any:
+def _matrix(triples: list[tuple[int, int, int]], size: int) -> Any:
     """The dense confusion matrix, each row as fractions of its true class's images."""
     import numpy as np
 
@@ -436,17 +425,15 @@ def _matrix(triples: list[list[int]], size: int) -> Any:
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
-def _confusion_section(results: dict[str, Any]) -> str:
-    models = _models(results)
-    shown: dict[str, list[list[int]]] = {
-        name: models[name]["confusion"]
-        for name in (REFERENCE, CANDIDATE)
-        if name in models and models[name].get("confusion")
+def _confusion_section(results: Results) -> str:
+    models = results.models
+    shown = {
+        name: models[name].confusion for name in (REFERENCE, CANDIDATE) if name in models and models[name].confusion
     }
     if not shown:
         return ""
     labels = [label for triples in shown.values() for triple in triples for label in triple[:2]]
-    size = max(len(results.get("classes") or {}), max(labels) + 1)
+    size = max(len(results.classes), max(labels) + 1)
     figure = _figure(11, 5.4 if size <= CONFUSION_LABEL_LIMIT else 5)
     for index, (name, triples) in enumerate(shown.items()):
         _heatmap(
@@ -475,22 +462,18 @@ def _heatmap(ax: Any, matrix: Any, names: list[str] | None, title: str, figure: 
     figure.colorbar(image, ax=ax, shrink=0.8)
 
 
-def _sizes_section(results: dict[str, Any]) -> str:
-    sizes = results.get("sizes") or {}
-    named = (("TFLite float", "tflite_bytes"), ("TFLite quantized", "tflite_quantized_bytes"))
-    bars = {label: float(sizes[key]) for label, key in named if sizes.get(key)}
-    if not bars:
-        return ""
+def _sizes_section(results: Results) -> str:
+    sizes = results.sizes
+    bars = {"TFLite float": float(sizes.tflite_bytes), "TFLite quantized": float(sizes.tflite_quantized_bytes)}
     # The other exported files (extra_exports): "TFLite float16" for tflite_float16.
     bars.update(
         {
-            f"TFLite {name.removeprefix('tflite_').replace('_', ' ')}": float(model["bytes"])
-            for name, model in _models(results).items()
-            if name not in MODELS and model.get("bytes")
+            f"TFLite {name.removeprefix('tflite_').replace('_', ' ')}": float(model.bytes)
+            for name, model in results.models.items()
+            if name not in MODELS and model.bytes
         }
     )
-    ratio = sizes.get("quantized_to_float_ratio")
-    title = "Model sizes" + ("" if ratio is None else f": quantized / float = {ratio:.2f}")
+    title = f"Model sizes: quantized / float = {sizes.quantized_to_float_ratio:.2f}"
     figure = _figure(6 + 1.2 * max(0, len(bars) - 2), 3.6)
     ax = figure.add_subplot()
     colors = ["#3b6fb6", "#e08a2c", "#6a9f58", "#8e6bb0", "#b5835a"]
@@ -499,6 +482,5 @@ def _sizes_section(results: dict[str, Any]) -> str:
     ax.margins(y=0.15)
     ax.set_ylabel("KiB")
     ax.set_title(title)
-    parameters = sizes.get("keras_parameters")
-    note = _note(f"The Keras model has {parameters:,} parameters.") if isinstance(parameters, int) else ""
+    note = _note(f"The Keras model has {sizes.keras_parameters:,} parameters.")
     return _section(PLOT_HEADINGS[3], _img(_png(figure), title), note)

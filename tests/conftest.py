@@ -4,6 +4,7 @@ session, fresh copies of it per test, and a runner for the real command line."""
 from __future__ import annotations
 
 import faulthandler
+import functools
 import importlib.util
 import json
 import os
@@ -52,11 +53,13 @@ class JobRun:
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> JobRun:
-    """Run ``entrypoint.py`` in a fresh interpreter, as users and the container do."""
+    """Run ``entrypoint.py`` in a fresh interpreter, as users and the container do. The
+    results.json and manifest.json it publishes must fit their published schemas."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(ENTRYPOINT), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+    check_published_documents(proc.stdout.splitlines())
     return JobRun(proc.returncode, proc.stdout, proc.stderr, Path(cwd))
 
 
@@ -93,6 +96,49 @@ def pytest_sessionfinish(session, exitstatus):
     if loaded:
         print(f"\n{FAST_ENV}=1, yet {loaded} got imported in the test process", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- results.json and manifest.json against their published JSON Schemas --------------------
+
+#: The file each published schema describes: `mctq-job schema --results` / `--manifest`.
+SCHEMA_FILES = {"results": "results.json", "manifest": "manifest.json"}
+
+
+@functools.cache
+def _schema_validator(document: str):
+    import jsonschema
+
+    from mctq_job import results
+
+    schema = results.json_schema(results.SCHEMAS[document])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def schema_problems(document: str, data: object) -> list[str]:
+    """Where ``data`` breaks the JSON Schema the job publishes for ``document`` (a JSON Schema
+    validator's verdict, independent of the pydantic models the schema is generated from)."""
+    errors = _schema_validator(document).iter_errors(data)
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
+
+
+def check_published_documents(lines: list[str]) -> None:
+    """Each results.json and manifest.json that a run's JSON events say it published fits its
+    published schema and reads through mctq_job.results' models."""
+    from mctq_job import results
+
+    for line in lines:
+        if not line.startswith("{"):
+            continue  # console format, or not an event
+        event = json.loads(line)
+        if event.get("event") != "artifact.written":
+            continue
+        for document, name in SCHEMA_FILES.items():
+            if event.get("name") == name and Path(event["path"]).is_file():
+                data = json.loads(Path(event["path"]).read_text(encoding="utf-8"))
+                problems = schema_problems(document, data)
+                assert not problems, f"{event['path']} breaks the published schema:\n" + "\n".join(problems)
+                results.SCHEMAS[document].model_validate(data)
 
 
 #: No single test (with the set-up it triggers, such as an image build) takes this long; one
@@ -149,11 +195,14 @@ class LiveRun:
         )
 
     def finish(self, timeout: float = 120) -> int:
-        """Read to the end and return the exit code; a job still running after ``timeout`` fails."""
+        """Read to the end and return the exit code; a job still running after ``timeout`` fails.
+        The results.json and manifest.json it published must fit their published schemas."""
         deadline = time.monotonic() + timeout
         while self._next(deadline) is not None:
             pass
-        return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        code = self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        check_published_documents([json.dumps(event) for event in self.events])
+        return code
 
     def __enter__(self) -> LiveRun:
         return self

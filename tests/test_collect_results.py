@@ -12,50 +12,82 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from results_support import evaluation, run_values
+
+from mctq_job import artifacts, report
+from mctq_job.config import Config
+from mctq_job.results import MODELS, Gate
 
 SCRIPT = Path(__file__).resolve().parent.parent / "k8s" / "collect_results.py"
-MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+LABELS = np.repeat(np.arange(10), 14)
+
+
+@pytest.fixture(scope="module")
+def template() -> report.RunValues:
+    """The report's input as a run hands it over: every document below is made by the producer."""
+    return run_values(evaluation(LABELS, {}), {f"class_{i}": i for i in range(10)})
 
 
 def write_run(
-    root: Path, name: str, accuracy: float, *, platform: str = "imx500", batches: int = 10, gate: dict | None = None
-) -> dict:
+    root: Path,
+    name: str,
+    accuracy: float,
+    template: report.RunValues,
+    *,
+    platform: str = "imx500",
+    batches: int = 10,
+    gate: Gate | None = None,
+) -> None:
     """A run's output as the job leaves it: <name>/evaluation/results.json, and
-    <name>/model/manifest.json recording results.json's SHA-256. Returns the manifest."""
-    results = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
-    results |= {"image_count": 140, "target_platform": platform, "seed": 0, "gate": gate}
+    <name>/model/manifest.json recording results.json's SHA-256, both made by mctq_job.report."""
+    config = Config.model_validate(
+        {**template.config.to_document(), "target_platform": platform, "iteration_count": batches, "batch_size": 16}
+    )
+    accuracies = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
+    results = report.results(template).model_copy(update={**accuracies, "target_platform": platform, "gate": gate})
     results_file = root / name / "evaluation" / "results.json"
     results_file.parent.mkdir(parents=True)
-    results_file.write_text(json.dumps(results))
-    manifest = {
-        "outcome": "success",
-        "config": {"iteration_count": batches, "batch_size": 16, "target_platform": platform},
-        "peak_memory_bytes": 700 * 2**20,
-        "stage_seconds": {"quantize": 2.0, "evaluate": 1.5},
-        "artifacts": [
+    results_file.write_bytes(artifacts.json_bytes(results.document()))
+    manifest = report.manifest(
+        run_id=name,
+        started_at="2026-01-01T00:00:00.000Z",
+        finished_at="2026-01-01T00:00:04.000Z",
+        config_file=f"/config/{name}.json",
+        config_doc=config.to_document(),
+        config_sha256=config.digest(),
+        versions={"mctq_job": "0.1.0", "tensorflow": "2.15.1", "numpy": "1.26.4", "model_compression_toolkit": "2.6.1"},
+        stage_seconds={"quantize": 2.0, "evaluate": 1.5},
+        peak_memory_bytes=700 * 2**20,
+        artifacts=[
             {
-                "name": "results.json",
                 "path": f"/output/sweep/{name}/evaluation/results.json",
+                "name": "results.json",
+                "size": results_file.stat().st_size,
                 "sha256": hashlib.sha256(results_file.read_bytes()).hexdigest(),
             }
         ],
-    }
+        outcome="success",
+    )
     (root / name / "model").mkdir()
-    (root / name / "model" / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
+    (root / name / "model" / "manifest.json").write_bytes(artifacts.json_bytes(manifest.document()))
+
+
+def verdict(drop: float, max_drop: float) -> Gate | None:
+    return report.gate({"keras": 0.9, "tflite_quantized": 0.9 - drop}, max_drop)
 
 
 def collect(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), str(root), *args], capture_output=True, text=True)
 
 
-def test_one_row_per_run_in_natural_order(tmp_path):
+def test_one_row_per_run_in_natural_order(tmp_path, template):
     """CSV: one row per run, named after its folder, in natural order (2 before 10), with the
     settings from manifest.json, the four accuracies, the drop from Keras to the quantized
     TFLite model, the peak memory in MiB and the seconds summed over the stages."""
-    write_run(tmp_path, "10-qnnpack", 0.95, platform="qnnpack", batches=3)
-    write_run(tmp_path, "2-imx500", 0.97)
+    write_run(tmp_path, "10-qnnpack", 0.95, template, platform="qnnpack", batches=3)
+    write_run(tmp_path, "2-imx500", 0.97, template)
     proc = collect(tmp_path, "--format", "csv")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
@@ -66,10 +98,10 @@ def test_one_row_per_run_in_natural_order(tmp_path):
     assert (row["peak_memory_mb"], row["seconds"]) == ("700", "3.5")
 
 
-def test_markdown_by_default_and_from_stdin_as_in_the_loader_pod(tmp_path):
+def test_markdown_by_default_and_from_stdin_as_in_the_loader_pod(tmp_path, template):
     """Without --format the table is Markdown; the script piped into `python - ROOT` (how
     k8s/README.md runs it in the loader pod) prints the same table."""
-    write_run(tmp_path, "0-a", 0.9)
+    write_run(tmp_path, "0-a", 0.9, template)
     by_path = collect(tmp_path)
     piped = subprocess.run(
         [sys.executable, "-", str(tmp_path)], input=SCRIPT.read_text(), capture_output=True, text=True
@@ -82,13 +114,13 @@ def test_markdown_by_default_and_from_stdin_as_in_the_loader_pod(tmp_path):
     )
 
 
-def test_runs_are_paired_by_hash_wherever_they_were_copied(tmp_path):
+def test_runs_are_paired_by_hash_wherever_they_were_copied(tmp_path, template):
     """Results and manifests are paired by the SHA-256 the manifest records, not by path:
     folders copied to another root still pair, and two runs with identical results.json files
     each get their own manifest (the nearest)."""
     copied = tmp_path / "copied"
-    write_run(tmp_path / "sweep", "0-a", 0.9, batches=3)
-    write_run(tmp_path / "sweep", "1-b", 0.9, batches=7)
+    write_run(tmp_path / "sweep", "0-a", 0.9, template, batches=3)
+    write_run(tmp_path / "sweep", "1-b", 0.9, template, batches=7)
     shutil.copytree(tmp_path / "sweep", copied)
     proc = collect(copied, "--format", "json")
     assert proc.returncode == 0, proc.stderr
@@ -96,29 +128,30 @@ def test_runs_are_paired_by_hash_wherever_they_were_copied(tmp_path):
     assert [(r["run"], r["iteration_count"], r["status"]) for r in rows] == [("0-a", 3, "ok"), ("1-b", 7, "ok")]
 
 
-def test_the_gate_column_shows_each_runs_verdict(tmp_path):
+def test_the_gate_column_shows_each_runs_verdict(tmp_path, template):
     """`gate` is passed or failed where the run had an accuracy gate, empty where it had none;
     a failed gate is still a complete run (exit 0)."""
-    write_run(tmp_path, "0-a", 0.9, gate={"passed": True, "top_1_drop": 0.0, "max_top1_drop": 0.01})
-    write_run(tmp_path, "1-b", 0.8, gate={"passed": False, "top_1_drop": 0.2, "max_top1_drop": 0.01})
-    write_run(tmp_path, "2-c", 0.7)
+    write_run(tmp_path, "0-a", 0.9, template, gate=verdict(0.0, 0.01))
+    write_run(tmp_path, "1-b", 0.8, template, gate=verdict(0.2, 0.01))
+    write_run(tmp_path, "2-c", 0.7, template)
     proc = collect(tmp_path, "--format", "json")
     assert proc.returncode == 0
     assert [r["gate"] for r in json.loads(proc.stdout)] == ["passed", "failed", None]
 
 
-def test_incomplete_or_changed_runs_are_listed_and_exit_1(tmp_path):
+def test_incomplete_or_changed_runs_are_listed_and_exit_1(tmp_path, template):
     """A results.json without manifest (a run that failed or still runs), a manifest without
     results.json, and a results.json changed after its manifest was written are each listed
     with their status; the script names them and exits 1."""
-    write_run(tmp_path, "0-ok", 0.9)
+    write_run(tmp_path, "0-ok", 0.9, template)
     (tmp_path / "1-running" / "evaluation").mkdir(parents=True)
     shutil.copy(tmp_path / "0-ok" / "evaluation" / "results.json", tmp_path / "1-running" / "evaluation")
-    write_run(tmp_path, "2-lost", 0.8)
+    write_run(tmp_path, "2-lost", 0.8, template)
     shutil.rmtree(tmp_path / "2-lost" / "evaluation")
-    write_run(tmp_path, "3-edited", 0.7)
+    write_run(tmp_path, "3-edited", 0.7, template)
     results = tmp_path / "3-edited" / "evaluation" / "results.json"
     results.write_text(results.read_text().replace("0.7", "0.75", 1))
+    assert '"top_1_accuracy_keras": 0.75' in results.read_text()
     proc = collect(tmp_path, "--format", "json")
     rows = [(r["run"], r["status"] == "ok") for r in json.loads(proc.stdout)]
     assert proc.returncode == 1
@@ -132,3 +165,40 @@ def test_nothing_to_collect_exits_2(tmp_path, make_root):
     """An empty folder, or one that does not exist, gives no table and exit 2."""
     proc = collect(make_root(tmp_path))
     assert proc.returncode == 2 and proc.stdout == "" and "collect_results:" in proc.stderr
+
+
+def rewrite_results(root: Path, name: str, change) -> None:
+    """Change a run's results.json with ``change(document)`` and record the new hash in its
+    manifest, as if the job itself had written it so."""
+    results_file = root / name / "evaluation" / "results.json"
+    document = json.loads(results_file.read_text())
+    change(document)
+    results_file.write_text(json.dumps(document, indent=2))
+    manifest_file = root / name / "model" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["artifacts"][0]["sha256"] = hashlib.sha256(results_file.read_bytes()).hexdigest()
+    manifest_file.write_text(json.dumps(manifest, indent=2))
+
+
+def test_a_file_that_does_not_fit_its_schema_is_listed_with_the_reason(tmp_path, template):
+    """A results.json with a key the schema does not know (or of another shape) is read through
+    mctq_job.results' model: its run is listed, named, with the field at fault, and exits 1; the
+    settings still come from its manifest."""
+    write_run(tmp_path, "0-ok", 0.9, template)
+    write_run(tmp_path, "1-odd", 0.9, template, batches=4)
+    rewrite_results(tmp_path, "1-odd", lambda doc: doc["agreement"].update(keras_vs_elsewhere=1.0))
+    proc = collect(tmp_path, "--format", "json")
+    rows = json.loads(proc.stdout)
+    assert proc.returncode == 1 and "1-odd" in proc.stderr
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"].startswith("results.json does not fit its schema: agreement.keras_vs_elsewhere")
+    assert (rows[1]["iteration_count"], rows[1]["keras"]) == (4, None)
+
+
+def test_a_results_json_from_before_the_task_field_still_reads(tmp_path, template):
+    """results.json gained `task` without a new results_version: files without it read as classification."""
+    write_run(tmp_path, "0-old", 0.9, template)
+    rewrite_results(tmp_path, "0-old", lambda doc: doc.pop("task"))
+    proc = collect(tmp_path, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["status"] == "ok"

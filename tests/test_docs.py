@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mctq_job import docs_tables, errors, events
+from mctq_job import docs_tables, errors, events, results
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -111,11 +111,18 @@ def test_generated_tables_are_current():
 
 @pytest.mark.parametrize(
     "table",
-    [docs_tables.keys_table_markdown, events.event_table_markdown, errors.exit_code_table_markdown],
+    [
+        docs_tables.keys_table_markdown,
+        events.event_table_markdown,
+        errors.exit_code_table_markdown,
+        results.results_table_markdown,
+        results.manifest_table_markdown,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_each_generated_table_is_published(table):
-    """Configuration keys, events and exit codes each appear in README.md or a docs/ page."""
+    """Configuration keys, events, exit codes and the fields of results.json and manifest.json each
+    appear in README.md or a docs/ page."""
     assert any(table() in page.read_text() for page in PAGES), f"{table.__name__}() is on no page"
 
 

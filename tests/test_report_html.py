@@ -1,117 +1,52 @@
-"""report.html: a self-contained page drawn from a synthetic results.json (version 2): the
-right number of embedded PNGs, nothing fetched from elsewhere, user strings escaped, optional
-sections left out, and (pytest -m browser) the page really renders in headless Chromium."""
+"""report.html drawn from results.json as the job builds it (``report.results`` on the stages'
+values, see results_support): the right number of embedded PNGs, nothing fetched from
+elsewhere, user strings escaped, optional sections left out, and (pytest -m browser) the page
+really renders in headless Chromium."""
 
 from __future__ import annotations
 
 import base64
 import io
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 from browser_support import assert_renders_in_browser
 from PIL import Image
+from results_support import evaluation, run_values
 
-from mctq_job import report_html
+from mctq_job import artifacts, report, report_html
+from mctq_job.results import MODELS, Results
 
-MODELS = report_html.MODELS
 NASTY = '<b>&"cat"'
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 EXTERNAL = re.compile(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', re.IGNORECASE)
 
 
-def per_class(names: list[str], correct: list[int], images: int) -> dict:
-    return {
-        name: {"label": label, "images": images, "correct": right, "top_1_accuracy": right / images}
-        for label, (name, right) in enumerate(zip(names, correct, strict=False))
-    }
-
-
-def confusion(correct: list[int], images: int) -> list[list[int]]:
-    """Each class's misses go to the next class."""
+def predictions(correct: list[int], images: int) -> np.ndarray:
+    """Per image, class by class: the first ``correct[label]`` right, the others taken for the next class."""
     size = len(correct)
-    triples = {(label, label): right for label, right in enumerate(correct) if right}
-    for label, right in enumerate(correct):
-        if images - right:
-            triples[(label, (label + 1) % size)] = images - right
-    return [[t, p, n] for (t, p), n in sorted(triples.items())]
+    return np.concatenate(
+        [[label] * right + [(label + 1) % size] * (images - right) for label, right in enumerate(correct)]
+    )
 
 
-def model(name: str, names: list[str], correct: list[int], images: int) -> dict:
-    total = images * len(names)
-    quantized = name.endswith("quantized")
-    tflite = name.startswith("tflite")
-    return {
-        "description": f"{name} model",
-        "file": f"/out/<{name}>.tflite" if tflite else None,
-        "bytes": (150_000 if quantized else 550_000) if tflite else None,
-        "correct": sum(correct),
-        "top_1_accuracy": sum(correct) / total,
-        "top_5_accuracy": 1.0,
-        "per_class": per_class(names, correct, images),
-        "confusion": confusion(correct, images),
-        "inference": {"batch_size": 32, "threads": 2, "ms_per_image": 0.41},
-        "latency": {"batch_size": 1, "threads": 2, "warmup_runs": 3, "runs": 20, "median_ms": 1.2, "p90_ms": 1.5},
-    }
-
-
-def synthetic_results(class_count: int = 10, images: int = 10) -> dict:
-    """A results.json (version 2) with NASTY among the class names; the quantized models lose
-    an image on some classes and gain one on others."""
+def synthetic_results(class_count: int = 10, images: int = 10, **options) -> Results:
+    """results.json for ``class_count`` classes of ``images`` evaluation images, NASTY among the
+    class names; the quantized models lose an image on some classes and gain one on others.
+    ``options`` go to results_support.run_values (gate, IMX500 package, ...)."""
     names = [NASTY] + [f"class_{label}" for label in range(1, class_count)]
     base = [images - 1 - (label % 3 == 0) for label in range(class_count)]
     changed = [
         right - 1 if label % 4 == 0 else min(images, right + (label % 5 == 1)) for label, right in enumerate(base)
     ]
-    models = {name: model(name, names, changed if name.endswith("quantized") else base, images) for name in MODELS}
-    total = images * class_count
-    return {
-        **{f"top_1_accuracy_{name}": models[name]["top_1_accuracy"] for name in MODELS},
-        "results_version": 2,
-        "image_count": total,
-        "class_count": class_count,
-        "classes": {name: label for label, name in enumerate(names)},
-        "quantization": {
-            "target_platform": "imx500",
-            "target_platform_version": "1.0",
-            "method": "ptq",
-            "gptq": None,
-            "mixed_precision": None,
-            "export_format": "int8",
-        },
-        "seed": 0,
-        "calibration": {"images": 64, "batch_size": 16},
-        "skipped_images": [{"path": "validation/<script>x.png", "reason": "not an image"}],
-        "models": models,
-        "agreement": {
-            "keras_vs_keras_quantized": 0.99,
-            "tflite_vs_tflite_quantized": 0.99,
-            "keras_vs_tflite_quantized": 0.98,
-        },
-        "sizes": {
-            "keras_parameters": 136000,
-            "tflite_bytes": 550000,
-            "tflite_quantized_bytes": 150000,
-            "quantized_to_float_ratio": 0.2727,
-        },
-        "resource_utilization": {
-            "float_8bit": {
-                "weights_memory": 136752.0,
-                "activation_memory": 19456.0,
-                "total_memory": 156208.0,
-                "bops": 363896832,
-            },
-            "final": {"weights_memory": 40000.0, "activation_memory": None, "total_memory": None, "bops": None},
-        },
-        "gate": {
-            "reference": "keras",
-            "candidate": "tflite_quantized",
-            "top_1_drop": 0.011,
-            "max_top1_drop": 0.02,
-            "passed": True,
-        },
-        "volatile_fields": ["models.*.inference", "models.*.latency"],
-    }
+    labels = np.repeat(np.arange(class_count), images)
+    predicted = {name: predictions(changed if name.endswith("quantized") else base, images) for name in MODELS}
+    options.setdefault("skipped", ((Path("validation/<script>x.png"), "not an image"),))
+    options.setdefault("files", {"tflite_quantized": "/out/<tflite_quantized>.tflite"})
+    values = run_values(evaluation(labels, predicted), {name: label for label, name in enumerate(names)}, **options)
+    return report.results(values)
 
 
 def pngs(page: str) -> list[Image.Image]:
@@ -133,8 +68,13 @@ def section(page: str, heading: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def page() -> str:
-    return report_html.render(synthetic_results())
+def results() -> Results:
+    return synthetic_results(max_top1_drop=0.05, mixed_precision=True, imx500=True)
+
+
+@pytest.fixture(scope="module")
+def page(results) -> str:
+    return report_html.render(results)
 
 
 def test_the_page_embeds_one_png_per_plot(page):
@@ -144,6 +84,8 @@ def test_the_page_embeds_one_png_per_plot(page):
         "Accuracy gate",
         "Settings",
         *report_html.PLOT_HEADINGS,
+        "TFLite operator census",
+        "IMX500 package",
         "Agreement",
         "Latency",
         "MCT resource utilization",
@@ -164,22 +106,30 @@ def test_user_strings_are_escaped(page):
     assert "<script" not in page
 
 
-def test_the_summary_shows_the_notebook_accuracies_and_the_gate(page):
+def test_the_summary_shows_the_notebook_accuracies_and_the_gate(page, results):
     summary = section(page, "Summary")
     for name in MODELS:
         assert f"top_1_accuracy_{name}" in summary
-    assert 'class="gate passed"' in page and "1.10 percentage points" in page
-    failed = synthetic_results()
-    failed["gate"].update(top_1_drop=0.05, passed=False)
+    assert results.gate is not None and results.gate.passed
+    assert 'class="gate passed"' in page and f"{100 * results.gate.top_1_drop:.2f} percentage points" in page
+    failed = synthetic_results(max_top1_drop=0.0)
+    assert failed.gate is not None and not failed.gate.passed
     assert 'class="gate failed"' in report_html.render(failed)
 
 
 def test_settings_and_resource_utilization_are_generic_key_values(page):
     settings = section(page, "Settings")
     assert "target_platform" in settings and "imx500" in settings and "mixed_precision" in settings
+    assert "classification" in settings and "distinct_images_drawn" in settings
     resources = section(page, "MCT resource utilization")
     assert "float_8bit" in resources and "final" in resources and "363,896,832" in resources
-    assert "n/a" in resources
+    assert "n/a" in resources  # MCT's unbounded activation memory under mixed precision
+
+
+def test_the_imx500_section_shows_the_memory_reports_facts(page, results):
+    chip = section(page, "IMX500 package")
+    assert results.imx500 is not None and "fits the IMX500" in chip
+    assert f"{results.imx500.total_memory_bytes:,}" in chip and results.imx500.converter_version in chip
 
 
 def test_more_than_40_classes_show_only_the_20_worst_and_20_best():
@@ -191,35 +141,38 @@ def test_more_than_40_classes_show_only_the_20_worst_and_20_best():
     assert per_class.count("<tr>") == 1 + 40
     changes = sorted(
         (
-            doc["models"]["tflite_quantized"]["per_class"][n]["top_1_accuracy"]
-            - doc["models"]["keras"]["per_class"][n]["top_1_accuracy"],
+            doc.models["tflite_quantized"].per_class[n].top_1_accuracy
+            - doc.models["keras"].per_class[n].top_1_accuracy,
             n,
         )
-        for n in doc["classes"]
+        for n in doc.classes
     )
     shown = re.findall(r"<tr><th>([^<]*)</th>", per_class.split("<tbody>")[1])
     assert shown == [report_html.html.escape(n) for _, n in changes[:20] + changes[-20:]]
 
 
 def test_optional_sections_are_left_out_without_their_data():
-    doc = synthetic_results()
-    doc.update(gate=None, resource_utilization=None, skipped_images=[], sizes=None)
-    doc["models"]["tflite_quantized"]["latency"] = None
+    """No gate, no IMX500 package, no skipped image, no mixed precision: their sections go, the
+    resource table keeps the 8-bit column alone."""
+    doc = synthetic_results(skipped=())
+    assert doc.gate is None and doc.imx500 is None and doc.resource_utilization.final is None
     page = report_html.render(doc)
-    for heading in ("Accuracy gate", "MCT resource utilization", "Skipped images", "Model sizes"):
+    for heading in ("Accuracy gate", "IMX500 package", "Skipped images"):
         assert f"<h2>{heading}" not in page
-    assert page.count("<img") == 3 == len(pngs(page))
-    doc["resource_utilization"] = {"float_8bit": None, "final": None}
-    assert "MCT resource utilization" not in report_html.render(doc)
+    assert page.count("<img") == 4 == len(pngs(page))
+    resources = section(page, "MCT resource utilization")
+    assert "float_8bit" in resources and "final" not in resources
 
 
-def test_a_bare_document_still_renders():
-    page = report_html.render({"top_1_accuracy_keras": 0.5})
-    assert "<h2>Summary</h2>" in page and "<img" not in page and "n/a" in page
+def test_a_results_json_read_back_gives_the_same_page(results, page, tmp_path):
+    """The page from the file as written (parsed through the model) equals the page from the model."""
+    path = tmp_path / "results.json"
+    path.write_bytes(artifacts.json_bytes(results.document()))
+    assert report_html.render(Results.read(path)) == page
 
 
-def test_the_same_results_give_the_same_page(page):
-    assert report_html.render(synthetic_results()) == page
+def test_the_same_results_give_the_same_page(results, page):
+    assert report_html.render(results.model_copy()) == page
 
 
 @pytest.mark.browser

@@ -1,0 +1,447 @@
+"""results.json and manifest.json: their one definition, as pydantic models.
+
+The job writes both files from these models (:mod:`mctq_job.report` builds them from the
+stages' values); report.html, the command line's summary, the gates and
+``k8s/collect_results.py`` read them through them; ``mctq-job schema --results`` and
+``--manifest`` print their JSON Schema, and docs/outputs.md's field tables are generated here.
+
+``Results.read(path)`` and ``Manifest.read(path)`` parse a file; ``.document()`` gives the
+JSON-ready dict the job writes: the fields in the order below (results.json keeps the AITRIOS
+notebook's four ``top_1_accuracy_*`` keys first), nulls where a value is absent.
+
+Importing this module imports pydantic and the configuration's schema only: no TensorFlow,
+MCT or numpy, so a reader can use it wherever the package is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from .config import Config, ExportFormat, Gptq, MixedPrecision, QuantizedIO, TargetPlatform, TpcVersion
+from .errors import AccuracyGateError, Imx500NotFitError
+
+#: results.json's layout version: bumped where a field's meaning changes (not for added fields).
+RESULTS_VERSION = 2
+MANIFEST_VERSION = 1
+#: What the evaluation measured: the kind of model and metrics. ``task`` in results.json.
+TASKS = ("classification",)
+Task = Literal[TASKS]  # type: ignore[valid-type]
+#: The notebook's four models, whose top-1 accuracies open results.json, in this order:
+#: results.json name -> description. ``models`` has them and any extra export (``extra_exports``).
+MODELS = {
+    "keras": "Keras model (float)",
+    "keras_quantized": "MCT's quantized Keras model",
+    "tflite": "model.tflite (TensorFlow converter, float)",
+    "tflite_quantized": "model_quantized.tflite (quantized by MCT)",
+}
+#: The AITRIOS notebook's keys, first in results.json.
+NOTEBOOK_KEYS = tuple(f"top_1_accuracy_{name}" for name in MODELS)
+#: The accuracy gate compares the deliverable with the model it came from.
+GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
+GateReference = Literal[(GATE_REFERENCE,)]  # type: ignore[valid-type]
+GateCandidate = Literal[(GATE_CANDIDATE,)]  # type: ignore[valid-type]
+#: How a run ended where it published its files: success, or the gate it failed.
+OUTCOMES = ("success", AccuracyGateError.kind, Imx500NotFitError.kind)
+Outcome = Literal[OUTCOMES]  # type: ignore[valid-type]
+#: results.json fields that differ between two runs of the same inputs and seed.
+VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
+#: manifest.json fields that differ between two runs of the same inputs and seed.
+VOLATILE_MANIFEST_FIELDS = (
+    "run_id",
+    "started_at",
+    "finished_at",
+    "stage_seconds",
+    "peak_memory_bytes",
+    "config_file",
+    "versions.platform",
+)
+
+Share = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Part(BaseModel):
+    """Every object in the two files: no key beyond the declared ones, read-only once made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def document(self) -> dict[str, Any]:
+        """The JSON-ready dict, as written to the file."""
+        return self.model_dump(mode="json")
+
+
+# --- results.json -------------------------------------------------------------------------
+
+
+class QuantizationSettings(_Part):
+    """The quantization options in effect (the configuration's, defaults filled in)."""
+
+    target_platform: TargetPlatform = Field(description="MCT target platform.")
+    target_platform_version: TpcVersion = Field(description="Its TPC version.")
+    method: Literal["ptq", "gptq"] = Field(description="The configuration's `quantization_method`.")
+    gptq: Gptq | None = Field(description="The GPTQ options in effect with `gptq`, else null.")
+    mixed_precision: MixedPrecision | None = Field(description="The mixed-precision options, or null.")
+    export_format: ExportFormat = Field(description="How model_quantized.tflite was written.")
+    quantized_io: QuantizedIO = Field(description="model_quantized.tflite's input and output type.")
+
+
+class Calibration(_Part):
+    batches: Count = Field(description="Calibration batches fed to MCT (`iteration_count`).")
+    batch_size: Count = Field(description="Images per batch.")
+    images_available: Count = Field(description="Calibration images found in `dataset_image_dir`.")
+    distinct_images_drawn: Count = Field(description="Different images among those drawn.")
+
+
+class SkippedImage(_Part):
+    path: str = Field(description="The image file.")
+    reason: str = Field(description="Why it could not be used.")
+
+
+class Sizes(_Part):
+    keras_parameters: Count = Field(description="Parameters of the Keras model.")
+    tflite_bytes: Count = Field(description="Size of model.tflite.")
+    tflite_quantized_bytes: Count = Field(description="Size of model_quantized.tflite.")
+    quantized_to_float_ratio: float = Field(gt=0, description="The two sizes' ratio, 4 decimals.")
+
+
+class ResourceRecord(_Part):
+    """MCT's ResourceUtilization; null where MCT reports it unbounded."""
+
+    weights_memory: float | None = Field(description="Weights memory, bytes.")
+    activation_memory: float | None = Field(description="Activation memory, bytes.")
+    total_memory: float | None = Field(description="Weights plus activation memory, bytes.")
+    bops: float | None = Field(description="Bit-operations.")
+
+
+class ResourceUtilization(_Part):
+    float_8bit: ResourceRecord = Field(description="The float model at 8 bits everywhere.")
+    final: ResourceRecord | None = Field(description="The quantized model under mixed precision; null without it.")
+
+
+class Gate(_Part):
+    """The accuracy gate's verdict."""
+
+    reference: GateReference = Field(description="The model the drop is measured from.")
+    candidate: GateCandidate = Field(description="The model the drop is measured to.")
+    top_1_drop: float = Field(ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain).")
+    max_top1_drop: Share = Field(description="The largest drop allowed (`max_top1_drop`).")
+    passed: bool = Field(description="Whether the drop is at most the allowed one.")
+
+
+class TensorQuantization(_Part):
+    dtype: str = Field(description="numpy name of the tensor's type: `float32`, `int8`, `uint8`.")
+    scale: float = Field(ge=0, description="Quantization scale; 0.0 for a float tensor.")
+    zero_point: int = Field(description="Quantization zero point; 0 for a float tensor.")
+
+
+class Io(_Part):
+    """A TFLite file's first input and first output."""
+
+    input: TensorQuantization = Field(description="The input tensor.")
+    output: TensorQuantization = Field(description="The output tensor.")
+
+
+class QuantizedIo(_Part):
+    type: QuantizedIO = Field(description="The configuration's `quantized_io`.")
+    input: TensorQuantization = Field(description="The input tensor of model_quantized.tflite.")
+    output: TensorQuantization = Field(description="The output tensor of model_quantized.tflite.")
+
+
+class Imx500Facts(_Part):
+    """What the IMX500 converter's memory report says about the package."""
+
+    converter_version: str = Field(description="The converter's version.")
+    fit_in_chip: bool = Field(description="Whether the model fits the chip's memory.")
+    memory_usage: str = Field(description="Memory usage as the report writes it (e.g. `94.00KB`).")
+    memory_usage_bytes: Count = Field(description="Runtime + model + reserved memory, bytes.")
+    model_memory_bytes: Count = Field(description="Weights and program, bytes.")
+    runtime_memory_bytes: Count = Field(description="Activations, bytes.")
+    reserved_memory_bytes: Count = Field(description="Reserved memory, bytes.")
+    total_memory_bytes: Count = Field(description="Memory available on the chip, bytes.")
+    utilization: float | None = Field(
+        ge=0, description="Usage over available memory (above 1: does not fit); null if none is available."
+    )
+
+
+class PerClass(_Part):
+    label: int = Field(description="The class's label.")
+    images: Count = Field(description="Its evaluation images.")
+    correct: Count = Field(description="Those the model got right (top-1).")
+    top_1_accuracy: Share = Field(description="`correct` / `images`.")
+
+
+#: One cell of a sparse confusion matrix: [true label, predicted label, image count].
+ConfusionTriple = tuple[int, int, int]
+
+
+class Inference(_Part):
+    """The evaluation's batched inference."""
+
+    batch_size: Count = Field(description="Images per call.")
+    threads: Count = Field(description="CPU threads used.")
+    ms_per_image: float = Field(ge=0, description="Milliseconds per image.")
+
+
+class Latency(_Part):
+    """One image per call, after warm-up calls."""
+
+    batch_size: Count = Field(description="Images per call: 1.")
+    threads: Count = Field(description="CPU threads used.")
+    warmup_runs: Count = Field(description="Calls before the timed ones.")
+    runs: Count = Field(description="Timed calls.")
+    median_ms: float = Field(ge=0, description="Median milliseconds per call.")
+    p90_ms: float = Field(ge=0, description="90th percentile, milliseconds.")
+
+
+class Census(_Part):
+    """The operators of a TFLite file and what they compute in."""
+
+    operators: dict[str, Count] = Field(
+        description='Count of each operator by the type of its first input, e.g. `"CONV_2D/int8"`.'
+    )
+    integer_only: bool = Field(
+        description="No operator between input and output computes in float (the QUANTIZE of a "
+        "float input and the DEQUANTIZE of a float output excepted)."
+    )
+    runtime_weight_reshapes: Count = Field(
+        description="Operators that reshape weights at every inference (work a converter could do once)."
+    )
+
+
+class ModelResult(_Part):
+    """One evaluated model."""
+
+    description: str = Field(description="What the model is.")
+    file: str | None = Field(description="Its published file; null for the in-memory Keras models.")
+    bytes: Count | None = Field(description="That file's size; null without a file.")
+    correct: Count = Field(description="Evaluation images it got right (top-1).")
+    top_1_accuracy: Share = Field(description="Top-1 accuracy.")
+    top_5_accuracy: Share = Field(description="Top-5 accuracy.")
+    per_class: dict[str, PerClass] = Field(description="Top-1 accuracy of each class with evaluation images.")
+    confusion: list[ConfusionTriple] = Field(
+        description="Sparse confusion matrix: `[true, predicted, count]` triples, sorted, zeros left out."
+    )
+    inference: Inference = Field(description="Speed of the evaluation (batched).")
+    latency: Latency = Field(description="Single-image latency.")
+    census: Census | None = Field(None, description="TFLite files only (the key is absent otherwise).")
+    io: Io | None = Field(None, description="TFLite files only: input and output quantization.")
+
+    @model_serializer(mode="wrap")
+    def _absent_without_file(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``census`` and ``io`` are written for the TFLite files only: absent, not null, elsewhere."""
+        data: dict[str, Any] = handler(self)
+        for key in ("census", "io"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class Agreement(_Part):
+    """Share of the evaluation images on which two models predict the same class, right or wrong."""
+
+    keras_vs_keras_quantized: Share = Field(description="The Keras model against MCT's quantized one.")
+    tflite_vs_tflite_quantized: Share = Field(description="The two TFLite files.")
+    keras_vs_tflite_quantized: Share = Field(description="The Keras model against the deliverable.")
+    keras_vs_tflite: Share = Field(description="The Keras model against its float conversion.")
+    keras_quantized_vs_tflite_quantized: Share = Field(
+        description="MCT's quantized Keras model against its TFLite export."
+    )
+
+
+#: Pairs of models whose per-image top-1 predictions are compared: Agreement's field names.
+AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (a, b) for a, _, b in (name.partition("_vs_") for name in Agreement.model_fields)
+)
+
+
+class Results(_Part):
+    """results.json: accuracies and everything measured about the evaluated models."""
+
+    model_config = ConfigDict(title="mctq-job results.json")
+
+    top_1_accuracy_keras: Share = Field(description="The notebook's key: top-1 of the Keras model.")
+    top_1_accuracy_keras_quantized: Share = Field(description="The notebook's key: MCT's quantized Keras model.")
+    top_1_accuracy_tflite: Share = Field(description="The notebook's key: model.tflite.")
+    top_1_accuracy_tflite_quantized: Share = Field(description="The notebook's key: model_quantized.tflite.")
+    results_version: Literal[2] = Field(description="This layout's version.")
+    task: Task = Field("classification", description="What was evaluated; absent in files written before it was added.")
+    image_count: Count = Field(description="Evaluation images scored (skipped ones excluded).")
+    class_count: Count = Field(description="Classes among them.")
+    classes: dict[str, int] = Field(description="Every class name with its label, by label.")
+    target_platform: TargetPlatform = Field(description="MCT target platform.")
+    seed: int = Field(description="The seed the calibration batches were drawn with.")
+    quantization: QuantizationSettings = Field(description="The quantization options in effect.")
+    calibration: Calibration = Field(description="What calibration used.")
+    skipped_images: list[SkippedImage] = Field(description="Images left out (`on_corrupt_image: skip`).")
+    sizes: Sizes = Field(description="Model sizes.")
+    resource_utilization: ResourceUtilization = Field(description="MCT's resource utilization.")
+    gate: Gate | None = Field(description="The accuracy gate's verdict; null without `max_top1_drop`.")
+    quantized_io: QuantizedIo = Field(description="Input and output type of model_quantized.tflite.")
+    imx500: Imx500Facts | None = Field(description="The IMX500 package's memory facts; null without a package.")
+    models: dict[str, ModelResult] = Field(
+        description="Each evaluated model, in report order: keras, keras_quantized, then each exported TFLite "
+        "file (tflite, tflite_quantized, and tflite_float16 / tflite_dynamic_range with `extra_exports`)."
+    )
+    agreement: Agreement = Field(description="Agreement between models' predictions.")
+    volatile_fields: list[str] = Field(description="Fields that differ between two runs of the same inputs and seed.")
+
+    @classmethod
+    def read(cls, path: Path | str) -> Results:
+        """A results.json file, validated (pydantic.ValidationError where it does not fit)."""
+        return cls.model_validate(json.loads(Path(path).read_bytes()))
+
+    def accuracy(self, model: str) -> float:
+        """The notebook's top-1 accuracy of one model, by results.json name."""
+        value: float = getattr(self, f"top_1_accuracy_{model}")
+        return value
+
+    def notebook_accuracies(self) -> dict[str, float]:
+        """The notebook's four keys and their values."""
+        return {key: getattr(self, key) for key in NOTEBOOK_KEYS}
+
+
+# --- manifest.json ------------------------------------------------------------------------
+
+
+class Versions(_Part):
+    mctq_job: str = Field(description="mctq-job.")
+    tensorflow: str = Field(description="TensorFlow.")
+    numpy: str = Field(description="numpy.")
+    model_compression_toolkit: str = Field(description="MCT.")
+    python: str = Field(description="Python.")
+    platform: str = Field(description="The operating system, as Python's `platform.platform()`.")
+
+
+class ArtifactRecord(_Part):
+    path: str = Field(description="Where the file was published.")
+    name: str = Field(description="Its file name.")
+    size: Count = Field(description="Its size, bytes.")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$", description="Its SHA-256, hex.")
+
+
+class Manifest(_Part):
+    """manifest.json: what the run published, from what, with what."""
+
+    model_config = ConfigDict(title="mctq-job manifest.json")
+
+    manifest_version: Literal[1] = Field(description="This layout's version.")
+    outcome: Outcome = Field(description="`success`, or the gate the published run failed.")
+    run_id: str = Field(description="This run's id.")
+    started_at: str = Field(description="UTC, ISO 8601 with milliseconds.")
+    finished_at: str = Field(description="UTC, ISO 8601 with milliseconds.")
+    versions: Versions = Field(description="Versions of the software that ran.")
+    config_file: str = Field(description="The configuration file read.")
+    config: Config = Field(description="The resolved configuration, every default filled in.")
+    config_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of `config`, canonical JSON.")
+    seed: int = Field(description="The configuration's seed.")
+    stage_seconds: dict[str, float] = Field(description="Seconds per stage (the report stage excluded).")
+    peak_memory_bytes: Count = Field(description="The process's peak resident memory.")
+    artifacts: list[ArtifactRecord] = Field(description="Every published file but manifest.json itself.")
+    volatile_fields: list[str] = Field(description="Fields that differ between two runs of the same inputs and seed.")
+
+    @classmethod
+    def read(cls, path: Path | str) -> Manifest:
+        """A manifest.json file, validated (pydantic.ValidationError where it does not fit). Parsed
+        first: the configuration's path fields accept strings only in Python mode."""
+        return cls.model_validate(json.loads(Path(path).read_bytes()))
+
+
+# --- JSON Schema and the docs' tables -----------------------------------------------------
+
+SCHEMAS: dict[str, type[_Part]] = {"results": Results, "manifest": Manifest}
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The published JSON Schema of results.json (``Results``) or manifest.json (``Manifest``)."""
+    schema = model.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+#: How the tables name the keys of an object whose keys are data, by field name.
+_KEY_NAMES = {
+    "classes": "<class>",
+    "per_class": "<class>",
+    "models": "<model>",
+    "operators": "<operator>",
+    "stage_seconds": "<stage>",
+}
+#: Objects the tables do not expand: configuration.md documents them.
+_DOCUMENTED_ELSEWHERE = {
+    "Config": "configuration.json's keys ([configuration.md](configuration.md))",
+    "Gptq": "configuration.json's `gptq`",
+    "MixedPrecision": "configuration.json's `mixed_precision`",
+}
+
+
+def results_table_markdown() -> str:
+    """The table of results.json's fields in docs/outputs.md, generated from ``Results``."""
+    return _fields_table(Results)
+
+
+def manifest_table_markdown() -> str:
+    """The table of manifest.json's fields in docs/outputs.md, generated from ``Manifest``."""
+    return _fields_table(Manifest)
+
+
+def _fields_table(model: type[BaseModel]) -> str:
+    schema = model.model_json_schema()
+    rows = ["| field | type | what |", "| --- | --- | --- |"]
+    _object_rows(schema, schema, "", rows)
+    return "\n".join(rows)
+
+
+def _object_rows(schema: dict[str, Any], node: dict[str, Any], prefix: str, rows: list[str]) -> None:
+    required = set(node.get("required", []))
+    for name, prop in node.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        kind, nested = _kind(schema, prop, name)
+        optional = "" if name in required else " (optional)"
+        rows.append(f"| `{path}` | {kind}{optional} | {prop.get('description', '')} |")
+        if nested is not None:
+            _object_rows(schema, nested[1], f"{path}{nested[0]}.", rows)
+
+
+def _kind(schema: dict[str, Any], prop: dict[str, Any], name: str) -> tuple[str, tuple[str, dict] | None]:
+    """A property's type in words, and (path infix, object) where its fields get rows of their own."""
+    if "anyOf" in prop:
+        options = [p for p in prop["anyOf"] if p.get("type") != "null"]
+        kind, nested = _kind(schema, options[0], name) if len(options) == 1 else ("any", None)
+        return (kind + " or null" if len(options) < len(prop["anyOf"]) else kind), nested
+    if "$ref" in prop:
+        definition = prop["$ref"].rsplit("/", 1)[1]
+        if definition in _DOCUMENTED_ELSEWHERE:
+            return f"object: {_DOCUMENTED_ELSEWHERE[definition]}", None
+        prop = schema["$defs"][definition]
+    if "const" in prop:
+        return f"`{json.dumps(prop['const'])}`", None
+    if "enum" in prop:
+        return " \\| ".join(f"`{value}`" for value in prop["enum"]), None
+    kind = prop.get("type", "any")
+    if kind == "object" and "properties" in prop:
+        return "object", ("", prop)
+    if kind == "object":
+        key = f"`{_KEY_NAMES.get(name, '<key>')}`"
+        inner, nested = _kind(schema, prop.get("additionalProperties", {}), name)
+        return f"object: {key} to {inner}", (f".{key.strip('`')}", nested[1]) if nested else None
+    if kind == "array" and "prefixItems" in prop:
+        return f"[{', '.join(_kind(schema, item, name)[0] for item in prop['prefixItems'])}]", None
+    if kind == "array":
+        inner, nested = _kind(schema, prop.get("items", {}), name)
+        plural = inner + "s" if inner.isalpha() else inner
+        return f"array of {plural}", ("[]", nested[1]) if nested else None
+    return _bounded(kind, prop), None
+
+
+def _bounded(kind: str, target: dict[str, Any]) -> str:
+    low, high = target.get("minimum"), target.get("maximum")
+    if low is not None and high is not None:
+        return f"{kind} in [{low}, {high}]"
+    if low is not None:
+        return f"{kind} >= {low}"
+    if "exclusiveMinimum" in target:
+        return f"{kind} > {target['exclusiveMinimum']}"
+    return kind

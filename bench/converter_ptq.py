@@ -32,8 +32,8 @@ def compare(job: JobRun, irreducible: dict[str, Any]) -> dict[str, Any]:
         "calibration_samples": converter.pop("calibration_samples"),
         "tflite_converter": converter,
         "job": {
-            "top1": round(job.results["top_1_accuracy_tflite_quantized"], 4),
-            "top1_keras_float": round(job.results["top_1_accuracy_keras"], 4),
+            "top1": round(job.results.accuracy("tflite_quantized"), 4),
+            "top1_keras_float": round(job.results.accuracy("keras"), 4),
             "quantize_plus_export_stage_s": round(stages["quantize"] + stages["export"], 3),
             "ptq_plus_mct_export_alone_s": round(
                 irreducible["parts_s"]["mct_ptq"] + irreducible["parts_s"]["mct_export"], 3

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mctq_job.results import MODELS
+
 from . import common, converter_ptq, realsize_compare, workload
 from .workload import INPUT_LAYOUT, OUTPUT_LAYOUT, Project, copy_project
 
@@ -178,12 +180,8 @@ def run_job(project: Project, **overrides: Any) -> dict[str, Any]:
     document = json.loads(project.config_file.read_text())
     project.config_file.write_text(json.dumps({**document, **overrides}, indent=2) + "\n")
     results = workload.run_job(project).results
-    top1 = {
-        key.removeprefix("top_1_accuracy_"): round(value, 4)
-        for key, value in results.items()
-        if key.startswith("top_1_accuracy_")
-    }
-    return {"top_1": top1, "agreement": results["agreement"]}
+    top1 = {name: round(results.accuracy(name), 4) for name in MODELS}
+    return {"top_1": top1, "agreement": results.agreement.document()}
 
 
 def measure() -> dict[str, Any]:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mctq_job.results import MODELS, Manifest, Results
+
 from . import common, notebook_path, realsize
 from .workload import ENTRY, Project
 
@@ -39,18 +41,14 @@ def run_job(project: Project) -> dict[str, Any]:
     )
     if run.returncode != 0:
         sys.exit(f"bench: the job failed on the real-size workload (exit {run.returncode}):\n{run.stderr[-2000:]}")
-    manifest = json.loads((project.output_dir / "manifest.json").read_text())
-    results = json.loads((project.result_dir / "results.json").read_text())
+    manifest = Manifest.read(project.output_dir / "manifest.json")
+    results = Results.read(project.result_dir / "results.json")
     return {
         "wall_s": run.wall_s,
-        "stage_seconds": manifest["stage_seconds"],
+        "stage_seconds": manifest.stage_seconds,
         "peak_tree_bytes": run.peak_tree_bytes,
-        "manifest_peak_memory_bytes": manifest["peak_memory_bytes"],
-        "top_1": {
-            key.removeprefix("top_1_accuracy_"): round(value, 4)
-            for key, value in results.items()
-            if key.startswith("top_1_accuracy_")
-        },
+        "manifest_peak_memory_bytes": manifest.peak_memory_bytes,
+        "top_1": {name: round(results.accuracy(name), 4) for name in MODELS},
     }
 
 

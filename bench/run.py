@@ -90,7 +90,7 @@ def responsiveness(run: JobRun) -> dict[str, Any]:
         "help_s": common.median(timed_command(["--help"]) for _ in range(UI_REPEAT)),
         "validate_s": common.median(timed_command(["validate"]) for _ in range(UI_REPEAT)),
         "first_log_line_s": common.median(first_line_latency() for _ in range(3)),
-        "images": f"{run.results['calibration']['images_available']:,} + {run.results['image_count']:,} images",
+        "images": f"{run.results.calibration.images_available:,} + {run.results.image_count:,} images",
         "run": {
             "wall_s": run.wall_s,
             "max_gap_between_lines_s": run.max_gap_s,
@@ -104,7 +104,7 @@ def memory_scaling(runs: list[JobRun]) -> dict[str, Any]:
     """Comparison (d): peak memory and wall of the job on 1x and on SCALE x the validation images."""
     rows = [
         {
-            "validation_images": r.results["image_count"],
+            "validation_images": r.results.image_count,
             "wall_s": r.wall_s,
             "evaluate_stage_s": r.stage_seconds["evaluate"],
             "peak_memory_bytes": r.peak_memory_bytes,
@@ -137,11 +137,10 @@ def digits_int8(run: JobRun) -> dict[str, Any]:
     its size over model.tflite's, and how far its top-1 is from MCT's quantized Keras model's."""
     results = run.results
     top1 = {
-        name: round(results[f"top_1_accuracy_{name}"], 4)
-        for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")
+        name: round(results.accuracy(name), 4) for name in ("keras", "keras_quantized", "tflite", "tflite_quantized")
     }
     values = {
-        "size_over_float": round(results["sizes"]["quantized_to_float_ratio"], 3),
+        "size_over_float": round(results.sizes.quantized_to_float_ratio, 3),
         "top1_gap_to_mct_keras": round(abs(top1["tflite_quantized"] - top1["keras_quantized"]), 4),
     }
     return {"top_1": top1, **realsize_compare.targets(values, docs_tables.DIGITS_LIMITS)}

@@ -63,7 +63,7 @@ def compare(run: JobRun) -> dict[str, Any]:
             name: {
                 "job": common.top1(job[name], labels),
                 "notebook": common.top1(notebook[name], labels),
-                "results_json": round(run.results[f"top_1_accuracy_{name}"], 4),
+                "results_json": round(run.results.accuracy(name), 4),
             }
             for name in model_files
         },

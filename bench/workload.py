@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mctq_job.results import Manifest, Results
+
 from .common import ROOT
 
 ENTRY = [sys.executable, str(ROOT / "entrypoint.py")]
@@ -99,8 +101,8 @@ class JobRun:
     project: Project
     wall_s: float
     events: list[dict]
-    manifest: dict
-    results: dict
+    manifest: Manifest
+    results: Results
 
     @property
     def max_gap_s(self) -> float:
@@ -109,11 +111,11 @@ class JobRun:
 
     @property
     def stage_seconds(self) -> dict[str, float]:
-        return self.manifest["stage_seconds"]
+        return self.manifest.stage_seconds
 
     @property
     def peak_memory_bytes(self) -> int:
-        return self.manifest["peak_memory_bytes"]
+        return self.manifest.peak_memory_bytes
 
 
 def run_job(project: Project) -> JobRun:
@@ -128,8 +130,8 @@ def run_job(project: Project) -> JobRun:
             f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
         )
     events = [json.loads(line) for line in proc.stdout.splitlines()]
-    manifest = json.loads((project.output_dir / "manifest.json").read_text())
-    results = json.loads((project.result_dir / "results.json").read_text())
+    manifest = Manifest.read(project.output_dir / "manifest.json")
+    results = Results.read(project.result_dir / "results.json")
     return JobRun(project, wall, events, manifest, results)
 
 

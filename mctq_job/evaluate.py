@@ -22,6 +22,7 @@ import tensorflow as tf
 from . import images
 from .config import Config
 from .errors import InputDataError, calling
+from .events import Stage
 from .inputs import Inputs
 from .progress import Progress
 from .tasks import task_for
@@ -73,7 +74,7 @@ class TFLitePredictor:
 def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported) -> Evaluation:
     """Stage ``evaluate``: the Keras models and the staged TFLite files (every exported variant
     that is a TFLite model, in the export stage's order) on the evaluation images."""
-    progress = Progress(ctx.log, "evaluate", len(inputs.truth.images), "image", task="evaluation")
+    progress = Progress(ctx.log, Stage.EVALUATE, len(inputs.truth.images), "image", task="evaluation")
     found = predictors(
         {"keras": loaded.model, "keras_quantized": quantized.model},
         {name: file.staged for name, file in exported.models.items()},

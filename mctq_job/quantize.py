@@ -14,7 +14,7 @@ import model_compression_toolkit as mct
 from . import calibrate
 from .config import Config
 from .errors import calling
-from .events import Event
+from .events import Event, Stage
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: calibrate.Drawn)
     """Stage ``quantize``: MCT reads the drawn batches (progress per batch) and quantizes."""
     config = inputs.config
     skipped: list[tuple[Path, str]] = []
-    progress = Progress(ctx.log, "quantize", config.iteration_count, "batch", task="calibration")
+    progress = Progress(ctx.log, Stage.QUANTIZE, config.iteration_count, "batch", task="calibration")
     data = calibrate.batches_of(inputs, drawn, on_batch=progress.advance, on_skip=ctx.skip_logger(skipped))
     with calling("MCT"):
         quantized = quantize(loaded.model, data, config)

@@ -122,23 +122,36 @@ def schema_problems(document: str, data: object) -> list[str]:
     return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
 
 
-def check_published_documents(lines: list[str]) -> None:
+def check_published_documents(lines: list[str], mounts: dict[str, Path] | None = None) -> int:
     """Each results.json and manifest.json that a run's JSON events say it published fits its
-    published schema and reads through mctq_job.results' models."""
+    published schema and reads through mctq_job.results' models. ``mounts`` maps a container's
+    folder to the host folder mounted there, for runs in a container. Returns how many it checked."""
     from mctq_job import results
 
+    checked = 0
     for line in lines:
         if not line.startswith("{"):
             continue  # console format, or not an event
         event = json.loads(line)
         if event.get("event") != "artifact.written":
             continue
+        path = _on_host(event["path"], mounts or {})
         for document, name in SCHEMA_FILES.items():
-            if event.get("name") == name and Path(event["path"]).is_file():
-                data = json.loads(Path(event["path"]).read_text(encoding="utf-8"))
+            if event.get("name") == name and path.is_file():
+                data = json.loads(path.read_text(encoding="utf-8"))
                 problems = schema_problems(document, data)
-                assert not problems, f"{event['path']} breaks the published schema:\n" + "\n".join(problems)
+                assert not problems, f"{path} breaks the published schema:\n" + "\n".join(problems)
                 results.SCHEMAS[document].model_validate(data)
+                checked += 1
+    return checked
+
+
+def _on_host(path: str, mounts: dict[str, Path]) -> Path:
+    """A path inside a container, where a host folder is mounted, as the host sees it."""
+    for target, source in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            return Path(source) / Path(path).relative_to(target)
+    return Path(path)
 
 
 #: No single test (with the set-up it triggers, such as an image build) takes this long; one

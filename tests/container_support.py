@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import needs
 import pytest
+from conftest import check_published_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST_LABEL = "io.mctq-job.inputs-digest"
@@ -213,6 +214,7 @@ def run_container(
         status = container.wait(timeout=timeout)
         stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
         stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        check_published_documents(stdout.splitlines(), {spec["bind"]: Path(host) for host, spec in volumes.items()})
         return ContainerRun(status["StatusCode"], stdout, stderr, streamed)
     finally:
         container.remove(force=True)

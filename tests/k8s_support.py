@@ -15,6 +15,7 @@ from typing import Any
 
 import needs
 import yaml
+from conftest import check_published_documents
 from container_support import ContainerRun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,6 +202,8 @@ def run_pod(
         stdout = created.logs(stdout=True, stderr=False).decode("utf-8", "replace")
         stderr = created.logs(stdout=False, stderr=True).decode("utf-8", "replace")
         oom = bool(created.attrs["State"].get("OOMKilled"))
+        bound = {m["Target"]: Path(m["Source"]) for m in mounts if m.get("Type") == "bind"}
+        check_published_documents(stdout.splitlines(), bound)
     finally:
         created.remove(force=True)
     return PodRun(status["StatusCode"], stdout, stderr, termination_message=message.read_text(), oom_killed=oom)

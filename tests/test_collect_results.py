@@ -20,6 +20,10 @@ from mctq_job import artifacts, report
 from mctq_job.config import Config
 from mctq_job.results import MODELS, Gate
 
+#: The report's input comes from the real producer: a real TFLite file's census, the evaluate
+#: stage's own types (TensorFlow).
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).resolve().parent.parent / "k8s" / "collect_results.py"
 LABELS = np.repeat(np.arange(10), 14)
 

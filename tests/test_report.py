@@ -70,6 +70,7 @@ def test_results_keep_the_notebooks_four_keys_first_and_add_the_details():
     assert doc["task"] == "classification"
 
 
+@pytest.mark.slow
 def test_census_and_io_are_written_for_the_tflite_files_only():
     """Absent (not null) for the Keras models, as before the results had a model."""
     doc = report.results(run_values(evaluation(LABELS, {}), {"a": 0, "b": 1, "c": 2})).document()
@@ -78,6 +79,7 @@ def test_census_and_io_are_written_for_the_tflite_files_only():
         assert ("census" in model, "io" in model, model["file"] is not None) == (tflite, tflite, tflite), name
 
 
+@pytest.mark.slow
 def test_the_document_reads_back_to_the_same_bytes(tmp_path):
     """results.json and manifest.json as written parse through the models into the same bytes,
     with every field's type and key order kept (the notebook's keys first)."""
@@ -108,6 +110,7 @@ def _manifest(values: report.RunValues) -> results.Manifest:
     )
 
 
+@pytest.mark.slow
 def test_a_value_the_schema_does_not_allow_fails_the_report():
     """A stage value of another shape (here a census without integer_only) is a bug of the job's,
     caught where results.json is made rather than written."""
@@ -125,6 +128,7 @@ def test_the_notebook_keys_come_first_in_the_model():
     assert list(MODELS) == [key.removeprefix("top_1_accuracy_") for key in results.NOTEBOOK_KEYS]
 
 
+@pytest.mark.slow
 def test_the_published_schemas_accept_what_the_producer_writes():
     """The JSON Schemas of `mctq-job schema --results/--manifest`, checked by a JSON Schema
     validator (not pydantic), accept the producer's documents and reject a stray key."""
@@ -137,6 +141,7 @@ def test_the_published_schemas_accept_what_the_producer_writes():
     assert schema_problems("results", {**doc, "stray": 1}) != []
 
 
+@pytest.mark.slow
 def test_every_field_the_producer_writes_has_a_row_in_docs_outputs_md():
     values = run_values(
         evaluation(LABELS, {}), {"a": 0, "b": 1, "c": 2}, max_top1_drop=0.1, imx500=True, mixed_precision=True
@@ -218,6 +223,7 @@ def test_schema_prints_the_documents_json_schema_without_tensorflow(option, mode
     assert "HEAVY []" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_run_check_catches_a_published_file_that_breaks_its_schema(tmp_path):
     """conftest's check of every run's published files (run_cli, LiveRun) fails on a stray key."""
     from conftest import check_published_documents

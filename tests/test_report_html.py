@@ -19,6 +19,10 @@ from results_support import evaluation, run_values
 from mctq_job import artifacts, report, report_html
 from mctq_job.results import MODELS, Results
 
+#: The report's input comes from the real producer: a real TFLite file's census, the evaluate
+#: stage's own types (TensorFlow).
+pytestmark = pytest.mark.slow
+
 NASTY = '<b>&"cat"'
 DATA_URI = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 EXTERNAL = re.compile(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', re.IGNORECASE)

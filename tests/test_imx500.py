@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -284,30 +285,25 @@ def test_model_too_large_for_the_chip_does_not_fit(converter, tmp_path):
     assert package.packer_out is None
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every live (non-zombie) process."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+        if fields[0] != "Z":
+            yield int(stat.parent.name), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is ``pgid``."""
+    return [pid for pid, fields in live_processes() if int(fields[2]) == pgid]
 
 
 def own_sessions() -> list[int]:
     """Process groups led by a child of this process (the converter runs in a session of its own)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and int(fields[2]) == int(stat.parent.name) and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
+    return [pid for pid, fields in live_processes() if int(fields[1]) == os.getpid() and int(fields[2]) == pid]
 
 
 @pytest.mark.slow

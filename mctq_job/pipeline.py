@@ -92,7 +92,7 @@ def run(
         quantized = ctx.stage(Stage.QUANTIZE, **config.quantization_settings()).run(
             heavy.quantize, inputs, loaded, drawn
         )
-        exported = ctx.stage(Stage.EXPORT, export_format=config.export_format).run(
+        exported = ctx.stage(Stage.EXPORT, export_format=config.export_format, extra_exports=config.extra_exports).run(
             heavy.export, inputs, loaded, drawn, quantized
         )
         packaged = None

@@ -316,7 +316,7 @@ def _accuracy_section(results: Results) -> str:
     models = results.models
     if not models:
         return ""
-    figure = _figure(8, 4.2)
+    figure = _figure(8 + 1.2 * max(0, len(models) - 4), 4.2)  # the extra exports get room of their own
     ax = figure.add_subplot()
     width = 0.38
     for offset, key, label, color in (

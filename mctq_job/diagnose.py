@@ -1,0 +1,433 @@
+"""Prototype for issue 18: where a quantized model loses accuracy, named by the user's layers.
+
+Not wired into the pipeline. Three pure pieces:
+
+- :func:`map_points`: every activation holder of MCT's quantized Keras model (the tensors MCT
+  quantizes) paired with the tensor of the user's float model that it stands for, in graph
+  order; what cannot be paired is listed with the reason.
+- :func:`measure`: one streamed pass of one probe model over the images, which computes the
+  float tensors, MCT's quantized tensors and each holder's *local* tensor (the layers since the
+  previous holders run on float inputs, then quantized) and reduces them inside the graph to a
+  few sums per point: cumulative and local SQNR, clipped share, ranges, per-channel maxima, and
+  per-input slices of concatenations.
+- :func:`findings`: unbalanced concatenations and activation outliers from those numbers.
+
+How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
+
+- a layer with weights becomes a ``KerasQuantizationWrapper`` whose inner layer keeps the
+  user's name; a BatchNormalization folded into the convolution before it makes that name
+  ``<conv>_bn`` and the BatchNormalization disappears (its output is the wrapper's output);
+- an activation that the target does not fuse (softmax, or any activation of a layer that
+  MCT splits off) becomes a separate layer ``<layer>_post_activation``; the holder right after
+  the wrapper then quantizes the layer's pre-activation output, which the float model has no
+  tensor for: a linear copy of the float layer provides it;
+- a convolution followed by a fusable ReLU has no holder of its own (the ReLU's holder follows
+  the ReLU layer, which keeps its name);
+- holders are named ``keras_activation_quantization_holder[_N]``: only the layer they follow
+  says which tensor they quantize.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+HOLDER = "KerasActivationQuantizationHolder"
+WRAPPER = "KerasQuantizationWrapper"
+POST_ACTIVATION = "_post_activation"  # MCT's name of an activation split off its layer
+FOLDED_BN = "_bn"  # MCT's suffix of a convolution that absorbed the BatchNormalization after it
+
+#: A concatenation whose inputs' largest magnitudes differ by more than this is unbalanced.
+UNBALANCED_RATIO = 16.0
+#: A tensor whose largest magnitude exceeds its 99.9th percentile by more than this has outliers.
+OUTLIER_RATIO = 8.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One quantized tensor of MCT's model and its float counterpart."""
+
+    name: str  # the user's layer whose output this is (e.g. a BatchNormalization folded away)
+    holder: str  # MCT's activation holder quantizing it
+    kind: str  # "input", "output", "folded" (conv + BatchNormalization), "pre-activation"
+    float_tensor: Any  # KerasTensor of the float model's graph
+    quantized_tensor: Any  # KerasTensor of the quantized model's graph (the holder's output)
+    #: For a concatenation: (the user's input layer, first channel, end channel) of each input.
+    slices: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Mapping:
+    points: list[Point]
+    unmapped: list[tuple[str, str]]  # (holder, reason)
+
+
+def _is(layer: Any, kind: str) -> bool:
+    return type(layer).__name__ == kind
+
+
+def _producers(layer: Any) -> list[Any]:
+    """The layers whose outputs ``layer`` takes (its first call)."""
+    node = layer.inbound_nodes[0]
+    inbound = node.inbound_layers
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def _consumers(layer: Any) -> list[Any]:
+    return [node.outbound_layer for node in layer.outbound_nodes]
+
+
+def _linear_copy(layer: Any) -> Any:
+    """The float layer's output before its activation: a copy with a linear activation."""
+    config = {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_pre_activation"}
+    copy = type(layer).from_config(config)
+    tensor = copy(layer.input)
+    copy.set_weights(layer.get_weights())
+    return tensor
+
+
+def _float_counterpart(float_model: Any, quantized_names: set[str], producer: Any) -> tuple[str, str, Any]:
+    """(name, kind, float tensor) of the output of ``producer`` (a layer of the quantized model);
+    raises LookupError with the reason where there is none."""
+    by_name = {layer.name: layer for layer in float_model.layers}
+    if _is(producer, "InputLayer"):
+        if producer.name not in by_name:
+            raise LookupError(f"input '{producer.name}' is not an input of the float model")
+        return producer.name, "input", by_name[producer.name].output
+    if _is(producer, WRAPPER):
+        inner = producer.layer.name
+        if inner in by_name:
+            layer = by_name[inner]
+            if inner + POST_ACTIVATION in quantized_names:  # MCT split the activation off
+                activation = getattr(layer.activation, "__name__", "activation")
+                return f"{inner} (before {activation})", "pre-activation", _linear_copy(layer)
+            return inner, "output", layer.output
+        base = inner[: -len(FOLDED_BN)] if inner.endswith(FOLDED_BN) else None
+        if base in by_name:
+            after = _consumers(by_name[base])
+            if len(after) == 1 and isinstance(after[0], tf.keras.layers.BatchNormalization):
+                return after[0].name, "folded", after[0].output
+        raise LookupError(f"MCT's layer '{inner}' has no float layer of that name (nor a folded BatchNormalization)")
+    name = producer.name
+    if name.endswith(POST_ACTIVATION) and name[: -len(POST_ACTIVATION)] in by_name:
+        return name[: -len(POST_ACTIVATION)], "output", by_name[name[: -len(POST_ACTIVATION)]].output
+    if name in by_name:
+        return name, "output", by_name[name].output
+    raise LookupError(f"MCT's layer '{name}' ({type(producer).__name__}) has no float layer of that name")
+
+
+def _slices(float_model: Any, name: str, producer: Any) -> tuple[tuple[str, int, int], ...]:
+    """Channel ranges of a concatenation's inputs (last axis only), named by the float inputs."""
+    if not isinstance(producer, tf.keras.layers.Concatenate) or producer.axis not in (
+        -1,
+        len(producer.output.shape) - 1,
+    ):
+        return ()
+    concat = float_model.get_layer(name)
+    result, start = [], 0
+    for layer, tensor in zip(_producers(concat), concat.input, strict=True):
+        end = start + int(tensor.shape[-1])
+        result.append((layer.name, start, end))
+        start = end
+    return tuple(result)
+
+
+def map_points(float_model: Any, quantized_model: Any) -> Mapping:
+    """Each activation holder of ``quantized_model`` with the float tensor it quantizes, in graph order."""
+    quantized_names = {layer.name for layer in quantized_model.layers}
+    points, unmapped = [], []
+    for holder in quantized_model.layers:
+        if not _is(holder, HOLDER):
+            continue
+        producer = _producers(holder)[0]
+        try:
+            name, kind, tensor = _float_counterpart(float_model, quantized_names, producer)
+        except LookupError as exc:
+            unmapped.append((holder.name, str(exc)))
+            continue
+        if tuple(tensor.shape[1:]) != tuple(holder.output.shape[1:]):
+            unmapped.append((holder.name, f"'{name}' has shape {tensor.shape}, MCT's tensor {holder.output.shape}"))
+            continue
+        slices = _slices(float_model, name, producer) if kind == "output" else ()
+        points.append(Point(name, holder.name, kind, tensor, holder.output, slices))
+    return Mapping(points, unmapped)
+
+
+def _local_tensors(mapping: Mapping, quantized_model: Any, x: Any, floats: list[Any]) -> list[Any]:
+    """For each point, the quantized model's layers since the previous holders, run on the float
+    values of those holders' points, then the point's own holder: the error this point injects
+    alone (its weights and its activation quantization). Runs on real tensors (inside the probe's
+    tf.function): the float and quantized models share layer names, so one Keras graph cannot
+    hold both. An unmapped holder upstream is passed through unquantized (a float stand-in)."""
+    float_of = {point.holder: value for point, value in zip(mapping.points, floats, strict=True)}
+    inputs = dict(zip((layer.name for layer in quantized_model._input_layers), x if isinstance(x, list) else [x]))
+    memo: dict[int, Any] = {}
+
+    def rebuilt(tensor: Any) -> Any:
+        layer, node_index, tensor_index = tensor._keras_history
+        key = id(tensor)
+        if key in memo:
+            return memo[key]
+        if _is(layer, "InputLayer"):
+            result = inputs[layer.name]
+        elif _is(layer, HOLDER) and layer.name in float_of:
+            result = float_of[layer.name]
+        else:
+            node = layer.inbound_nodes[node_index]
+            args, kwargs = tf.nest.map_structure(
+                lambda t: rebuilt(t) if hasattr(t, "_keras_history") else t, (node.call_args, node.call_kwargs)
+            )
+            if _is(layer, HOLDER):  # unmapped: no float counterpart, keep it float
+                result = args[0]
+            else:
+                result = tf.nest.flatten(layer(*args, **kwargs))[tensor_index]
+        memo[key] = result
+        return result
+
+    return [
+        quantized_model.get_layer(p.holder)(rebuilt(quantized_model.get_layer(p.holder).input)) for p in mapping.points
+    ]
+
+
+@dataclass
+class Sums:
+    """Per point, sums over all images (float64): the numbers the SQNRs and findings come from."""
+
+    signal: np.ndarray  # sum of float^2
+    noise: np.ndarray  # sum of (quantized - float)^2, cumulative
+    local_noise: np.ndarray  # sum of (local - float)^2: the point's own weights and activation
+    activation_noise: np.ndarray  # sum of (holder(float) - float)^2: the activation quantizer alone
+    clipped: np.ndarray  # float values outside the holder's calibrated range
+    values: np.ndarray  # number of values
+    max_abs: np.ndarray  # largest |float|
+    p999: np.ndarray  # largest per-batch 99.9th percentile of |float| (None when not measured)
+    channel_max: list[np.ndarray]  # per last-axis channel, largest |float|
+    slice_signal: list[np.ndarray]  # per concatenation input
+    slice_noise: list[np.ndarray]
+    slice_max_abs: list[np.ndarray]
+    seconds: float = 0.0
+    images: int = 0
+
+    def sqnr(self, noise: np.ndarray | None = None) -> list[float | None]:
+        return [sqnr_db(s, n) for s, n in zip(self.signal, self.noise if noise is None else noise, strict=True)]
+
+
+def sqnr_db(signal: float, noise: float) -> float | None:
+    """10 log10(signal / noise); None where the tensors are identical (no noise at all)."""
+    if noise <= 0:
+        return None
+    if signal <= 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _range_of(holder: Any) -> tuple[float, float]:
+    quantizer = holder.activation_holder_quantizer
+    if hasattr(quantizer, "min_range"):
+        return float(np.min(quantizer.min_range)), float(np.max(quantizer.max_range))
+    return -math.inf, math.inf
+
+
+@dataclass
+class Probe:
+    """What the diagnosis runs: the float tensors, the quantized ones, and the local and
+    activation-only ones computed from the float ones, reduced to sums per batch."""
+
+    mapping: Mapping
+    float_tap: Any  # the float model with every point as an output
+    quantized_tap: Any  # MCT's model with every point's holder as an output
+    quantized_model: Any
+    ranges: list[tuple[float, float]]
+    percentile: bool
+    step: Callable[[Any], Any] = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def probe(float_model: Any, quantized_model: Any, mapping: Mapping | None = None, percentile: bool = True) -> Probe:
+    mapping = mapping or map_points(float_model, quantized_model)
+    points = mapping.points
+    float_tap = tf.keras.Model(float_model.inputs, [p.float_tensor for p in points])
+    quantized_tap = tf.keras.Model(quantized_model.inputs, [p.quantized_tensor for p in points])
+    ranges = [_range_of(quantized_model.get_layer(p.holder)) for p in points]
+    result = Probe(mapping, float_tap, quantized_tap, quantized_model, ranges, percentile)
+    result.step = _step(result)
+    return result
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _step(p: Probe) -> Callable[[Any], Any]:
+    slices = [point.slices for point in p.mapping.points]
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any) -> Any:
+        floats = _as_list(p.float_tap(x, training=False))
+        quantized = _as_list(p.quantized_tap(x, training=False))
+        local = _local_tensors(p.mapping, p.quantized_model, x, floats)
+        holders = [p.quantized_model.get_layer(point.holder) for point in p.mapping.points]
+        activation = [holder(f) for holder, f in zip(holders, floats, strict=True)]
+        out = []
+        for i, (f, q, lo, a) in enumerate(zip(floats, quantized, local, activation, strict=True)):
+            minimum, maximum = p.ranges[i]
+            f64 = tf.cast(f, tf.float64)
+            absolute = tf.abs(f)
+            row = {
+                "signal": tf.reduce_sum(tf.square(f64)),
+                "noise": tf.reduce_sum(tf.square(tf.cast(q, tf.float64) - f64)),
+                "local_noise": tf.reduce_sum(tf.square(tf.cast(lo, tf.float64) - f64)),
+                "activation_noise": tf.reduce_sum(tf.square(tf.cast(a, tf.float64) - f64)),
+                "clipped": tf.reduce_sum(tf.cast((f < minimum) | (f > maximum), tf.float64)),
+                "values": tf.cast(tf.size(f), tf.float64),
+                "max_abs": tf.cast(tf.reduce_max(absolute), tf.float64),
+                "channel_max": tf.reduce_max(tf.reshape(absolute, [-1, tf.shape(f)[-1]]), axis=0),
+            }
+            if p.percentile:
+                flat = tf.reshape(absolute, [-1])
+                k = tf.maximum(1, tf.size(flat) // 1000)
+                row["p999"] = tf.cast(tf.math.top_k(flat, k, sorted=False).values, tf.float64)
+                row["p999"] = tf.reduce_min(row["p999"])
+            row["slices"] = [
+                tf.stack(
+                    [
+                        tf.reduce_sum(tf.square(f64[..., a:b])),
+                        tf.reduce_sum(tf.square(tf.cast(q[..., a:b], tf.float64) - f64[..., a:b])),
+                        tf.reduce_max(tf.cast(absolute[..., a:b], tf.float64)),
+                    ]
+                )
+                for _, a, b in slices[i]
+            ]
+            out.append(row)
+        return out
+
+    return step
+
+
+def measure(p: Probe, batches: Iterable[np.ndarray]) -> Sums:
+    """Stream ``batches`` (arrays of model inputs) through the probe, one call per batch."""
+    import time
+
+    n = len(p.mapping.points)
+    zeros = np.zeros(n)
+    sums = Sums(
+        zeros.copy(),
+        zeros.copy(),
+        zeros.copy(),
+        zeros.copy(),
+        zeros.copy(),
+        zeros.copy(),
+        zeros.copy(),
+        np.full(n, np.nan) if not p.percentile else zeros.copy(),
+        [np.zeros(0)] * n,
+        [np.zeros(len(pt.slices)) for pt in p.mapping.points],
+        [np.zeros(len(pt.slices)) for pt in p.mapping.points],
+        [np.zeros(len(pt.slices)) for pt in p.mapping.points],
+    )
+    start = time.perf_counter()
+    for batch in batches:
+        rows = p.step(tf.constant(batch))
+        sums.images += int(batch.shape[0])
+        for i, row in enumerate(rows):
+            for key in ("signal", "noise", "local_noise", "activation_noise", "clipped", "values"):
+                getattr(sums, key)[i] += float(row[key])
+            sums.max_abs[i] = max(sums.max_abs[i], float(row["max_abs"]))
+            if p.percentile:
+                sums.p999[i] = max(sums.p999[i], float(row["p999"]))
+            channel = row["channel_max"].numpy().astype(np.float64)
+            sums.channel_max[i] = channel if sums.channel_max[i].size == 0 else np.maximum(sums.channel_max[i], channel)
+            for j, values in enumerate(row["slices"]):
+                s, q, m = values.numpy()
+                sums.slice_signal[i][j] += s
+                sums.slice_noise[i][j] += q
+                sums.slice_max_abs[i][j] = max(sums.slice_max_abs[i][j], m)
+    sums.seconds = time.perf_counter() - start
+    return sums
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "unbalanced_concatenation", "activation_outlier", "clipping"
+    layer: str
+    evidence: dict[str, Any]
+    suggestion: str
+
+
+def table(p: Probe, sums: Sums) -> list[dict[str, Any]]:
+    """Per point, in graph order: the figures a report shows."""
+    rows = []
+    for i, point in enumerate(p.mapping.points):
+        rows.append(
+            {
+                "layer": point.name,
+                "kind": point.kind,
+                "sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.noise[i])),
+                "local_sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.local_noise[i])),
+                "activation_sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.activation_noise[i])),
+                "clipped_share": float(sums.clipped[i] / sums.values[i]) if sums.values[i] else 0.0,
+                "max_abs": float(sums.max_abs[i]),
+                "p999_abs": None if np.isnan(sums.p999[i]) else float(sums.p999[i]),
+                "slices": [
+                    {
+                        "input": name,
+                        "sqnr_db": _rounded(sqnr_db(sums.slice_signal[i][j], sums.slice_noise[i][j])),
+                        "max_abs": float(sums.slice_max_abs[i][j]),
+                    }
+                    for j, (name, _, _) in enumerate(point.slices)
+                ],
+            }
+        )
+    return rows
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 2)
+
+
+def findings(p: Probe, sums: Sums) -> list[Finding]:
+    result = []
+    for i, point in enumerate(p.mapping.points):
+        if len(point.slices) > 1:
+            largest = sums.slice_max_abs[i]
+            positive = largest[largest > 0]
+            if positive.size > 1 and positive.max() / positive.min() > UNBALANCED_RATIO:
+                small = int(np.argmin(np.where(largest > 0, largest, np.inf)))
+                result.append(
+                    Finding(
+                        "unbalanced_concatenation",
+                        point.name,
+                        {
+                            "range_ratio": round(float(positive.max() / positive.min()), 1),
+                            "inputs_max_abs": {n: float(m) for (n, _, _), m in zip(point.slices, largest, strict=True)},
+                            "smallest_input": point.slices[small][0],
+                            "smallest_input_sqnr_db": _rounded(
+                                sqnr_db(sums.slice_signal[i][small], sums.slice_noise[i][small])
+                            ),
+                            "sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.noise[i])),
+                        },
+                        "quantize the concatenation with 16-bit activations (imx500 TPC 4.0+, MCT's "
+                        "BitWidthConfig), or rebalance the inputs' scales in the model",
+                    )
+                )
+        p999 = sums.p999[i]
+        if p999 > 0 and sums.max_abs[i] / p999 > OUTLIER_RATIO:
+            channels = sums.channel_max[i]
+            result.append(
+                Finding(
+                    "activation_outlier",
+                    point.name,
+                    {
+                        "max_abs": float(sums.max_abs[i]),
+                        "p999_abs": float(p999),
+                        "ratio": round(float(sums.max_abs[i] / p999), 1),
+                        "channel": int(np.argmax(channels)),
+                        "channel_max_over_median": round(float(channels.max() / max(np.median(channels), 1e-12)), 1),
+                    },
+                    "clip the range (z_threshold, or MAE/MSE error method) or use 16-bit activations here",
+                )
+            )
+    return result

@@ -165,7 +165,7 @@ def _local_tensors(mapping: Mapping, quantized_model: Any, x: Any, floats: list[
     tf.function): the float and quantized models share layer names, so one Keras graph cannot
     hold both. An unmapped holder upstream is passed through unquantized (a float stand-in)."""
     float_of = {point.holder: value for point, value in zip(mapping.points, floats, strict=True)}
-    inputs = dict(zip((layer.name for layer in quantized_model._input_layers), x if isinstance(x, list) else [x]))
+    inputs = dict(zip((layer.name for layer in quantized_model._input_layers), _as_list(x), strict=True))
     memo: dict[int, Any] = {}
 
     def rebuilt(tensor: Any) -> Any:

@@ -44,8 +44,14 @@ FOLDED_BN = "_bn"  # MCT's suffix of a convolution that absorbed the BatchNormal
 
 #: A concatenation whose inputs' largest magnitudes differ by more than this is unbalanced.
 UNBALANCED_RATIO = 16.0
-#: A tensor whose largest magnitude exceeds its 99.9th percentile by more than this has outliers.
+#: A tensor whose largest magnitude exceeds its 99.9th percentile by more than this has outliers
+#: (measured only where a batch has enough values for the percentile to differ from the maximum).
 OUTLIER_RATIO = 8.0
+PERCENTILE_VALUES = 10_000
+#: A channel whose largest magnitude exceeds the median of the live channels' by more than this
+#: stretches the per-tensor range alone (feature maps of at least CHANNELS channels).
+CHANNEL_RATIO = 16.0
+CHANNELS = 8
 
 
 @dataclass(frozen=True)
@@ -419,21 +425,48 @@ def findings(p: Probe, sums: Sums) -> list[Finding]:
                         "BitWidthConfig), or rebalance the inputs' scales in the model",
                     )
                 )
-        p999 = sums.p999[i]
-        if p999 > 0 and sums.max_abs[i] / p999 > OUTLIER_RATIO:
-            channels = sums.channel_max[i]
-            result.append(
+        result.extend(_outliers(point, sums, i))
+    return result
+
+
+def _outliers(point: Point, sums: Sums, i: int) -> list[Finding]:
+    """Values far above the tensor's 99.9th percentile, and single channels far above the others.
+
+    A whole outlier channel is more than 0.1 % of the values, so the percentile test misses it:
+    the per-channel maxima catch it (dead channels, max 0, are left out of the median)."""
+    found = []
+    per_batch = sums.values[i] / max(sums.images, 1) * min(sums.images, 16)
+    p999 = sums.p999[i]
+    if per_batch >= PERCENTILE_VALUES and p999 > 0 and sums.max_abs[i] / p999 > OUTLIER_RATIO:
+        found.append(
+            Finding(
+                "activation_outlier",
+                point.name,
+                {
+                    "max_abs": float(sums.max_abs[i]),
+                    "p999_abs": float(p999),
+                    "ratio": round(float(sums.max_abs[i] / p999), 1),
+                },
+                "clip the range (z_threshold, or the MAE/MSE error method) or use 16-bit activations here",
+            )
+        )
+    channels = sums.channel_max[i]
+    live = channels[channels > 1e-6 * channels.max()] if channels.size else channels
+    if point.float_tensor.shape.rank >= 4 and live.size >= CHANNELS:
+        ratio = float(live.max() / np.median(live))
+        if ratio > CHANNEL_RATIO:
+            found.append(
                 Finding(
-                    "activation_outlier",
+                    "outlier_channel",
                     point.name,
                     {
-                        "max_abs": float(sums.max_abs[i]),
-                        "p999_abs": float(p999),
-                        "ratio": round(float(sums.max_abs[i] / p999), 1),
                         "channel": int(np.argmax(channels)),
-                        "channel_max_over_median": round(float(channels.max() / max(np.median(channels), 1e-12)), 1),
+                        "channel_max_abs": float(channels.max()),
+                        "median_channel_max_abs": float(np.median(live)),
+                        "ratio": round(ratio, 1),
                     },
-                    "clip the range (z_threshold, or MAE/MSE error method) or use 16-bit activations here",
+                    "the target quantizes activations per tensor: rescale that channel into the next layer's "
+                    "weights, clip the range (z_threshold), or use 16-bit activations here",
                 )
             )
-    return result
+    return found

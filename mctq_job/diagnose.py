@@ -425,7 +425,9 @@ def findings(p: Probe, sums: Sums) -> list[Finding]:
                         "BitWidthConfig), or rebalance the inputs' scales in the model",
                     )
                 )
-        result.extend(_outliers(point, sums, i))
+        unbalanced = bool(result) and result[-1].kind == "unbalanced_concatenation" and result[-1].layer == point.name
+        # An unbalanced concatenation's big input is also an outlier channel of it: one finding is enough.
+        result.extend(f for f in _outliers(point, sums, i) if not (unbalanced and f.kind == "outlier_channel"))
     return result
 
 

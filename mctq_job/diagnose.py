@@ -21,6 +21,8 @@ How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
   MCT splits off) becomes a separate layer ``<layer>_post_activation``; the holder right after
   the wrapper then quantizes the layer's pre-activation output, which the float model has no
   tensor for: a linear copy of the float layer provides it;
+- a SeparableConv2D becomes ``<name>_dw`` and ``<name>_pw`` (the latter's output is the layer's);
+  a BatchNormalization folded *forward* into the convolution after it makes ``<bn>_<conv>``;
 - a convolution followed by a fusable ReLU has no holder of its own (the ReLU's holder follows
   the ReLU layer, which keeps its name);
 - holders are named ``keras_activation_quantization_holder[_N]``: only the layer they follow
@@ -107,24 +109,38 @@ def _float_counterpart(float_model: Any, quantized_names: set[str], producer: An
         return producer.name, "input", by_name[producer.name].output
     if _is(producer, WRAPPER):
         inner = producer.layer.name
-        if inner in by_name:
-            layer = by_name[inner]
+        layer = by_name.get(_separable(inner, by_name) or inner)
+        if layer is not None:
             if inner + POST_ACTIVATION in quantized_names:  # MCT split the activation off
                 activation = getattr(layer.activation, "__name__", "activation")
-                return f"{inner} (before {activation})", "pre-activation", _linear_copy(layer)
-            return inner, "output", layer.output
+                return f"{layer.name} (before {activation})", "pre-activation", _linear_copy(layer)
+            return layer.name, "output", layer.output
         base = inner[: -len(FOLDED_BN)] if inner.endswith(FOLDED_BN) else None
         if base in by_name:
             after = _consumers(by_name[base])
             if len(after) == 1 and isinstance(after[0], tf.keras.layers.BatchNormalization):
                 return after[0].name, "folded", after[0].output
+        for bn in by_name.values():  # a BatchNormalization folded forward into the layer after it
+            if isinstance(bn, tf.keras.layers.BatchNormalization):
+                after = _consumers(bn)
+                if len(after) == 1 and f"{bn.name}_{after[0].name}" == inner:
+                    return after[0].name, "folded", after[0].output
         raise LookupError(f"MCT's layer '{inner}' has no float layer of that name (nor a folded BatchNormalization)")
     name = producer.name
-    if name.endswith(POST_ACTIVATION) and name[: -len(POST_ACTIVATION)] in by_name:
-        return name[: -len(POST_ACTIVATION)], "output", by_name[name[: -len(POST_ACTIVATION)]].output
+    base = name[: -len(POST_ACTIVATION)] if name.endswith(POST_ACTIVATION) else None
+    if base is not None and (_separable(base, by_name) or base) in by_name:
+        layer = by_name[_separable(base, by_name) or base]
+        return layer.name, "output", layer.output
     if name in by_name:
         return name, "output", by_name[name].output
     raise LookupError(f"MCT's layer '{name}' ({type(producer).__name__}) has no float layer of that name")
+
+
+def _separable(name: str, by_name: dict[str, Any]) -> str | None:
+    """The SeparableConv2D that MCT split into ``<name>_dw`` and ``<name>_pw``, from the pointwise
+    half's name (its output is the separable layer's); the depthwise half has no float tensor."""
+    base = name[: -len("_pw")]
+    return base if name.endswith("_pw") and isinstance(by_name.get(base), tf.keras.layers.SeparableConv2D) else None
 
 
 def _slices(float_model: Any, name: str, producer: Any) -> tuple[tuple[str, int, int], ...]:

@@ -134,3 +134,30 @@ def test_an_outlier_channel_is_found_and_only_there(scale):
     _, rows, findings = _diagnosed(_chain_model(scale))
     found = [(f.kind, f.layer, f.evidence["channel"]) for f in findings]
     assert found == ([("outlier_channel", "conv1", 3)] if scale > 1 else []), rows
+
+
+def test_separable_and_forward_folded_layers_are_named_by_the_float_layer():
+    """MCT 2.6.1 splits SeparableConv2D into '<name>_dw' / '<name>_pw' and folds a BatchNormalization
+    forward into the convolution after it as '<bn>_<conv>'; the depthwise half has no float tensor."""
+    import tensorflow as tf
+
+    from mctq_job import diagnose
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((SIDE, SIDE, 3), name="image")
+    h = layers.SeparableConv2D(8, 3, activation="relu", name="sep")(inputs)
+    h = layers.BatchNormalization(name="bn")(h)
+    h = layers.Conv2D(8, 1, name="conv")(h)
+    model = tf.keras.Model(inputs, layers.Dense(10, name="scores")(layers.GlobalAveragePooling2D(name="gap")(h)))
+    mapping = diagnose.map_points(model, _quantized(model))
+    assert [(p.name, p.kind) for p in mapping.points] == [
+        ("image", "input"),
+        ("sep", "output"),
+        ("conv", "folded"),
+        ("gap", "output"),
+        ("scores", "output"),
+    ]
+    assert [reason for _, reason in mapping.unmapped] == [
+        "MCT's layer 'sep_dw' has no float layer of that name (nor a folded BatchNormalization)"
+    ]

@@ -43,6 +43,7 @@ HOLDER = "KerasActivationQuantizationHolder"
 WRAPPER = "KerasQuantizationWrapper"
 POST_ACTIVATION = "_post_activation"  # MCT's name of an activation split off its layer
 FOLDED_BN = "_bn"  # MCT's suffix of a convolution that absorbed the BatchNormalization after it
+PRE_ACTIVATION_COPY = "_pre_activation_copy"  # this module's float copies with a linear activation
 
 #: A concatenation whose inputs' largest magnitudes differ by more than this is unbalanced.
 UNBALANCED_RATIO = 16.0
@@ -73,6 +74,7 @@ class Point:
 class Mapping:
     points: list[Point]
     unmapped: list[tuple[str, str]]  # (holder, reason)
+    float_model: Any = None  # the float model the points' tensors belong to (nested models inlined)
 
 
 def _is(layer: Any, kind: str) -> bool:
@@ -87,12 +89,17 @@ def _producers(layer: Any) -> list[Any]:
 
 
 def _consumers(layer: Any) -> list[Any]:
-    return [node.outbound_layer for node in layer.outbound_nodes]
+    """The layers taking ``layer``'s output, leaving out the linear copies this module makes."""
+    return [
+        node.outbound_layer
+        for node in layer.outbound_nodes
+        if not node.outbound_layer.name.endswith(PRE_ACTIVATION_COPY)
+    ]
 
 
 def _linear_copy(layer: Any) -> Any:
     """The float layer's output before its activation: a copy with a linear activation."""
-    config = {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_pre_activation"}
+    config = {**layer.get_config(), "activation": "linear", "name": layer.name + PRE_ACTIVATION_COPY}
     copy = type(layer).from_config(config)
     tensor = copy(layer.input)
     copy.set_weights(layer.get_weights())
@@ -159,8 +166,45 @@ def _slices(float_model: Any, name: str, producer: Any) -> tuple[tuple[str, int,
     return tuple(result)
 
 
+def flattened(model: Any) -> Any:
+    """``model`` with its nested models inlined, as MCT reads it (MCT 2.6.1 flattens a model used
+    as a layer, e.g. a Keras application inside a Sequential, keeping the inner layers' names).
+    The inner layers are copies with the same weights: the user's model gains no new nodes."""
+    if not any(isinstance(layer, tf.keras.Model) for layer in model.layers):
+        return model
+    inputs = [
+        tf.keras.Input(t.shape[1:], dtype=t.dtype, name=layer.name)
+        for layer, t in zip(model._input_layers, model.inputs, strict=True)
+    ]
+    return tf.keras.Model(inputs, _inlined(model, inputs), name=f"{model.name}_flat")
+
+
+def _inlined(model: Any, inputs: list[Any]) -> list[Any]:
+    memo = {id(t): new for t, new in zip(model.inputs, inputs, strict=True)}
+
+    def rebuilt(tensor: Any) -> Any:
+        if id(tensor) in memo:
+            return memo[id(tensor)]
+        layer, node_index, tensor_index = tensor._keras_history
+        node = layer.inbound_nodes[node_index]
+        args, kwargs = tf.nest.map_structure(
+            lambda t: rebuilt(t) if hasattr(t, "_keras_history") else t, (node.call_args, node.call_kwargs)
+        )
+        if isinstance(layer, tf.keras.Model):
+            result = _inlined(layer, tf.nest.flatten(args))
+        else:
+            copy = type(layer).from_config(layer.get_config())
+            result = copy(*args, **kwargs)
+            copy.set_weights(layer.get_weights())
+        memo[id(tensor)] = tf.nest.flatten(result)[tensor_index]
+        return memo[id(tensor)]
+
+    return [rebuilt(t) for t in model.outputs]
+
+
 def map_points(float_model: Any, quantized_model: Any) -> Mapping:
     """Each activation holder of ``quantized_model`` with the float tensor it quantizes, in graph order."""
+    float_model = flattened(float_model)
     quantized_names = {layer.name for layer in quantized_model.layers}
     points, unmapped = [], []
     for holder in quantized_model.layers:
@@ -177,7 +221,7 @@ def map_points(float_model: Any, quantized_model: Any) -> Mapping:
             continue
         slices = _slices(float_model, name, producer) if kind == "output" else ()
         points.append(Point(name, holder.name, kind, tensor, holder.output, slices))
-    return Mapping(points, unmapped)
+    return Mapping(points, unmapped, float_model)
 
 
 def _local_tensors(mapping: Mapping, quantized_model: Any, x: Any, floats: list[Any]) -> list[Any]:
@@ -279,6 +323,7 @@ def probe(
 ) -> Probe:
     mapping = mapping or map_points(float_model, quantized_model)
     points = mapping.points
+    float_model = mapping.float_model if mapping.float_model is not None else float_model
     float_tap = tf.keras.Model(float_model.inputs, [p.float_tensor for p in points])
     quantized_tap = tf.keras.Model(quantized_model.inputs, [p.quantized_tensor for p in points])
     ranges = [_range_of(quantized_model.get_layer(p.holder)) for p in points]

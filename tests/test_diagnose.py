@@ -161,3 +161,25 @@ def test_separable_and_forward_folded_layers_are_named_by_the_float_layer():
     assert [reason for _, reason in mapping.unmapped] == [
         "MCT's layer 'sep_dw' has no float layer of that name (nor a folded BatchNormalization)"
     ]
+
+
+def test_a_nested_model_is_inlined_as_mct_reads_it_without_touching_the_users_model():
+    import tensorflow as tf
+
+    from mctq_job import diagnose
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inner = tf.keras.Input((SIDE, SIDE, 3), name="inner_image")
+    base = tf.keras.Model(
+        inner, layers.GlobalAveragePooling2D(name="gap")(layers.Conv2D(8, 3, activation="relu", name="conv")(inner))
+    )
+    outer = tf.keras.Input((SIDE, SIDE, 3), name="image")
+    model = tf.keras.Model(outer, layers.Dense(10, activation="softmax", name="scores")(base(outer)))
+    probe = diagnose.probe(model, _quantized(model))
+    assert probe.mapping.unmapped == []
+    assert [p.name for p in probe.mapping.points] == ["image", "conv", "gap", "scores (before softmax)", "scores"]
+    assert [len(layer.inbound_nodes) for layer in base.layers] == [1, 1, 1]
+    x = _images(16)
+    rows = diagnose.table(probe, diagnose.measure(probe, [x]))
+    assert all(row["sqnr_db"] is not None and row["sqnr_db"] > 20 for row in rows), rows

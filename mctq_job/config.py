@@ -180,6 +180,21 @@ class MixedPrecision(BaseModel):
     )
 
 
+class Diagnosis(BaseModel):
+    """The layer-by-layer comparison of the float and the quantized model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    images: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Evaluation images (a fixed subset drawn with `seed`) on which the float and MCT's "
+        "quantized Keras model are compared layer by layer: an integer >= 0; default 64; 0 turns the "
+        "diagnosis off.",
+    )
+
+
 class Imx500(BaseModel):
     """Sony's IMX500 converter, run on MCT's Keras export: the package for the sensor."""
 
@@ -302,6 +317,12 @@ class Config(BaseModel):
         "converter on model_quantized.keras and publish its package (needs the converter: "
         "the mctq-job:imx500 image or make imx500-venv).",
     )
+    diagnosis: Diagnosis = Field(
+        default_factory=Diagnosis,
+        description='Optional. {"images": 64}: per-layer SQNR of MCT\'s quantized model against the float one '
+        "and findings (unbalanced concatenations, outlier channels) in results.json and report.html; "
+        '{"images": 0} turns it off.',
+    )
     max_top1_drop: float | None = Field(
         None,
         ge=0,
@@ -388,6 +409,7 @@ NESTED_MODELS: dict[str, type[BaseModel]] = {
     "gptq": Gptq,
     "imx500": Imx500,
     "mixed_precision": MixedPrecision,
+    "diagnosis": Diagnosis,
 }
 
 

@@ -1,6 +1,7 @@
-"""Prototype for issue 18: where a quantized model loses accuracy, named by the user's layers.
+"""Stage ``diagnose``: where the quantized model departs from the float one, named by the user's
+layers, and what looks wrong there.
 
-Not wired into the pipeline. Three pure pieces:
+Three pure pieces and the stage (:func:`run`):
 
 - :func:`map_points`: every activation holder of MCT's quantized Keras model (the tensors MCT
   quantizes) paired with the tensor of the user's float model that it stands for, in graph
@@ -32,12 +33,19 @@ How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .inputs import Inputs
+    from .model import Loaded
+    from .quantize import Quantized
 
 HOLDER = "KerasActivationQuantizationHolder"
 WRAPPER = "KerasQuantizationWrapper"
@@ -119,8 +127,7 @@ def _float_counterpart(float_model: Any, quantized_names: set[str], producer: An
         layer = by_name.get(_separable(inner, by_name) or inner)
         if layer is not None:
             if inner + POST_ACTIVATION in quantized_names:  # MCT split the activation off
-                activation = getattr(layer.activation, "__name__", "activation")
-                return f"{layer.name} (before {activation})", "pre-activation", _linear_copy(layer)
+                return layer.name, "pre-activation", _linear_copy(layer)
             return layer.name, "output", layer.output
         base = inner[: -len(FOLDED_BN)] if inner.endswith(FOLDED_BN) else None
         if base in by_name:
@@ -533,3 +540,61 @@ def _outliers(point: Point, sums: Sums, i: int) -> list[Finding]:
                 )
             )
     return found
+
+
+# --- The stage -----------------------------------------------------------------------------
+
+#: Images per probe call: the activations of every point of one batch are held at once.
+DIAGNOSIS_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The stage's value: per point of the quantized model, in graph order, how far its tensor is
+    from the float model's (cumulative) and how much error the layer adds itself (local), named
+    by the user's layers; what looks wrong, with its evidence; and what could not be paired."""
+
+    images: int
+    seconds: float
+    layers: list[dict[str, Any]]
+    findings: list[Finding]
+    unmapped: list[tuple[str, str]]
+
+    def summary(self) -> dict[str, Any]:
+        measured = [row["sqnr_db"] for row in self.layers if row["sqnr_db"] is not None]
+        return {
+            "images": self.images,
+            "layers": len(self.layers),
+            "lowest_sqnr_db": min(measured) if measured else None,
+            "findings": [f"{f.kind}: {f.layer}" for f in self.findings],
+        }
+
+
+def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized) -> Diagnosis:
+    """Stage ``diagnose``: the float and MCT's quantized Keras model on a fixed, seeded subset of
+    the evaluation images (``diagnosis.images``), compared layer by layer."""
+    from . import images as images_mod
+    from .errors import calling
+
+    config = inputs.config
+    chosen = diagnosis_images(inputs.truth.images, config.diagnosis.images, config.seed)
+    batches = images_mod.iter_batches(
+        chosen,
+        DIAGNOSIS_BATCH,
+        config.input_tensor_size,
+        config.preprocessing,
+        skip_corrupt=config.on_corrupt_image == "skip",
+    )
+    with calling("TensorFlow"):
+        p = probe(loaded.model, quantized.model)
+        sums = measure(p, (batch.pixels for _, batch in batches if batch.pixels is not None))
+    return Diagnosis(sums.images, round(sums.seconds, 3), table(p, sums), findings(p, sums), p.mapping.unmapped)
+
+
+def diagnosis_images(evaluation_images: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """``count`` of the evaluation images (all of them where there are fewer), drawn with the
+    run's seed and kept in evaluation order: the same subset in every run of a configuration."""
+    if count >= len(evaluation_images):
+        return list(evaluation_images)
+    chosen = np.random.default_rng(seed).choice(len(evaluation_images), size=count, replace=False)
+    return [evaluation_images[i] for i in sorted(chosen)]

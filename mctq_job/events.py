@@ -12,7 +12,8 @@ import enum
 
 class Stage(enum.StrEnum):
     """The stages of a run, in the order they run: the ``stage`` of every event written inside
-    one. ``imx500`` runs only where the configuration asks for the package."""
+    one. ``imx500`` runs only where the configuration asks for the package, ``diagnose`` unless
+    ``diagnosis.images`` is 0."""
 
     CONFIG = "config"
     INPUTS = "inputs"
@@ -22,6 +23,7 @@ class Stage(enum.StrEnum):
     EXPORT = "export"
     IMX500 = "imx500"
     EVALUATE = "evaluate"
+    DIAGNOSE = "diagnose"
     REPORT = "report"
 
 

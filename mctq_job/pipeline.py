@@ -1,6 +1,6 @@
 """The job as an ordered list of stages over one :class:`~mctq_job.context.RunContext`:
 
-    config -> inputs -> model -> calibrate -> quantize -> export -> [imx500] -> evaluate -> report
+    config -> inputs -> model -> calibrate -> quantize -> export -> [imx500] -> evaluate -> [diagnose] -> report
 
 Each stage is a function ``run(ctx, <values it needs>) -> <value>`` in a module of its own;
 the report is built from the values alone. :func:`run` returns the report stage's
@@ -24,6 +24,7 @@ from .events import Stage
 
 if TYPE_CHECKING:
     from .calibrate import Drawn
+    from .diagnose import Diagnosis
     from .evaluate import Evaluation
     from .export import Exported
     from .imx500 import Converter
@@ -46,6 +47,7 @@ class HeavyStages:
     export: Callable[[RunContext, Inputs, Loaded, Drawn, Quantized], Exported]
     imx500: Callable[[RunContext, Converter, Exported], Packaged]
     evaluate: Callable[[RunContext, Inputs, Loaded, Quantized, Exported], Evaluation]
+    diagnose: Callable[[RunContext, Inputs, Loaded, Quantized], Diagnosis]
     report: Callable[[RunContext, RunValues], RunResult]
 
 
@@ -62,7 +64,9 @@ def _imported(module: str) -> Callable[..., Any]:
 
 def heavy_stages() -> HeavyStages:
     return HeavyStages(
-        *map(_imported, ("model", "calibrate", "quantize", "export", "imx500_package", "evaluate", "publish"))
+        *map(
+            _imported, ("model", "calibrate", "quantize", "export", "imx500_package", "evaluate", "diagnose", "publish")
+        )
     )
 
 
@@ -101,10 +105,23 @@ def run(
         evaluation = ctx.stage(Stage.EVALUATE, images=len(inputs.truth.images)).run(
             heavy.evaluate, inputs, loaded, quantized, exported
         )
+        diagnosis = None
+        if config.diagnosis.images:
+            diagnosis = ctx.stage(Stage.DIAGNOSE, images=config.diagnosis.images).run(
+                heavy.diagnose, inputs, loaded, quantized
+            )
         from .report import RunValues
 
         values = RunValues(
-            config, inputs, loaded.info, drawn, quantized, exported, evaluation, packaged.facts if packaged else None
+            config,
+            inputs,
+            loaded.info,
+            drawn,
+            quantized,
+            exported,
+            evaluation,
+            packaged.facts if packaged else None,
+            diagnosis,
         )
         result = ctx.stage(Stage.REPORT).run(heavy.report, values)
     from .publish import failed_gate

@@ -24,6 +24,7 @@ from .results import (
     VOLATILE_MANIFEST_FIELDS,
     VOLATILE_RESULT_FIELDS,
     Agreement,
+    DiagnosisResult,
     Gate,
     Manifest,
     ModelResult,
@@ -41,6 +42,7 @@ KERAS_MODELS = {name: MODELS[name] for name in ("keras", "keras_quantized")}
 if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlow
     from .calibrate import Drawn
     from .config import Config
+    from .diagnose import Diagnosis
     from .evaluate import Evaluation
     from .export import Exported
     from .inputs import Inputs
@@ -60,6 +62,7 @@ class RunValues:
     exported: Exported
     evaluation: Evaluation
     imx500: dict[str, Any] | None = None  # the IMX500 converter's memory facts, where a package was made
+    diagnosis: Diagnosis | None = None  # the layer-by-layer comparison, unless diagnosis.images is 0
 
 
 def results(values: RunValues) -> Results:
@@ -88,6 +91,7 @@ def results(values: RunValues) -> Results:
         imx500=values.imx500,
         models={name: _model_details(values, name, text) for name, text in evaluated(values).items()},
         agreement=agreement(evaluation),
+        diagnosis=_diagnosis(values.diagnosis),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
     )
 
@@ -122,6 +126,21 @@ def _model_details(values: RunValues, name: str, description: str) -> ModelResul
         latency=evaluation.latencies.get(name),
         census=exported.census if exported else None,
         io=exported.io if exported else None,
+    )
+
+
+def _diagnosis(diagnosis: Diagnosis | None) -> DiagnosisResult | None:
+    if diagnosis is None:
+        return None
+    return DiagnosisResult(
+        images=diagnosis.images,
+        seconds=diagnosis.seconds,
+        layers=diagnosis.layers,
+        findings=[
+            {"kind": f.kind, "layer": f.layer, "evidence": f.evidence, "suggestion": f.suggestion}
+            for f in diagnosis.findings
+        ],
+        unmapped=[{"holder": holder, "reason": reason} for holder, reason in diagnosis.unmapped],
     )
 
 

@@ -26,7 +26,13 @@ from .results import MODELS, ModelResult, PerClass, Results
 
 TITLE = "mctq-job report"
 #: The plots' section headings, in page order.
-PLOT_HEADINGS = ("Accuracy per model", "Per-class change", "Confusion matrices", "Model sizes")
+PLOT_HEADINGS = (
+    "Accuracy per model",
+    "Per-class change",
+    "Confusion matrices",
+    "Model sizes",
+    "Where quantization departs from the float model",
+)
 #: Above this many classes the per-class plot shows only the worst and best PER_CLASS_SHOWN.
 PER_CLASS_LIMIT, PER_CLASS_SHOWN = 40, 20
 #: Confusion matrices name their classes on the axes up to this many classes.
@@ -56,6 +62,7 @@ def render(results: Results) -> str:
         _gate(results),
         _settings(results),
         _accuracy_section(results),
+        _diagnosis_section(results),
         _per_class_section(results),
         _confusion_section(results),
         _sizes_section(results),
@@ -460,6 +467,37 @@ def _heatmap(ax: Any, matrix: Any, names: list[str] | None, title: str, figure: 
     ax.set_ylabel("true class")
     ax.set_title(title, parse_math=False)
     figure.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _diagnosis_section(results: Results) -> str:
+    """Cumulative and local SQNR per quantized tensor in graph order, the findings' layers marked,
+    then the findings with their evidence."""
+    diagnosis = results.diagnosis
+    if diagnosis is None or not diagnosis.layers:
+        return ""
+    layers = diagnosis.layers
+    flagged = {finding.layer for finding in diagnosis.findings}
+    figure = _figure(max(8.0, 0.22 * len(layers) + 2), 4.4)
+    ax = figure.add_subplot()
+    x = list(range(len(layers)))
+    for key, label, color in (("sqnr_db", "cumulative", "#3b6fb6"), ("local_sqnr_db", "local (this layer)", "#e08a2c")):
+        ax.plot(x, [getattr(layer, key) for layer in layers], marker="o", markersize=3, label=label, color=color)
+    for i, layer in enumerate(layers):
+        if layer.layer in flagged:
+            ax.axvline(i, color="#c0392b", alpha=0.4, linewidth=6)
+    names = [layer.layer if layer.kind != "pre-activation" else f"{layer.layer} (pre-activation)" for layer in layers]
+    ax.set_xticks(x, labels=names, rotation=90, fontsize=7, parse_math=False)
+    ax.set_ylabel("SQNR, dB (higher is closer to float)")
+    ax.set_title(f"Float vs MCT's quantized model on {diagnosis.images} images (red: findings)")
+    ax.legend(loc="lower left")
+    rows = [[_head(f.layer), _cell(f.kind), _cell(f.evidence), _cell(f.suggestion)] for f in diagnosis.findings]
+    found = _table(("layer", "finding", "evidence", "suggestion"), rows) if rows else _note("No findings.")
+    unmapped = (
+        _note(f"Not compared (no float counterpart): {', '.join(u.holder for u in diagnosis.unmapped)}")
+        if diagnosis.unmapped
+        else ""
+    )
+    return _section(PLOT_HEADINGS[4], _img(_png(figure), "SQNR per layer"), found, unmapped)
 
 
 def _sizes_section(results: Results) -> str:

@@ -48,7 +48,7 @@ GateCandidate = Literal[(GATE_CANDIDATE,)]  # type: ignore[valid-type]
 OUTCOMES = ("success", AccuracyGateError.kind, Imx500NotFitError.kind)
 Outcome = Literal[OUTCOMES]  # type: ignore[valid-type]
 #: results.json fields that differ between two runs of the same inputs and seed.
-VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency")
+VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency", "diagnosis.seconds")
 #: manifest.json fields that differ between two runs of the same inputs and seed.
 VOLATILE_MANIFEST_FIELDS = (
     "run_id",
@@ -252,6 +252,72 @@ class Agreement(_Part):
     )
 
 
+Decibels = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class SliceDiagnosis(_Part):
+    """One input of a concatenation: its channels of the concatenated tensor."""
+
+    input: str = Field(description="The user's layer feeding this input.")
+    sqnr_db: Decibels | None = Field(description="SQNR of these channels alone, dB; null where identical.")
+    max_abs: float = Field(ge=0, description="Largest magnitude of the float values in these channels.")
+
+
+class LayerDiagnosis(_Part):
+    """One tensor MCT quantizes, named by the user's layer whose output it is."""
+
+    layer: str = Field(
+        description="The user's layer (a BatchNormalization folded into its convolution keeps its name)."
+    )
+    kind: Literal["input", "output", "folded", "pre-activation"] = Field(
+        description="`output` of the layer; `input` of the model; `folded`: a convolution with the "
+        "BatchNormalization MCT folded into it; `pre-activation`: before an activation MCT quantizes apart."
+    )
+    sqnr_db: Decibels | None = Field(
+        description="Cumulative SQNR, dB: the float model's tensor against MCT's quantized model's, "
+        "all the error of the layers before included; null where identical."
+    )
+    local_sqnr_db: Decibels | None = Field(
+        description="Local SQNR, dB: the error this layer adds by itself (its weights and activation "
+        "quantized, float inputs); null where identical."
+    )
+    activation_sqnr_db: Decibels | None = Field(
+        description="The activation quantizer alone on the float tensor, dB; null where identical."
+    )
+    clipped_share: Share = Field(description="Share of float values outside the calibrated range.")
+    max_abs: float = Field(ge=0, description="Largest magnitude of the float values.")
+    p999_abs: float | None = Field(description="Largest per-batch 99.9th percentile of the magnitudes.")
+    slices: list[SliceDiagnosis] = Field(description="For a concatenation: each input's channels.")
+
+
+class FindingResult(_Part):
+    """Something in the model that costs accuracy when quantized, with its evidence."""
+
+    kind: Literal["unbalanced_concatenation", "activation_outlier", "outlier_channel"] = Field(
+        description="`unbalanced_concatenation`: inputs whose ranges differ by more than 16x share one scale; "
+        "`activation_outlier`: a maximum far above the 99.9th percentile stretches the range; "
+        "`outlier_channel`: one channel far above the others stretches the per-tensor range."
+    )
+    layer: str = Field(description="The user's layer.")
+    evidence: dict[str, Any] = Field(description="The numbers behind it (ratios, ranges, SQNR).")
+    suggestion: str = Field(description="What to try.")
+
+
+class UnmappedHolder(_Part):
+    holder: str = Field(description="MCT's activation quantizer that has no float counterpart.")
+    reason: str = Field(description="Why.")
+
+
+class DiagnosisResult(_Part):
+    """Where the quantized model departs from the float one (``diagnosis.images`` > 0)."""
+
+    images: Count = Field(description="Evaluation images compared (a fixed subset drawn with `seed`).")
+    seconds: float = Field(ge=0, description="Time the comparison took.")
+    layers: list[LayerDiagnosis] = Field(description="Every quantized tensor, in graph order.")
+    findings: list[FindingResult] = Field(description="What looks wrong, with evidence and a suggestion.")
+    unmapped: list[UnmappedHolder] = Field(description="Quantized tensors with no float counterpart.")
+
+
 #: Pairs of models whose per-image top-1 predictions are compared: Agreement's field names.
 AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (a, b) for a, _, b in (name.partition("_vs_") for name in Agreement.model_fields)
@@ -287,6 +353,9 @@ class Results(_Part):
         "file (tflite, tflite_quantized, and tflite_float16 / tflite_dynamic_range with `extra_exports`)."
     )
     agreement: Agreement = Field(description="Agreement between models' predictions.")
+    diagnosis: DiagnosisResult | None = Field(
+        None, description="The layer-by-layer comparison; null with `diagnosis.images` 0, absent before it existed."
+    )
     volatile_fields: list[str] = Field(description="Fields that differ between two runs of the same inputs and seed.")
 
     @classmethod
@@ -368,6 +437,7 @@ _KEY_NAMES = {
     "models": "<model>",
     "operators": "<operator>",
     "stage_seconds": "<stage>",
+    "evidence": "<measure>",
 }
 #: Objects the tables do not expand: configuration.md documents them.
 _DOCUMENTED_ELSEWHERE = {
@@ -425,7 +495,8 @@ def _kind(schema: dict[str, Any], prop: dict[str, Any], name: str) -> tuple[str,
         return "object", ("", prop)
     if kind == "object":
         key = f"`{_KEY_NAMES.get(name, '<key>')}`"
-        inner, nested = _kind(schema, prop.get("additionalProperties", {}), name)
+        values = prop.get("additionalProperties", {})
+        inner, nested = _kind(schema, values if isinstance(values, dict) else {}, name)
         return f"object: {key} to {inner}", (f".{key.strip('`')}", nested[1]) if nested else None
     if kind == "array" and "prefixItems" in prop:
         return f"[{', '.join(_kind(schema, item, name)[0] for item in prop['prefixItems'])}]", None

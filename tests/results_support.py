@@ -9,6 +9,7 @@ import functools
 from pathlib import Path
 from types import SimpleNamespace
 
+import diagnosis_support
 import numpy as np
 
 from mctq_job import report
@@ -90,6 +91,7 @@ def run_values(
     imx500: bool = False,
     mixed_precision: bool = False,
     files: dict[str, str] | None = None,
+    diagnosis: bool = False,
 ) -> report.RunValues:
     """Every stage's value; the files need not exist (``files``: model name -> published path)."""
     from mctq_job.calibrate import draw
@@ -139,4 +141,5 @@ def run_values(
         exported,
         evaluated,
         memory_facts(MEMORY_REPORT, "3.16.1") if imx500 else None,
+        diagnosis_support.diagnosis() if diagnosis else None,
     )

@@ -1,83 +1,21 @@
-"""The diagnosis prototype (issue 18) on small models quantized by MCT for real: the holders are
-named by the user's layers (BatchNormalization folded, softmax split off), an unbalanced
-concatenation and an outlier channel are found, and a healthy model raises nothing."""
+"""The diagnose stage on small models quantized by MCT for real: the holders are named by the
+user's layers (BatchNormalization folded, softmax split off), an unbalanced concatenation and
+an outlier channel are found, and a healthy model raises nothing; in a whole job run, results.json
+names the concatenation, and ``diagnosis.images`` 0 turns the stage off."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
+
 import pytest
+from conftest import read_config, run_cli, write_config
+from diagnosis_support import SIDE, concat_model, diagnosed, images, quantized
 
 pytestmark = pytest.mark.slow
 
-SIDE = 16
-
-
-def _images(n: int = 32) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (n, SIDE, SIDE, 3)).astype(np.float32)
-
-
-def _quantized(model):
-    import model_compression_toolkit as mct
-
-    from mctq_job.quantize import target_platform_capabilities
-
-    x = _images()
-
-    def data():
-        for start in range(0, len(x), 16):
-            yield [x[start : start + 16]]
-
-    quantized, _ = mct.ptq.keras_post_training_quantization(
-        model, data, target_platform_capabilities=target_platform_capabilities("imx500", "1.0")
-    )
-    return quantized
-
-
-def _concat_model(big_scale: float):
-    """conv -> [branch_big (x big_scale), branch_small] -> concat -> concat_bn (compensating) -> softmax."""
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(0)
-    layers = tf.keras.layers
-    inputs = tf.keras.Input((SIDE, SIDE, 3), name="image")
-    h = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
-    h = layers.BatchNormalization(name="stem_bn")(h)
-    h = layers.ReLU(name="stem_relu")(h)
-    big = layers.Conv2D(2, 3, padding="same", activation="relu", name="branch_big")(h)
-    small = layers.Conv2D(8, 3, padding="same", activation="relu", name="branch_small")(h)
-    c = layers.Concatenate(name="concat")([big, small])
-    c = layers.BatchNormalization(name="concat_bn")(c)
-    c = layers.GlobalAveragePooling2D(name="pool")(c)
-    outputs = layers.Dense(10, activation="softmax", name="scores")(c)
-    model = tf.keras.Model(inputs, outputs)
-    for bn in ("stem_bn", "concat_bn"):  # BatchNormalization statistics that are not the identity
-        layer = model.get_layer(bn)
-        gamma, beta, mean, var = layer.get_weights()
-        layer.set_weights([gamma, beta + 0.1, mean + 0.05, var * 0.5])
-    if big_scale != 1:
-        conv = model.get_layer("branch_big")
-        kernel, bias = conv.get_weights()
-        conv.set_weights([kernel * big_scale, bias * big_scale])
-        bn = model.get_layer("concat_bn")
-        gamma, beta, mean, var = bn.get_weights()
-        mean[:2] *= big_scale
-        var[:2] = big_scale**2 * (var[:2] + bn.epsilon) - bn.epsilon
-        bn.set_weights([gamma, beta, mean, var])
-    return model
-
-
-def _diagnosed(model):
-    from mctq_job import diagnose
-
-    quantized = _quantized(model)
-    probe = diagnose.probe(model, quantized)
-    x = _images(64)
-    sums = diagnose.measure(probe, (x[i : i + 16] for i in range(0, 64, 16)))
-    return probe, diagnose.table(probe, sums), diagnose.findings(probe, sums)
-
 
 def test_every_holder_is_named_by_the_float_layer_it_quantizes():
-    probe, rows, findings = _diagnosed(_concat_model(1.0))
+    probe, rows, findings = diagnosed(concat_model(1.0))
     assert probe.mapping.unmapped == []
     assert [(p.name, p.kind) for p in probe.mapping.points] == [
         ("image", "input"),
@@ -87,7 +25,7 @@ def test_every_holder_is_named_by_the_float_layer_it_quantizes():
         ("concat", "output"),
         ("concat_bn", "output"),
         ("pool", "output"),
-        ("scores (before softmax)", "pre-activation"),
+        ("scores", "pre-activation"),
         ("scores", "output"),
     ]
     assert all(row["sqnr_db"] is not None and row["sqnr_db"] > 20 for row in rows), rows
@@ -95,7 +33,7 @@ def test_every_holder_is_named_by_the_float_layer_it_quantizes():
 
 
 def test_an_unbalanced_concatenation_is_found_by_its_small_inputs_slice():
-    _, rows, findings = _diagnosed(_concat_model(1024.0))
+    _, rows, findings = diagnosed(concat_model(1024.0))
     concat = next(row for row in rows if row["layer"] == "concat")
     slices = {s["input"]: s for s in concat["slices"]}
     # The whole tensor looks fine: the big branch dominates its power; the small one is crushed.
@@ -131,7 +69,7 @@ def _chain_model(outlier_scale: float):
 
 @pytest.mark.parametrize("scale", [1.0, 64.0])
 def test_an_outlier_channel_is_found_and_only_there(scale):
-    _, rows, findings = _diagnosed(_chain_model(scale))
+    _, rows, findings = diagnosed(_chain_model(scale))
     found = [(f.kind, f.layer, f.evidence["channel"]) for f in findings]
     assert found == ([("outlier_channel", "conv1", 3)] if scale > 1 else []), rows
 
@@ -150,7 +88,7 @@ def test_separable_and_forward_folded_layers_are_named_by_the_float_layer():
     h = layers.BatchNormalization(name="bn")(h)
     h = layers.Conv2D(8, 1, name="conv")(h)
     model = tf.keras.Model(inputs, layers.Dense(10, name="scores")(layers.GlobalAveragePooling2D(name="gap")(h)))
-    mapping = diagnose.map_points(model, _quantized(model))
+    mapping = diagnose.map_points(model, quantized(model))
     assert [(p.name, p.kind) for p in mapping.points] == [
         ("image", "input"),
         ("sep", "output"),
@@ -176,10 +114,39 @@ def test_a_nested_model_is_inlined_as_mct_reads_it_without_touching_the_users_mo
     )
     outer = tf.keras.Input((SIDE, SIDE, 3), name="image")
     model = tf.keras.Model(outer, layers.Dense(10, activation="softmax", name="scores")(base(outer)))
-    probe = diagnose.probe(model, _quantized(model))
+    probe = diagnose.probe(model, quantized(model))
     assert probe.mapping.unmapped == []
-    assert [p.name for p in probe.mapping.points] == ["image", "conv", "gap", "scores (before softmax)", "scores"]
+    assert [p.name for p in probe.mapping.points] == ["image", "conv", "gap", "scores", "scores"]
     assert [len(layer.inbound_nodes) for layer in base.layers] == [1, 1, 1]
-    x = _images(16)
+    x = images(16)
     rows = diagnose.table(probe, diagnose.measure(probe, [x]))
     assert all(row["sqnr_db"] is not None and row["sqnr_db"] > 20 for row in rows), rows
+
+
+def test_a_job_run_names_the_unbalanced_concatenation_in_results_json(project):
+    """The real job on a model whose concatenation joins a branch scaled x1024 with a normal one
+    (compensated after it, so the float function is the same): results.json's diagnosis names the
+    concatenation, by the user's layer name, with the range ratio, and report.html shows it."""
+    config = read_config(project)
+    concat_model(1024.0, side=config["input_tensor_size"]).save(project / "model" / "concat.keras")
+    write_config(project, {**config, "source_keras_model": "model/concat.keras"})
+    result = run_cli(cwd=project)
+    assert result.returncode == 0, result.stdout[-3000:]
+    diagnosis = json.loads((project / "evaluate" / "results" / "results.json").read_text())["diagnosis"]
+    assert diagnosis["images"] == 64 and diagnosis["unmapped"] == []
+    (finding,) = [f for f in diagnosis["findings"] if f["kind"] == "unbalanced_concatenation"]
+    assert finding["layer"] == "concat" and finding["evidence"]["range_ratio"] > 16
+    assert [layer["layer"] for layer in diagnosis["layers"]][0] == "image"
+    (finished,) = [e for e in result.named("stage.finish") if e["stage"] == "diagnose"]
+    assert finished["findings"] == ["unbalanced_concatenation: concat"]
+    page = (project / "evaluate" / "results" / "report.html").read_text()
+    assert "unbalanced_concatenation" in page
+
+
+def test_diagnosis_images_0_turns_the_stage_off(project):
+    write_config(project, {**read_config(project), "diagnosis": {"images": 0}})
+    result = run_cli(cwd=project)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "diagnose" not in {e.get("stage") for e in result.named("stage.start")}
+    results = json.loads((project / "evaluate" / "results" / "results.json").read_text())
+    assert results["diagnosis"] is None

@@ -304,3 +304,16 @@ def test_sigterm_mid_run_removes_temporary_files_and_keeps_older_artifacts(proje
     assert sorted(p.name for p in out.iterdir()) == ["model.tflite"]
     assert (out / "model.tflite").read_bytes() == b"previous run"
     assert not (project / "evaluate" / "results" / "results.json").exists()
+
+
+def test_the_diagnosis_of_a_healthy_model_compares_every_layer_and_finds_nothing(finished_run: JobRun):
+    """Every tensor MCT quantizes in the trained digits model is named by a layer of the user's
+    model and stays close to float; nothing is flagged (no false alarms)."""
+    import tensorflow as tf
+
+    results = json.loads(outputs(finished_run.cwd)["results"].read_text())
+    diagnosis = results["diagnosis"]
+    assert diagnosis["images"] == 64 and diagnosis["findings"] == [] and diagnosis["unmapped"] == []
+    model = tf.keras.models.load_model(str(finished_run.cwd / "model" / "saved_model"), compile=False)
+    assert {layer["layer"] for layer in diagnosis["layers"]} <= {layer.name for layer in model.layers}
+    assert min(layer["sqnr_db"] for layer in diagnosis["layers"]) > 20

@@ -60,6 +60,7 @@ class Recorder:
             export=export,
             imx500=self.stage("imx500", SimpleNamespace(facts={"fit_in_chip": True})),
             evaluate=self.stage("evaluate"),
+            diagnose=self.stage("diagnose"),
             report=report,
         )
 
@@ -87,7 +88,7 @@ def test_stages_run_in_order_each_handed_the_values_it_needs(tiny_project, tmp_p
     recorder = Recorder([])
     result, ctx, found = run(tiny_project, tmp_path, recorder)
     order = [Stage.CONFIG, Stage.INPUTS, Stage.MODEL, Stage.CALIBRATE, Stage.QUANTIZE, Stage.EXPORT]
-    order += [Stage.EVALUATE, Stage.REPORT]  # no imx500: the configuration asks for no package
+    order += [Stage.EVALUATE, Stage.DIAGNOSE, Stage.REPORT]  # no imx500: the configuration asks for no package
     assert [e["stage"] for e in found if e["event"] == Event.STAGE_START] == order
     assert [e["stage"] for e in found if e["event"] == Event.STAGE_FINISH] == order
     assert list(ctx.seconds) == order
@@ -99,6 +100,7 @@ def test_stages_run_in_order_each_handed_the_values_it_needs(tiny_project, tmp_p
     assert calls["evaluate"] == (inputs, loaded, quantized, SimpleNamespace(name="export"))
     values = calls["report"][0]
     assert values.inputs is inputs and values.quantized == quantized and values.imx500 is None
+    assert calls["diagnose"] == (inputs, loaded, quantized) and values.diagnosis == SimpleNamespace(name="diagnose")
     assert sorted(p.name for p in result.published) == ["model.tflite", "results.json"]
     assert len(ctx.cleanups) == 0  # the staging area unregistered itself once committed
 

@@ -73,12 +73,20 @@ def section(page: str, heading: str) -> str:
 
 @pytest.fixture(scope="module")
 def results() -> Results:
-    return synthetic_results(max_top1_drop=0.05, mixed_precision=True, imx500=True)
+    return synthetic_results(max_top1_drop=0.05, mixed_precision=True, imx500=True, diagnosis=True)
 
 
 @pytest.fixture(scope="module")
 def page(results) -> str:
     return report_html.render(results)
+
+
+def test_the_diagnosis_names_the_unbalanced_concatenation_and_shows_its_evidence(page):
+    """The diagnosis section of a real diagnosis (an unbalanced concatenation, found by the
+    diagnose stage's own functions): the finding's layer, kind and range ratio are on the page."""
+    text = section(page, report_html.PLOT_HEADINGS[4])
+    assert "<td>unbalanced_concatenation</td>" in text and "<th>concat</th>" in text
+    assert "range_ratio" in text and "16-bit activations" in text
 
 
 def test_the_page_embeds_one_png_per_plot(page):
@@ -183,6 +191,6 @@ def test_the_same_results_give_the_same_page(results, page):
 def test_the_page_renders_in_chromium(page, tmp_path):
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
-    seen = assert_renders_in_browser(path, min_images=4)
-    assert len(seen["images"]) == 4
+    seen = assert_renders_in_browser(path, min_images=len(report_html.PLOT_HEADINGS))
+    assert len(seen["images"]) == len(report_html.PLOT_HEADINGS)
     assert {"Summary", "Accuracy gate", "Latency"} <= set(seen["headings"])

@@ -1,0 +1,82 @@
+"""Small models quantized by MCT for real, and their diagnosis: shared by the diagnosis tests and
+the report's test values."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+SIDE = 16
+
+
+def images(n: int = 32) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, (n, SIDE, SIDE, 3)).astype(np.float32)
+
+
+def quantized(model):
+    import model_compression_toolkit as mct
+
+    from mctq_job.quantize import target_platform_capabilities
+
+    x = images()
+
+    def data():
+        for start in range(0, len(x), 16):
+            yield [x[start : start + 16]]
+
+    quantized, _ = mct.ptq.keras_post_training_quantization(
+        model, data, target_platform_capabilities=target_platform_capabilities("imx500", "1.0")
+    )
+    return quantized
+
+
+def concat_model(big_scale: float, side: int = SIDE):
+    """conv -> [branch_big (x big_scale), branch_small] -> concat -> concat_bn (compensating) -> softmax."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((side, side, 3), name="image")
+    h = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
+    h = layers.BatchNormalization(name="stem_bn")(h)
+    h = layers.ReLU(name="stem_relu")(h)
+    big = layers.Conv2D(2, 3, padding="same", activation="relu", name="branch_big")(h)
+    small = layers.Conv2D(8, 3, padding="same", activation="relu", name="branch_small")(h)
+    c = layers.Concatenate(name="concat")([big, small])
+    c = layers.BatchNormalization(name="concat_bn")(c)
+    c = layers.GlobalAveragePooling2D(name="pool")(c)
+    outputs = layers.Dense(10, activation="softmax", name="scores")(c)
+    model = tf.keras.Model(inputs, outputs)
+    for bn in ("stem_bn", "concat_bn"):  # BatchNormalization statistics that are not the identity
+        layer = model.get_layer(bn)
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([gamma, beta + 0.1, mean + 0.05, var * 0.5])
+    if big_scale != 1:
+        conv = model.get_layer("branch_big")
+        kernel, bias = conv.get_weights()
+        conv.set_weights([kernel * big_scale, bias * big_scale])
+        bn = model.get_layer("concat_bn")
+        gamma, beta, mean, var = bn.get_weights()
+        mean[:2] *= big_scale
+        var[:2] = big_scale**2 * (var[:2] + bn.epsilon) - bn.epsilon
+        bn.set_weights([gamma, beta, mean, var])
+    return model
+
+
+def diagnosed(model):
+    from mctq_job import diagnose
+
+    probe = diagnose.probe(model, quantized(model))
+    x = images(64)
+    sums = diagnose.measure(probe, (x[i : i + 16] for i in range(0, 64, 16)))
+    return probe, diagnose.table(probe, sums), diagnose.findings(probe, sums)
+
+
+@functools.cache
+def diagnosis(big_scale: float = 1024.0):
+    """The diagnose stage's value for the concatenation model: an unbalanced one by default."""
+    from mctq_job.diagnose import Diagnosis
+
+    probe, rows, found = diagnosed(concat_model(big_scale))
+    return Diagnosis(64, 0.5, rows, found, probe.mapping.unmapped)

@@ -68,7 +68,8 @@ class Variant:
     description: str  # results.json's models.<name>.description
     source: Literal["float", "quantized"]  # the Keras model it is made from
     tflite: bool  # evaluated as a TFLite model (top-1, top-5, per class, latency)
-    produce: Callable[[Request], bytes]  # the file's bytes
+    #: The file's bytes, or the staged path where a tool wrote the file itself (not a TFLite variant)
+    produce: Callable[[Request], bytes | Path]
     applies: Callable[[Config], bool] = field(default=lambda config: True)
     #: Where given: starts making the bytes in the background when the stage begins and returns
     #: what waits for them (None: not worth it here, ``produce`` is called instead). Such variants
@@ -144,6 +145,9 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: Drawn, quantized
             request = requests[variant.name]
             data = background[variant.name]() if variant.name in background else variant.produce(request)
             final = config.output_dir / variant.file
+            if isinstance(data, Path):  # already staged by the tool that made it: neither read back nor rewritten
+                made[variant.name] = KerasFile(final, data, data.stat().st_size, variant.description)
+                continue
             staged = ctx.write(final, data)
             made[variant.name] = _described(variant, final, staged, data)
     return Exported({variant.name: made[variant.name] for variant in variants})
@@ -205,14 +209,14 @@ def _quantized_tflite(request: Request) -> bytes:
     )
 
 
-def _keras_export(request: Request) -> bytes:
+def _keras_export(request: Request) -> Path:
     """MCT's Keras export (its own quantizer format), written by MCT at the staged path."""
     staged = request.scratch
     with calling("MCT exporter"):
         keras_export_model(request.model, staged)
     if not staged.is_file():
         raise ToolkitError("MCT exporter", FileNotFoundError(staged), f"it wrote no file at {staged}")
-    return staged.read_bytes()
+    return staged
 
 
 def keras_export_model(quantized_model: Any, destination: Path) -> None:

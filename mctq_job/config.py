@@ -43,6 +43,14 @@ PATH_KEYS = (
     "evaluate_label_file",
     "evaluate_result_dir",
 )
+#: Path keys that may be absent (null): checked like the others where given.
+OPTIONAL_PATH_KEYS = ("evaluate_annotation_file",)
+#: What the job can be asked to measure (``tasks.task_for`` has a line for each); classification is the notebook's.
+TASKS = ("classification", "detection")
+#: Letterbox padding: the grey (0..255, each channel) around an image scaled to fit the square.
+LETTERBOX_FILL = 114
+#: Resize modes that keep every part of the image, so the boxes of a detector map back to it.
+WHOLE_IMAGE_RESIZES = ("stretch", "letterbox")
 #: Normalization presets: per-channel (mean, std) applied to RGB pixels in 0..255.
 NORMALIZATION_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mobilenet": ((127.5,) * 3, (127.5,) * 3),  # -> [-1, 1], the notebook's default
@@ -98,10 +106,13 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    resize: Literal["shorter_side_center_crop", "stretch"] = Field(
+    resize: Literal["shorter_side_center_crop", "stretch", "letterbox"] = Field(
         "shorter_side_center_crop",
         description="'shorter_side_center_crop': scale the shorter side to input_tensor_size / crop_fraction, "
-        "then crop the centre square (the notebook's way); 'stretch': resize straight to the square.",
+        "then crop the centre square (the notebook's way; classification only); 'stretch': resize straight "
+        "to the square; 'letterbox': scale the longer side to the square's side, keeping the aspect ratio, "
+        f"and centre the image on a grey ({LETTERBOX_FILL}) square (the YOLO family's way). Detection "
+        "takes 'stretch' or 'letterbox', as the detector was trained.",
     )
     crop_fraction: float = Field(
         224 / 256,
@@ -242,7 +253,9 @@ class Config(BaseModel):
         "Folder for model.tflite, model_quantized.tflite and manifest.json; created if missing."
     )
     evaluate_image_dir: PathValue = _path_field(
-        "Evaluation images in ImageNet layout: <class name>/<any sub-folders>/<image>."
+        "Evaluation images. Classification: ImageNet layout, <class name>/<any sub-folders>/<image>; "
+        "detection: every image of evaluate_image_extension in any sub-folder, its boxes in "
+        "evaluate_annotation_file (an image without boxes is valid)."
     )
     evaluate_image_extension: Annotated[str, AfterValidator(_strip_dot)] = Field(
         ...,
@@ -250,10 +263,28 @@ class Config(BaseModel):
         description='Extension of evaluation images, matched case-insensitively: e.g. "jpg" or ".png".',
     )
     evaluate_label_file: PathValue = _path_field(
-        'JSON file mapping each class folder name to the model\'s output index: {"daisy": 0, ...}.'
+        'JSON file mapping each class name to the model\'s output index: {"daisy": 0, ...}. Classification: '
+        "the names are the class folders'; detection: a COCO annotation file's category names."
     )
     evaluate_result_dir: PathValue = _path_field("Folder for results.json; created if missing.")
 
+    task: Literal[TASKS] = Field(  # type: ignore[valid-type]
+        "classification",
+        description="Optional. What the model does: 'classification' (default: one score per class, "
+        "top-1 accuracy) or 'detection' (boxes, scores, classes and their count after the model's "
+        "non-max suppression; COCO mAP; needs evaluate_annotation_file and a preprocessing.resize "
+        "of 'stretch' or 'letterbox').",
+    )
+    evaluate_annotation_file: PathValue | None = Field(
+        None,
+        description="Optional; required for task 'detection' and refused for classification: the evaluation images' boxes, either a COCO "
+        '"instances" JSON file (images\' file_name relative to evaluate_image_dir, bbox [x, y, width, '
+        "height] in pixels of the image, categories matched to evaluate_label_file by name) or a folder "
+        "of YOLO label files (<image path relative to evaluate_image_dir, ending .txt>, one line "
+        "'class x_center y_center width height' per box, normalized to 0..1, class the model's index). "
+        "Absolute, or relative to the folder of configuration.json.",
+        json_schema_extra={"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
+    )
     preprocessing: Preprocessing = Field(
         default_factory=Preprocessing,
         description="Optional. Preprocessing for calibration and evaluation; default: the notebook's MobileNet one.",
@@ -339,6 +370,34 @@ class Config(BaseModel):
         if repeated:
             raise ValueError(f"{repeated[0]!r} is given {value.count(repeated[0])} times; list each value at most once")
         return value
+
+    @model_validator(mode="after")
+    def _task_keys_fit(self) -> Config:
+        if self.task == "classification" and self.evaluate_annotation_file is not None:
+            raise ValueError(
+                "key 'evaluate_annotation_file' is for task 'detection', but task is 'classification' "
+                "(whose ground truth is the class folders of evaluate_image_dir); accepted: "
+                '"task": "detection", or remove \'evaluate_annotation_file\''
+            )
+        if self.task != "detection":
+            return self
+        if self.evaluate_annotation_file is None:
+            raise ValueError(
+                "key 'evaluate_annotation_file' is required for task 'detection': a COCO \"instances\" "
+                "JSON file or a folder of YOLO label files holding the boxes of the evaluation images"
+            )
+        if self.preprocessing.resize not in WHOLE_IMAGE_RESIZES:
+            raise ValueError(
+                f"key 'preprocessing.resize': {self.preprocessing.resize!r} (the default where it is not given) crops the "
+                f"image's edges, cutting objects off, so task 'detection' does not take it; accepted: "
+                f"{' or '.join(map(repr, WHOLE_IMAGE_RESIZES))}, the way the detector was trained"
+            )
+        if self.max_top1_drop is not None:
+            raise ValueError(
+                "key 'max_top1_drop' is a top-1 accuracy gate, which task 'detection' has no figure for; "
+                "accepted: remove it (or null)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _options_fit_together(self) -> Config:

@@ -79,6 +79,24 @@ def sniff(path: Path) -> str | None:
     return None
 
 
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header alone: PIL opens the file without decoding
+    the pixels (a fraction of a millisecond), as the checks of box annotations need. Raises
+    InputDataError naming the file when the header cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the image library on this file
+        raise InputDataError(
+            f"cannot read the size of image {path}: {_reason(exc)}; expected a readable JPEG, PNG or BMP file",
+            file=str(path),
+        ) from None
+
+
 def _extension(path: Path) -> str:
     return path.suffix[1:].lower()
 
@@ -124,17 +142,55 @@ def _resample(name: str) -> int:
     }[name]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a ``width`` x ``height`` image lands in the model's ``size`` x ``size`` input once
+    resized: its top-left corner and its size there, in input pixels. The centre crop's corner
+    is negative (the image overflows the square); the letterbox's is the padding."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+    def to_image(self, x: np.ndarray, y: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Input pixel coordinates -> coordinates in the original image (same arrays' shapes)."""
+        image_width, image_height = image_size
+        return (x - self.left) * (image_width / self.width), (y - self.top) * (image_height / self.height)
+
+
+def placement(image_size: tuple[int, int], size: int, spec: Preprocessing) -> Placement:
+    """Where ``resize`` puts an image of ``image_size`` (width, height): the one geometry both
+    the preprocessing and the mapping of a detector's boxes back to the image use."""
+    width, height = image_size
+    if spec.resize == "stretch":
+        return Placement(0, 0, size, size)
+    if spec.resize == "letterbox":
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        return Placement((size - new_w) // 2, (size - new_h) // 2, new_w, new_h)
+    short = max(size, round(size / spec.crop_fraction))
+    scale = short / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    return Placement(-((new_w - size) // 2), -((new_h - size) // 2), new_w, new_h)
+
+
 def resize(img: Image.Image, size: int, spec: Preprocessing) -> Image.Image:
-    """Resize (and crop) an RGB image to ``size`` x ``size`` as ``spec`` says."""
+    """Resize (and crop, or pad) an RGB image to ``size`` x ``size`` as ``spec`` says."""
+    from PIL import Image
+
+    from .config import LETTERBOX_FILL
+
     resample = _resample(spec.interpolation)
     if spec.resize == "stretch":
         return img.resize((size, size), resample)
-    short = max(size, round(size / spec.crop_fraction))
-    width, height = img.size
-    scale = short / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    img = img.resize((new_w, new_h), resample)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    where = placement(img.size, size, spec)
+    img = img.resize((where.width, where.height), resample)
+    if spec.resize == "letterbox":
+        square = Image.new("RGB", (size, size), (LETTERBOX_FILL,) * 3)
+        square.paste(img, (where.left, where.top))
+        return square
+    left, top = -where.left, -where.top
     return img.crop((left, top, left + size, top + size))
 
 

@@ -296,3 +296,72 @@ def test_the_readme_key_table_lists_the_nested_option_keys():
         "imx500.require_fit",
     ):
         assert f"| `{key}` |" in table
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+DETECTION = {
+    **AITRIOS,
+    "task": "detection",
+    "evaluate_annotation_file": "./dataset/instances.json",
+    "preprocessing": {"resize": "letterbox"},
+}
+
+
+def test_the_task_defaults_to_classification_and_detection_loads_with_its_keys(tmp_path):
+    cfg = config_mod.load(write(tmp_path, AITRIOS))
+    assert cfg.task == "classification" and cfg.evaluate_annotation_file is None
+    cfg = config_mod.load(write(tmp_path, DETECTION))
+    assert cfg.task == "detection" and cfg.evaluate_annotation_file == tmp_path / "dataset" / "instances.json"
+    assert cfg.preprocessing.resize == "letterbox"
+    stretched = config_mod.load(write(tmp_path, {**DETECTION, "preprocessing": {"resize": "stretch"}}))
+    assert stretched.preprocessing.resize == "stretch"
+
+
+def test_letterbox_serves_classification_too(tmp_path):
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "preprocessing": {"resize": "letterbox"}}))
+    assert cfg.task == "classification" and cfg.preprocessing.resize == "letterbox"
+
+
+@pytest.mark.parametrize(
+    ("document", "expect"),
+    [
+        (
+            {k: v for k, v in DETECTION.items() if k != "evaluate_annotation_file"},
+            "key 'evaluate_annotation_file' is required for task 'detection'",
+        ),
+        (
+            {**AITRIOS, "evaluate_annotation_file": "a.json"},
+            "key 'evaluate_annotation_file' is for task 'detection', but task is 'classification'",
+        ),
+        (
+            {**DETECTION, "preprocessing": {}},
+            "key 'preprocessing.resize': 'shorter_side_center_crop' (the default where it is not given) crops the "
+            "image's edges, cutting objects off, so task 'detection' does not take it; accepted: 'stretch' or "
+            "'letterbox'",
+        ),
+        (
+            {**DETECTION, "preprocessing": {"resize": "shorter_side_center_crop"}},
+            "key 'preprocessing.resize': 'shorter_side_center_crop'",
+        ),
+        ({**DETECTION, "max_top1_drop": 0.02}, "key 'max_top1_drop' is a top-1 accuracy gate"),
+        ({**DETECTION, "task": "segmentation"}, "key 'task': input should be 'classification' or 'detection'"),
+        ({**DETECTION, "evaluate_annotation_file": ""}, "key 'evaluate_annotation_file': expected a non-empty path"),
+    ],
+)
+def test_the_task_and_its_keys_must_fit_together(tmp_path, document, expect):
+    (problem,) = problems_of(tmp_path, document)
+    assert problem.startswith(expect), problem
+
+
+def test_the_published_schema_takes_both_tasks_and_refuses_an_unknown_one(tmp_path):
+    import jsonschema
+
+    schema = config_mod.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(AITRIOS))
+    assert not list(validator.iter_errors(DETECTION))
+    assert not list(validator.iter_errors({**AITRIOS, "evaluate_annotation_file": None}))
+    assert list(validator.iter_errors({**DETECTION, "task": "segmentation"}))
+    assert list(validator.iter_errors({**DETECTION, "evaluate_annotation_file": ""}))

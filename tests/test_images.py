@@ -30,6 +30,29 @@ def test_stretch_ignores_the_aspect_ratio():
     assert out.size == (32, 32)
 
 
+def test_letterbox_keeps_the_aspect_ratio_and_pads_the_square_with_grey():
+    """400x100 into 32: scaled to 32x8, centred at top 12; the rest is the YOLO family's grey."""
+    img = Image.new("RGB", (400, 100), (255, 0, 0))
+    out = np.asarray(images.resize(img, 32, Preprocessing(resize="letterbox", interpolation="nearest")))
+    assert out.shape == (32, 32, 3)
+    red = np.all(out == (255, 0, 0), axis=-1)
+    assert red[12:20].all() and not red[:12].any() and not red[20:].any()
+    assert (out[:12] == 114).all() and (out[20:] == 114).all()
+    assert images.placement((400, 100), 32, Preprocessing(resize="letterbox")) == images.Placement(0, 12, 32, 8)
+
+
+def test_a_tall_image_is_letterboxed_left_and_right():
+    where = images.placement((90, 300), 64, Preprocessing(resize="letterbox"))
+    assert where == images.Placement(22, 0, 19, 64)  # 90 * 64/300 = 19.2 -> 19, left (64 - 19) // 2 = 22
+    out = np.asarray(images.resize(Image.new("RGB", (90, 300), (0, 0, 255)), 64, Preprocessing(resize="letterbox")))
+    assert (out[:, :22] == 114).all() and (out[:, 41:] == 114).all() and (out[:, 23:40, 2] == 255).all()
+
+
+def test_the_centre_crops_placement_is_the_notebook_geometry():
+    """The same numbers as the crop above: 400x300 -> 341x256, offsets (58, 16)."""
+    assert images.placement((400, 300), 224, Preprocessing()) == images.Placement(-58, -16, 341, 256)
+
+
 @pytest.mark.parametrize(
     "spec,pixel,expected",
     [

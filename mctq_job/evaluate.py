@@ -25,8 +25,8 @@ from .errors import InputDataError, calling
 from .events import Stage
 from .inputs import Inputs
 from .progress import Progress
-from .tasks import task_for
-from .tasks.classification import ClassFolders, Tally
+from .tasks import GroundTruth, task_for
+from .tasks.classification import Tally
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -132,7 +132,7 @@ class Evaluation:
 
 def evaluate(
     predictors: dict[str, Callable[[np.ndarray], np.ndarray]],
-    truth: ClassFolders,
+    truth: GroundTruth,
     config: Config,
     on_images: Callable[[int], None] = lambda n: None,
     on_skip: Callable[[Path, str], None] = lambda path, reason: None,

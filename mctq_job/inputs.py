@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import images
-from .config import PATH_KEYS, Config
+from .config import OPTIONAL_PATH_KEYS, PATH_KEYS, Config
 from .events import Event
 from .problems import Problems, extension_counts, folder_problem, listed, missing
-from .tasks import task_for
-from .tasks.classification import ClassFolders
+from .tasks import GroundTruth, task_for
 
 if TYPE_CHECKING:
     from .configure import Configured
@@ -36,7 +35,7 @@ class Inputs:
     config: Config
     config_file: Path
     calibration_images: tuple[Path, ...]
-    truth: ClassFolders
+    truth: GroundTruth  # the task's: classification.ClassFolders, detection.Annotations
     skipped: tuple[tuple[Path, str], ...] = ()  # (image, reason): unreadable, left out (on_corrupt_image: skip)
     imx500_converter: Converter | None = None  # found and probed once, where imx500.package is on
 
@@ -86,8 +85,9 @@ def check(config: Config, config_file: Path) -> Inputs:
     raise one error listing every problem, or return the discovered inputs."""
     base_dir = config_file.parent
     problems = Problems()
-    for key in PATH_KEYS:
-        _check_links(key, getattr(config, key), base_dir, problems)
+    for key in (*PATH_KEYS, *OPTIONAL_PATH_KEYS):
+        if (path := getattr(config, key)) is not None:
+            _check_links(key, path, base_dir, problems)
     if problems.config:
         problems.raise_any()
     _check_model_path(config.source_keras_model, problems)
@@ -103,9 +103,9 @@ def check(config: Config, config_file: Path) -> Inputs:
 def _unreadable_images(
     config: Config,
     calibration: list[Path],
-    truth: ClassFolders,
+    truth: GroundTruth,
     problems: Problems,
-) -> tuple[list[Path], ClassFolders, list[tuple[Path, str]]]:
+) -> tuple[list[Path], GroundTruth, list[tuple[Path, str]]]:
     """Empty and non-image files, found from their first bytes before any heavy work: an
     error naming them, or (on_corrupt_image: skip) left out and reported."""
     bad = {path: reason for path in [*calibration, *truth.images] if (reason := images.sniff(path)) is not None}

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import configure
 from . import inputs as inputs_stage
+from .config import Config
 from .context import RunContext
+from .errors import ConfigError
 from .events import Stage
 
 if TYPE_CHECKING:
@@ -76,6 +78,22 @@ def validate(ctx: RunContext, config_path: Path) -> Inputs:
     return ctx.stage(Stage.INPUTS).run(inputs_stage.run, configured)
 
 
+#: The tasks a whole run can carry out; ``validate`` checks the inputs of every task of the schema.
+RUNNABLE_TASKS = ("classification",)
+
+
+def runnable(config: Config) -> None:
+    """Refuse, before any work, a task whose quantization, export and evaluation are not built
+    yet, rather than run it as another task."""
+    if config.task not in RUNNABLE_TASKS:
+        raise ConfigError(
+            f"key 'task': {config.task!r} is not supported by `mctq-job run` yet: `mctq-job validate` checks its "
+            f"inputs, but the run's stages (calibration, export, evaluation, report) know classification only; "
+            f"accepted for a run: {', '.join(map(repr, RUNNABLE_TASKS))}",
+            key="task",
+        )
+
+
 def run(
     ctx: RunContext,
     config_path: Path,
@@ -85,6 +103,7 @@ def run(
     """The whole job. ``overrides`` (the command line's) replace the configuration's values.
     Raises Imx500NotFitError or AccuracyGateError after publishing everything when a gate fails."""
     configured = ctx.stage(Stage.CONFIG).run(configure.run, config_path, overrides)
+    runnable(configured.config)
     inputs = ctx.stage(Stage.INPUTS).run(inputs_stage.run, configured)
     config = inputs.config
     heavy = stages()  # imports nothing yet: each stage imports its module when it starts

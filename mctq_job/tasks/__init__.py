@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..problems import Problems
-    from .classification import ClassFolders
-    from .classification import Tally as ClassificationTally
 
 
 class GroundTruth(Protocol):
@@ -28,6 +26,16 @@ class GroundTruth(Protocol):
 
     @property
     def images(self) -> tuple[Path, ...]: ...
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """The label file: class name -> the model's class index."""
+        ...
+
+    @property
+    def ignored(self) -> tuple[tuple[str, str], ...]:
+        """(path, reason): harmless files beside the inputs that are not inputs."""
+        ...
 
     def without(self, unreadable: set[Path]) -> GroundTruth:
         """The same ground truth less images that cannot be read (``on_corrupt_image: skip``)."""
@@ -39,8 +47,10 @@ class GroundTruth(Protocol):
 class Tally(Protocol):
     """Every evaluated model's outputs, scored against the ground truth as they come."""
 
-    def add(self, model: str, outputs: np.ndarray, images: np.ndarray) -> None:
-        """``outputs`` of ``model`` for the evaluation images at indices ``images``."""
+    def add(self, model: str, outputs: Any, images: np.ndarray) -> None:
+        """``outputs`` of ``model`` for the evaluation images at indices ``images``: what the
+        task's models give (classification: one array (batch, classes); detection: the four
+        arrays boxes, scores, classes, count)."""
         ...
 
     def summary(self) -> dict[str, Any]: ...
@@ -65,8 +75,13 @@ class Task(Protocol[TruthT, TallyT]):
     def tally(self, truth: TruthT, models: Sequence[str]) -> TallyT: ...
 
 
-def task_for(config: Config) -> Task[ClassFolders, ClassificationTally]:
-    """The task the configuration asks for (classification, the only one yet)."""
+def task_for(config: Config) -> Task[Any, Any]:
+    """The task the configuration asks for (``task``). Typed loosely: the stages that use it
+    hand each task the ground truth it found itself."""
+    if config.task == "detection":
+        from .detection import DETECTION
+
+        return DETECTION
     from .classification import CLASSIFICATION
 
     return CLASSIFICATION

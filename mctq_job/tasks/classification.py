@@ -126,7 +126,7 @@ class Classification:
     name = "classification"
 
     def ground_truth(self, config: Config, problems: Problems) -> ClassFolders:
-        labels = _label_file(config.evaluate_label_file, problems)
+        labels = label_file(config.evaluate_label_file, problems)
         samples, ignored = _samples(config, labels, problems)
         return ClassFolders(labels or {}, tuple(samples), tuple(ignored))
 
@@ -163,9 +163,10 @@ class Classification:
 CLASSIFICATION = Classification()
 
 
-def _label_file(path: Path, problems: Problems) -> dict[str, int] | None:
+def label_file(path: Path, problems: Problems, names: str = "class folder names") -> dict[str, int] | None:
+    """``evaluate_label_file``: class names (``names`` says whose) -> distinct model output indices."""
     key = "evaluate_label_file"
-    accepted = 'a JSON object mapping class folder names to distinct integer ids, e.g. {"daisy": 0, "dandelion": 1}'
+    accepted = f'a JSON object mapping {names} to distinct integer ids, e.g. {{"daisy": 0, "dandelion": 1}}'
     if not path.exists():
         problems.config.append(missing(key, path, accepted))
         return None

@@ -424,10 +424,10 @@ def test_only_the_valid_detections_count_and_at_most_a_hundred_per_image():
     boxes, scores, classes, count = outputs_for([[([0, 0, 10, 10], 0.9, 0)]], width=300)
     scores[0, 1:] = 0.99  # padding rows beyond the count, with high scores: ignored
     tally.add("keras", (boxes, scores, classes, count), np.array([0]))
-    assert len(tally.scores["keras"].rows()) == 1 and tally.metrics("keras")["map_50_95"] == 1.0
+    assert len(tally.detections["keras"].rows()) == 1 and tally.metrics("keras")["map_50_95"] == 1.0
     many = [([i % 90, 0, 10, 10], 0.5 + i / 1000, 0) for i in range(250)]
     tally.add("keras", outputs_for([many], width=300), np.array([0]))
-    rows = tally.scores["keras"].rows()
+    rows = tally.detections["keras"].rows()
     assert len(rows) == 1 + detection.MAX_DETECTIONS
     assert rows[1:, detection.SCORE].min() == pytest.approx(0.5 + 150 / 1000)  # the best hundred kept
 

@@ -20,7 +20,7 @@ SIZE = 32  # the detection project's input_tensor_size
 FIXED = [([0.25, 0.0, 0.75, 0.5], 0), ([0.5, 0.5, 1.0, 1.0], 1)]
 
 
-def nms_detector(classes: int = 2, max_total: int = 5):
+def nms_detector(classes: int = 2, max_total: int = 5, **nms):
     """A real detector ending in tf.image.combined_non_max_suppression whose detections are
     fixed by its biases (zero kernels): box i scores 0.88 (logit 2) for class FIXED[i][1]."""
     import tensorflow as tf
@@ -41,11 +41,14 @@ def nms_detector(classes: int = 2, max_total: int = 5):
     found = tf.image.combined_non_max_suppression(
         boxes,
         scores,
-        max_output_size_per_class=max_total,
-        max_total_size=max_total,
-        iou_threshold=0.5,
-        score_threshold=0.3,
-        clip_boxes=False,
+        **{
+            "max_output_size_per_class": max_total,
+            "max_total_size": max_total,
+            "iou_threshold": 0.5,
+            "score_threshold": 0.3,
+            "clip_boxes": False,
+            **nms,
+        },
     )
     return tf.keras.Model(image, list(found))
 
@@ -74,8 +77,8 @@ def ssd_detector(classes: int = 3):
     return tf.keras.Model(image, list(post([rel_codes, logits])))
 
 
-def contract_of(detector, tmp_path, labels=None):
-    project = detection_project(tmp_path / "p")
+def contract_of(detector, tmp_path, labels=None, **config):
+    project = detection_project(tmp_path / "p", **config)
     if labels is not None:
         import json
 
@@ -116,6 +119,29 @@ def test_an_ssd_post_process_detector_is_accepted_with_its_parameters(tmp_path):
     assert facts["max_detections"] == 20
     assert post["kind"] == "SSDPostProcess" and post["classes"] == 3 and post["anchors"] == 16
     assert (post["score_threshold"], post["iou_threshold"], post["remove_background"]) == (0.001, 0.6, True)
+
+
+@pytest.mark.parametrize(
+    ("nms", "named"),
+    [
+        ({"clip_boxes": True}, "clip_boxes=True"),
+        ({"pad_per_class": True}, "pad_per_class=True"),
+        ({"max_output_size_per_class": 3}, "max_output_size_per_class=3 with max_total_size=5"),
+        ({"max_output_size_per_class": 600, "max_total_size": 600}, "max_total_size=600"),
+    ],
+)
+def test_with_the_imx500_package_an_nms_the_converter_refuses_is_named(tmp_path, nms, named):
+    """The converter's conditions on a combined NMS, known before any work; the same model
+    without the package is accepted."""
+    package = {"imx500": {"package": True}}
+    with pytest.raises(UnsupportedModelError) as refused:
+        contract_of(nms_detector(**nms), tmp_path / "package", **package)
+    message = refused.value.message
+    assert message.startswith("key 'imx500': the model's tf.image.combined_non_max_suppression (layer ")
+    assert f"has {named}, which Sony's IMX500 converter refuses" in message
+    assert "accepted: clip_boxes=False, pad_per_class=False, max_output_size_per_class equal to" in message
+    assert contract_of(nms_detector(**nms), tmp_path / "plain").outputs["post_processing"] is not None
+    assert contract_of(nms_detector(), tmp_path / "fits", **package).outputs["max_detections"] == 5
 
 
 def test_a_label_beyond_the_detectors_classes_is_named(tmp_path):
@@ -166,7 +192,7 @@ def test_a_real_detectors_outputs_are_mapped_and_scored(tmp_path):
     assert [o.shape for o in outputs] == [(2, 5, 4), (2, 5), (2, 5), (2,)]
     tally = Tally(truth, ["keras"])
     tally.add("keras", outputs, np.array([0, 1]))
-    rows = tally.scores["keras"].rows()
+    rows = tally.detections["keras"].rows()
     placed = sorted((int(r[0]), int(r[6]), *np.round(r[1:5], 4)) for r in rows)
     expected = sorted(
         (i, box.label, box.x, box.y, box.width, box.height) for i, boxes in enumerate((a, b)) for box in boxes

@@ -75,6 +75,11 @@ YOLO_ACCEPTED = (
     "one line per box, 'class x_center y_center width height': class a model index of the label file, "
     "the four others numbers in 0..1 relative to the image's width and height"
 )
+#: What Sony's IMX500 converter (imxconv-tf 3.19.2) takes of tf.image.combined_non_max_suppression:
+#: these fixed arguments, max_output_size_per_class equal to max_total_size, and these bounds.
+IMX500_NMS_ARGUMENTS = {"clip_boxes": False, "pad_per_class": False}
+IMX500_MAX_DETECTIONS = 500
+IMX500_MAX_CLASSES = 1000
 YOLO_IGNORED = frozenset({"classes.txt"})  # the class list some labelling tools write beside the labels
 
 
@@ -535,7 +540,6 @@ class ModelDetections:
     image, ``[image index, x, y, width, height, score, class]`` in pixels of the original image."""
 
     chunks: list[np.ndarray] = field(default_factory=list)
-    seconds: float = 0.0  # time spent in the model's calls (the evaluate stage adds it)
 
     def rows(self) -> np.ndarray:
         import numpy as np
@@ -566,17 +570,21 @@ class Tally:
 
     def __init__(self, truth: Annotations, models: Sequence[str]):
         self.truth = truth
-        self.scores = {name: ModelDetections() for name in models}
+        self.detections = {name: ModelDetections() for name in models}
         self._evaluated: list[np.ndarray] = []
         self._metrics: dict[str, dict[str, Any]] = {}
 
     def add(self, model: str, outputs: Sequence[Any], images: np.ndarray) -> None:
-        """``outputs``: the four arrays of :func:`detection_arrays` for the images at indices
-        ``images`` of the ground truth."""
+        """``outputs`` of ``model`` for the images at indices ``images`` of the ground truth: a
+        list or tuple of four arrays, boxes (B, N, 4) as normalized (y_min, x_min, y_max, x_max)
+        of the model input, scores (B, N), classes (B, N) as model indices (floats are rounded)
+        and the count of valid detections (B,) or (B, 1), B = len(images). Only the first
+        ``count`` detections of each image count, the best :data:`MAX_DETECTIONS` of them kept:
+        at most 100 rows of 56 bytes per image and model, whatever the images' size."""
         import numpy as np
 
         boxes, scores, classes, count = detection_arrays(outputs, len(images))
-        if model == next(iter(self.scores)):
+        if model == next(iter(self.detections)):
             self._evaluated.append(np.asarray(images, np.int64))
         rows = []
         for i, index in enumerate(np.asarray(images, np.int64)):
@@ -593,8 +601,8 @@ class Tally:
             found[:, LABEL] = np.round(classes[i, best])
             rows.append(found)
         if rows:
-            self.scores[model].chunks.append(np.concatenate(rows))
-        self._metrics.pop(model, None)
+            self.detections[model].chunks.append(np.concatenate(rows))
+        self._metrics.clear()  # the figures change with every batch
 
     @property
     def evaluated(self) -> np.ndarray:
@@ -612,20 +620,20 @@ class Tally:
         small, medium and large objects, AR@100, and the AP@[.5:.95] of each class; None
         where there is nothing to measure (no box of that class or size)."""
         if model not in self._metrics:
-            self._metrics[model] = coco_metrics(self.truth, self.evaluated, self.scores[model].rows())
+            self._metrics[model] = coco_metrics(self.truth, self.evaluated, self.detections[model].rows())
         return self._metrics[model]
 
     def faithfulness(self) -> dict[str, Any] | None:
         """How many of ``keras_quantized``'s confident detections ``tflite_quantized``
         reproduces (see :func:`faithfulness`); None unless both were evaluated."""
         reference, candidate = FAITHFUL_PAIR
-        if reference not in self.scores or candidate not in self.scores:
+        if reference not in self.detections or candidate not in self.detections:
             return None
-        return faithfulness(self.scores[reference].rows(), self.scores[candidate].rows())
+        return faithfulness(self.detections[reference].rows(), self.detections[candidate].rows())
 
     def summary(self) -> dict[str, Any]:
         figures: dict[str, Any] = {}
-        for name in self.scores:
+        for name in self.detections:
             found = self.metrics(name)
             figures[f"map_50_95_{name}"] = found["map_50_95"]
             figures[f"map_50_{name}"] = found["map_50"]
@@ -817,6 +825,31 @@ def _layers(model: Any) -> list[Any]:
     return found
 
 
+def _check_imx500_nms(post: dict[str, Any]) -> None:
+    """The converter's conditions on a combined NMS, checked before any work where the IMX500
+    package is asked for (SSDPostProcess meets them by construction)."""
+    if post["kind"] != "combined_non_max_suppression" or "max_total_size" not in post:
+        return
+    broken = [f"{key}={post[key]}" for key, wanted in IMX500_NMS_ARGUMENTS.items() if post[key] != wanted]
+    if post["max_output_size_per_class"] != post["max_total_size"]:
+        broken.append(
+            f"max_output_size_per_class={post['max_output_size_per_class']} with max_total_size={post['max_total_size']}"
+        )
+    if isinstance(post["max_total_size"], int) and post["max_total_size"] > IMX500_MAX_DETECTIONS:
+        broken.append(f"max_total_size={post['max_total_size']}")
+    if post["classes"] is not None and post["classes"] > IMX500_MAX_CLASSES:
+        broken.append(f"{post['classes']} classes")
+    if broken:
+        fixed = ", ".join(f"{key}={value}" for key, value in IMX500_NMS_ARGUMENTS.items())
+        raise UnsupportedModelError(
+            f"key 'imx500': the model's tf.image.combined_non_max_suppression (layer {post['layer']!r}) has "
+            f"{', '.join(broken)}, which Sony's IMX500 converter refuses; accepted: {fixed}, "
+            f"max_output_size_per_class equal to max_total_size, at most {IMX500_MAX_DETECTIONS} detections and "
+            f"{IMX500_MAX_CLASSES} classes (or imx500.package off)",
+            layer=post["layer"],
+        )
+
+
 class Detection:
     name = "detection"
 
@@ -881,6 +914,8 @@ class Detection:
                     f"{classes} classes of the model's {post['kind'] if post else ''}; accepted ids: 0 to {classes - 1}",
                     file=str(config.evaluate_label_file),
                 )
+        if post is not None and config.imx500 is not None and config.imx500.package:
+            _check_imx500_nms(post)
         return {
             "detection_outputs": dict(zip([role for role, _, _ in OUTPUTS], names, strict=True)),
             "max_detections": widths.pop(),

@@ -229,6 +229,21 @@ def test_validate_reads_a_thousand_images_quickly(tmp_path):
     assert seconds < 3, seconds
 
 
+def test_an_unreadable_image_is_named_or_skipped_as_on_corrupt_image_says(tmp_path):
+    """A file that is no image at all: named with the other problems ('fail'), or left out
+    with its boxes ('skip'), as for classification."""
+    project = detection_project(tmp_path / "p")
+    (project / "val" / "a.jpg").write_bytes(b"not an image")
+    edit_coco(project, lambda d: d["categories"].append({"id": 9, "name": "zebra"}))
+    problems = problems_of(project)
+    assert len(problems) == 2 and any("a.jpg is not a JPEG, PNG or BMP file" in p for p in problems)
+    project = detection_project(tmp_path / "q", on_corrupt_image="skip")
+    (project / "val" / "a.jpg").write_bytes(b"not an image")
+    checked = check(project)
+    assert [p.name for p in checked.truth.images] == ["b.jpg", "c.jpg"] and checked.skipped[0][0].name == "a.jpg"
+    assert checked.truth.summary()["boxes"] == 1
+
+
 # -- ground truth: YOLO --------------------------------------------------------------------------
 
 

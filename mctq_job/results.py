@@ -374,7 +374,7 @@ class Verdict(_Part):
     top_1_drop: float = Field(ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain).")
     low: float = Field(ge=-1, le=1, description="Lower end of the 95 % interval of the drop.")
     high: float = Field(ge=-1, le=1, description="Upper end of the 95 % interval of the drop.")
-    confidence: Literal[0.95] = Field(description="The interval's confidence level.")
+    confidence: float = Field(ge=0.95, le=0.95, description="The interval's confidence level: 0.95.")
     measurable: bool = Field(description="Whether the interval lies above 0: a drop chance does not explain.")
     culprits: list[Culprit] = Field(
         description="The layers the diagnosis blames for the drop (empty without a drop, without a diagnosis, "

@@ -36,11 +36,11 @@ def test_uncorrelated_hits_combine_the_two_wilson_intervals_as_squares():
     """With a d = b c the correlation is 0: the ends are drop -/+ the root of the summed squares
     of the Wilson half-widths on the matching sides. (4, 2, 2, 1) of 9: both accuracies 6/9."""
     drop, low, high = drop_interval(Paired(both=4, reference_only=2, candidate_only=2, neither=1))
-    l, u = wilson(6, 9)
+    lower, upper = wilson(6, 9)
     p = 6 / 9
     assert drop == 0
-    assert low == pytest.approx(-math.sqrt((p - l) ** 2 + (u - p) ** 2))
-    assert high == pytest.approx(math.sqrt((u - p) ** 2 + (p - l) ** 2))
+    assert low == pytest.approx(-math.sqrt((p - lower) ** 2 + (upper - p) ** 2))
+    assert high == pytest.approx(math.sqrt((upper - p) ** 2 + (p - lower) ** 2))
 
 
 def test_independent_samples_example_of_newcombe():
@@ -97,3 +97,39 @@ def test_culprits_come_from_findings_then_the_export_then_the_largest_sqnr_fall(
     assert culprits(exported, []) == [("conv", "export")]
     healthy = [("image", 50.0, None), ("conv", 45.0, None), ("dense", 41.0, 40.0)]
     assert culprits(healthy, []) == []
+
+
+def _results_with(lost: int, gained: int, images: int = 250, culprits: tuple = ()):
+    from types import SimpleNamespace
+
+    from mctq_job.results import Verdict
+
+    drop, low, high = drop_interval(Paired(images - 50 - lost - gained, lost, gained, 50))
+    verdict = Verdict(
+        reference="keras",
+        candidate="tflite_quantized",
+        images=images,
+        reference_only_correct=lost,
+        candidate_only_correct=gained,
+        top_1_drop=drop,
+        low=low,
+        high=high,
+        confidence=0.95,
+        measurable=low > 0,
+        culprits=[{"layer": layer, "reason": reason} for layer, reason in culprits],
+    )
+    return SimpleNamespace(verdict=verdict)
+
+
+def test_the_verdict_sentence_tells_a_drop_from_chance_and_names_the_culprit():
+    from mctq_job.report_html import verdict_sentence
+
+    sentence = verdict_sentence(_results_with(30, 2, culprits=(("concat", "unbalanced_concatenation"),)))
+    assert sentence is not None
+    assert sentence.startswith("Quantization cost 11.2 points of top-1 from the Keras model to model_quantized.tflite")
+    assert "30 of 250 images lost, 2 gained" in sentence
+    assert sentence.endswith("the diagnosis points at layer 'concat' (unbalanced concatenation).")
+    one = verdict_sentence(_results_with(1, 0))
+    assert one is not None and one.startswith("Top-1 fell by 0.4 points") and "chance explains" in one
+    assert "includes no drop" in one
+    assert verdict_sentence(_results_with(0, 0)) is None and verdict_sentence(_results_with(0, 3)) is None

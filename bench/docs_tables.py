@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import common, converter_ptq, irreducible, realphotos, realsize_compare, throughput
+from . import common, converter_ptq, diagnosis, irreducible, realphotos, realsize_compare, throughput
 
 PAGE = common.ROOT / "docs" / "benchmarks.md"
 DOCS_JSON = common.ROOT / "docs" / "bench.json"
@@ -116,6 +116,8 @@ def all_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = {"digits": {k: comparisons["digits_int8"][k] for k in DIGITS_LIMITS}}
     if "realsize" in comparisons:
         found["MobileNetV2 224"] = comparisons["realsize"]["targets"]
+        if "diagnosis" in comparisons["realsize"]:
+            found["MobileNetV2 224, diagnosis"] = comparisons["realsize"]["diagnosis"]["targets"]
     if "realphotos" in comparisons:
         found["MobileNetV2 224, real photographs"] = comparisons["realphotos"]["targets"]
     return found
@@ -139,6 +141,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "realsize-tflite": (
         "MobileNetV2 224x224: size and latency of the four .tflite files",
         comparison("realsize", realsize_compare.tflite_table),
+    ),
+    "realsize-diagnosis": (
+        "MobileNetV2 224x224: the diagnosis' overhead",
+        lambda report: diagnosis.table(report["comparisons"]["realsize"]["diagnosis"]),
     ),
     "realsize-photos": (
         "MobileNetV2 224x224 trained on real photographs: top-1 drops",

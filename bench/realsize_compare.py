@@ -13,7 +13,7 @@ from typing import Any
 
 from mctq_job.results import MODELS, Manifest, Results
 
-from . import common, notebook_path, realsize
+from . import common, diagnosis, notebook_path, realsize
 from .workload import ENTRY, Project
 
 #: The targets: job quantize stage / direct MCT call, job wall / notebook wall, job latency /
@@ -49,6 +49,7 @@ def run_job(project: Project) -> dict[str, Any]:
         "peak_tree_bytes": run.peak_tree_bytes,
         "manifest_peak_memory_bytes": manifest.peak_memory_bytes,
         "top_1": {name: round(results.accuracy(name), 4) for name in MODELS},
+        "diagnosis": diagnosis.summary(results),
     }
 
 
@@ -130,6 +131,7 @@ def measure() -> dict[str, Any]:
         "tflite": tflite,
         "ratios": ratios,
         "targets": targets(ratios, LIMITS),
+        "diagnosis": diagnosis.overhead(job),
     }
 
 

@@ -13,7 +13,8 @@ timestamp) to bench-results/bench.json.
 
 Real size (realsize.py, realsize_compare.py): MobileNetV2 224x224 with camera-size JPEGs; the
 job and notebook_path.py each in their own process, memory summed over the process tree;
-latency and size of the four .tflite files. Real photographs (realphotos.py): MobileNetV2 224x224
+latency and size of the four .tflite files; the diagnose stage's share of the job's wall time
+(diagnosis.py, from the same job run). Real photographs (realphotos.py): MobileNetV2 224x224
 trained briefly on camera frames of seven photographs; the top-1 drops of the job at both
 targets against MCT's quantized Keras model and the TFLite converter's own PTQ. Digits: responsiveness (UI response <= 1.2 s for
 `validate`, `--help` and the first log line of `run`; an update at least every 5 s), the

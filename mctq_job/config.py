@@ -350,8 +350,9 @@ class Config(BaseModel):
     )
     diagnosis: Diagnosis = Field(
         default_factory=Diagnosis,
-        description='Optional. {"images": 64}: per-layer SQNR of MCT\'s quantized model against the float one '
-        "and findings (unbalanced concatenations, outlier channels) in results.json and report.html; "
+        description='Optional. {"images": 64}: per-layer SQNR of MCT\'s quantized model and of '
+        "model_quantized.tflite against the float one, and findings (unbalanced concatenations, outliers, "
+        "calibration mismatches, weights quantized per tensor) in results.json and report.html; "
         '{"images": 0} turns it off.',
     )
     max_top1_drop: float | None = Field(

@@ -11,7 +11,13 @@ Three pure pieces and the stage (:func:`run`):
   previous holders run on float inputs, then quantized) and reduces them inside the graph to a
   few sums per point: cumulative and local SQNR, clipped share, ranges, per-channel maxima, and
   per-input slices of concatenations.
-- :func:`findings`: unbalanced concatenations and activation outliers from those numbers.
+- :class:`TFLiteTap`: the same tensors read from ``model_quantized.tflite`` by the TFLite
+  interpreter (every tensor kept), so that a bad export shows as a departure from MCT's curve;
+- :func:`findings`: unbalanced concatenations, activation outliers and outlier channels from
+  those numbers; tensors that clip far more of the evaluation images than of the calibration
+  images (:func:`clipping_findings`); classes of the label file the calibration batches never
+  drew (:func:`calibration_classes`); weight tensors quantized per tensor whose range one
+  channel dominates (:func:`weight_findings`).
 
 How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
 
@@ -33,7 +39,7 @@ How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +48,9 @@ import numpy as np
 import tensorflow as tf
 
 if TYPE_CHECKING:
+    from .calibrate import Drawn
     from .context import RunContext
+    from .export import Exported
     from .inputs import Inputs
     from .model import Loaded
     from .quantize import Quantized
@@ -60,9 +68,24 @@ UNBALANCED_RATIO = 16.0
 OUTLIER_RATIO = 8.0
 PERCENTILE_VALUES = 10_000
 #: A channel whose largest magnitude exceeds the median of the live channels' by more than this
-#: stretches the per-tensor range alone (feature maps of at least CHANNELS channels).
-CHANNEL_RATIO = 16.0
+#: stretches the per-tensor range alone (feature maps of at least CHANNELS channels): the median
+#: channel keeps fewer than 256/32 = 8 of an unsigned 8-bit scale's levels. (At 16, an untrained
+#: MobileNetV2 224's depthwise activations, 16.4 to 20.8, would be reported.)
+CHANNEL_RATIO = 32.0
 CHANNELS = 8
+#: A tensor clips the evaluation images' activations (by more than one quantization step) for
+#: at least this share of its values, and at least CLIP_OVER_CALIBRATION times the share it
+#: clips on the calibration images: the calibration images do not represent the evaluation ones.
+#: Clipping within one step is rounding (a softmax at 1.0 against a range ending at 0.996), and
+#: clipping the calibration images already had is MCT's own choice of threshold (MSE, z_threshold).
+CLIP_SHARE = 0.01
+CLIP_OVER_CALIBRATION = 4.0
+#: A weight tensor quantized per tensor whose largest output channel's range exceeds the median
+#: channel's by more than this leaves the median channel fewer than 128/16 = 8 levels.
+WEIGHT_CHANNEL_RATIO = 16.0
+#: TFLite operators whose output shares its input's buffer without changing the values: a tensor
+#: overwritten in place by any other operator (SOFTMAX, activations) cannot be read after invoke.
+VIEW_OPERATORS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
 
 
 @dataclass(frozen=True)
@@ -285,6 +308,11 @@ class Sums:
     slice_max_abs: list[np.ndarray]
     seconds: float = 0.0
     images: int = 0
+    #: model_quantized.tflite against float: sum of (tflite - float)^2, NaN where not exposed
+    tflite_noise: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the same clipping count on the calibration images (and their number of values)
+    calibration_clipped: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    calibration_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def sqnr(self, noise: np.ndarray | None = None) -> list[float | None]:
         return [sqnr_db(s, n) for s, n in zip(self.signal, self.noise if noise is None else noise, strict=True)]
@@ -306,6 +334,15 @@ def _range_of(holder: Any) -> tuple[float, float]:
     return -math.inf, math.inf
 
 
+def _step_of(holder: Any) -> float:
+    """The holder's quantization step (0 where it has no uniform grid)."""
+    low, high = _range_of(holder)
+    bits = getattr(holder.activation_holder_quantizer, "num_bits", None)
+    if not bits or not math.isfinite(high - low):
+        return 0.0
+    return (high - low) / (2**bits - 1)
+
+
 @dataclass
 class Probe:
     """What the diagnosis runs: the float tensors, the quantized ones, and the local and
@@ -318,7 +355,15 @@ class Probe:
     ranges: list[tuple[float, float]]
     percentile: bool
     local: bool = True  # also the local and activation-only tensors (about doubles the pass)
-    step: Callable[[Any], Any] = field(repr=False, default=None)  # type: ignore[assignment]
+    step: Callable[..., Any] = field(repr=False, default=None)  # type: ignore[assignment]
+    steps: list[float] = field(default_factory=list)  # each holder's quantization step
+
+
+def _clipped(p: Probe, i: int, f: Any) -> Any:
+    """Values of ``f`` more than one quantization step outside point ``i``'s calibrated range."""
+    minimum, maximum = p.ranges[i]
+    step = p.steps[i]
+    return tf.reduce_sum(tf.cast((f < minimum - step) | (f > maximum + step), tf.float32))
 
 
 def probe(
@@ -335,6 +380,7 @@ def probe(
     quantized_tap = tf.keras.Model(quantized_model.inputs, [p.quantized_tensor for p in points])
     ranges = [_range_of(quantized_model.get_layer(p.holder)) for p in points]
     result = Probe(mapping, float_tap, quantized_tap, quantized_model, ranges, percentile, local)
+    result.steps = [_step_of(quantized_model.get_layer(p.holder)) for p in points]
     result.step = _step(result)
     return result
 
@@ -343,11 +389,15 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _step(p: Probe) -> Callable[[Any], Any]:
+def _step(p: Probe, tflite: dict[int, tuple[float, int]] | None = None) -> Callable[..., Any]:
+    """The probe's pass over one batch. ``tflite``: point index -> (scale, zero point) of the
+    TFLite tensors handed in with the batch, in that order."""
     slices = [point.slices for point in p.mapping.points]
+    tflite = tflite or {}
 
     @tf.function(reduce_retracing=True)
-    def step(x: Any) -> Any:
+    def step(x: Any, tflite_values: Any = ()) -> Any:
+        read = dict(zip(tflite, tflite_values, strict=True))
         floats = _as_list(p.float_tap(x, training=False))
         quantized = _as_list(p.quantized_tap(x, training=False))
         holders = [p.quantized_model.get_layer(point.holder) for point in p.mapping.points]
@@ -357,18 +407,21 @@ def _step(p: Probe) -> Callable[[Any], Any]:
         # Sums of one batch in float32 (TensorFlow's CPU reductions add pairwise: relative error
         # well below 1e-4 here); measure() adds the batches in float64.
         for i, (f, q, lo, a) in enumerate(zip(floats, quantized, local, activation, strict=True)):
-            minimum, maximum = p.ranges[i]
             absolute = tf.abs(f)
             row = {
                 "signal": tf.reduce_sum(tf.square(f)),
                 "noise": tf.reduce_sum(tf.square(q - f)),
                 "local_noise": tf.reduce_sum(tf.square(lo - f)),
                 "activation_noise": tf.reduce_sum(tf.square(a - f)),
-                "clipped": tf.reduce_sum(tf.cast((f < minimum) | (f > maximum), tf.float32)),
+                "clipped": _clipped(p, i, f),
                 "values": tf.cast(tf.size(f), tf.float32),
                 "max_abs": tf.reduce_max(absolute),
                 "channel_max": tf.reduce_max(tf.reshape(absolute, [-1, tf.shape(f)[-1]]), axis=0),
             }
+            if i in read:  # model_quantized.tflite's tensor, dequantized
+                scale, zero = tflite[i]
+                t = tf.reshape((tf.cast(read[i], tf.float32) - zero) * scale, tf.shape(f))
+                row["tflite_noise"] = tf.reduce_sum(tf.square(t - f))
             if p.percentile:  # the smallest of the top 0.1 % of |values| in this batch
                 flat = tf.reshape(absolute, [-1])
                 row["p999"] = tf.reduce_min(tf.math.top_k(flat, tf.maximum(1, tf.size(flat) // 1000)).values)
@@ -388,8 +441,16 @@ def _step(p: Probe) -> Callable[[Any], Any]:
     return step
 
 
-def measure(p: Probe, batches: Iterable[np.ndarray]) -> Sums:
-    """Stream ``batches`` (arrays of model inputs) through the probe, one call per batch."""
+def measure(
+    p: Probe,
+    batches: Iterable[np.ndarray],
+    tflite: TFLiteTap | None = None,
+    calibration: Iterable[np.ndarray] = (),
+) -> Sums:
+    """Stream ``batches`` (arrays of model inputs) through the probe, one call per batch; with
+    ``tflite``, the TFLite file's tensors of the same batch are compared with the float ones in
+    the same call; ``calibration`` batches are run through the float model alone, to count what
+    the calibrated ranges clip there."""
     import time
 
     n = len(p.mapping.points)
@@ -408,11 +469,19 @@ def measure(p: Probe, batches: Iterable[np.ndarray]) -> Sums:
         [np.zeros(len(pt.slices)) for pt in p.mapping.points],
         [np.zeros(len(pt.slices)) for pt in p.mapping.points],
     )
+    sums.tflite_noise = np.full(n, np.nan)
+    exposed = tflite.exposed if tflite is not None else {}
+    for i in exposed:
+        sums.tflite_noise[i] = 0.0
+    step = _step(p, exposed) if exposed else p.step
     start = time.perf_counter()
     for batch in batches:
-        rows = p.step(tf.constant(batch))
+        x = tf.constant(batch)
+        rows = step(x, tuple(tflite.read(batch))) if tflite is not None and exposed else step(x)
         sums.images += int(batch.shape[0])
         for i, row in enumerate(rows):
+            if "tflite_noise" in row:
+                sums.tflite_noise[i] += float(row["tflite_noise"])
             for key in ("signal", "noise", "local_noise", "activation_noise", "clipped", "values"):
                 getattr(sums, key)[i] += float(row[key])
             sums.max_abs[i] = max(sums.max_abs[i], float(row["max_abs"]))
@@ -425,13 +494,112 @@ def measure(p: Probe, batches: Iterable[np.ndarray]) -> Sums:
                 sums.slice_signal[i][j] += s
                 sums.slice_noise[i][j] += q
                 sums.slice_max_abs[i][j] = max(sums.slice_max_abs[i][j], m)
+    sums.calibration_clipped, sums.calibration_values = _calibration_clipping(p, calibration)
     sums.seconds = time.perf_counter() - start
     return sums
 
 
+def _calibration_clipping(p: Probe, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per point, the float values of the calibration images outside the calibrated range (by
+    more than a step), and the number of values: the float model alone."""
+    n = len(p.mapping.points)
+    clipped, values = np.zeros(n), np.zeros(n)
+
+    @tf.function(reduce_retracing=True)
+    def count(x: Any) -> Any:
+        floats = _as_list(p.float_tap(x, training=False))
+        return [tf.stack([_clipped(p, i, f), tf.cast(tf.size(f), tf.float32)]) for i, f in enumerate(floats)]
+
+    for batch in batches:
+        for i, row in enumerate(count(tf.constant(batch))):
+            c, v = row.numpy()
+            clipped[i] += c
+            values[i] += v
+    return clipped, values
+
+
+class TFLiteTap:
+    """model_quantized.tflite's tensor at each point, read after each invoke from an interpreter
+    that keeps every tensor (``experimental_preserve_all_tensors``).
+
+    The file's tensors are named by the TensorFlow ops they were converted from, joined by ";"
+    (``model_1/conv2d_post_activation/Relu;model_1/keras_quantization_wrapper/BiasAdd;...``),
+    which name MCT's layers: a point's tensor is the last integer tensor naming its holder or
+    the layer the holder follows with as many values per image, preferably one with the
+    holder's quantization step as its scale. Two traps: TFLite runs some operators in place (RESHAPE shares its
+    input's buffer; SOFTMAX and activations overwrite theirs), so a tensor whose buffer a later
+    operator other than a reshape writes holds that operator's values after invoke; such a
+    tensor (typically the logits before a softmax) is not exposed, and its point is not compared."""
+
+    def __init__(self, path: Path, mapping: Mapping, quantized_model: Any):
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.batch: int | None = None
+        details = self.interpreter.get_tensor_details()
+        operators = self.interpreter._get_ops_details()  # in execution order
+        writer = {index: (k, op["op_name"]) for k, op in enumerate(operators) for index in op["outputs"]}
+        readable = self._readable(writer)
+        self.tensors: dict[int, int] = {}  # point index -> tensor index
+        #: point index -> (scale, zero point) of the points compared, in point order
+        self.exposed: dict[int, tuple[float, int]] = {}
+        for i, point in enumerate(mapping.points):
+            holder = quantized_model.get_layer(point.holder)
+            names = {holder.name, _producers(holder)[0].name}
+            size = int(np.prod(point.float_tensor.shape[1:]))
+            step = _step_of(holder)
+            found = None  # the last one: the layer's output after its fused activation
+            for index in sorted(writer, key=lambda t: writer[t][0]):
+                detail = details[index]
+                if (
+                    detail["dtype"] in (np.int8, np.uint8)
+                    and names & _layer_names(detail["name"])
+                    and int(np.prod(detail["shape"][1:])) == size
+                ):
+                    # one with the holder's step is preferred (a damaged file may have another)
+                    scale = detail["quantization"][0]
+                    if found is None or step <= 0 or math.isclose(scale, step, rel_tol=1e-3):
+                        found = index
+            if found is not None and found in readable:
+                self.tensors[i] = found
+                scale, zero = details[found]["quantization"]
+                self.exposed[i] = (float(scale), int(zero))
+
+    def _readable(self, writer: dict[int, tuple[int, str]]) -> set[int]:
+        """The tensors whose buffer no later operator but a reshape writes."""
+        address = {}
+        for index in writer:
+            view = self.interpreter.tensor(index)()
+            address[index] = view.__array_interface__["data"][0]
+            del view  # no reference to the interpreter's buffers may outlive this call
+        readable = set()
+        for index, (k, _) in writer.items():
+            later = [op for t, (j, op) in writer.items() if j > k and address[t] == address[index]]
+            if all(op in VIEW_OPERATORS for op in later):
+                readable.add(index)
+        return readable
+
+    def read(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run the file on ``batch``; the exposed points' integer tensors, in point order."""
+        from .evaluate import _quantize_input
+
+        if self.batch != batch.shape[0]:
+            self.interpreter.resize_tensor_input(self.input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self.batch = batch.shape[0]
+        self.interpreter.set_tensor(self.input["index"], _quantize_input(batch, self.input))
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(self.tensors[i]) for i in self.exposed]
+
+
+def _layer_names(tensor_name: str) -> set[str]:
+    """The layers a converted tensor's name mentions (the second part of each op path)."""
+    return {bits[1] for part in tensor_name.split(";") if len(bits := part.split("/")) > 1}
+
+
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "unbalanced_concatenation", "activation_outlier", "clipping"
+    kind: str  # results.FindingResult.kind: "unbalanced_concatenation", "calibration_mismatch", ...
     layer: str
     evidence: dict[str, Any]
     suggestion: str
@@ -448,7 +616,12 @@ def table(p: Probe, sums: Sums) -> list[dict[str, Any]]:
                 "sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.noise[i])),
                 "local_sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.local_noise[i])),
                 "activation_sqnr_db": _rounded(sqnr_db(sums.signal[i], sums.activation_noise[i])),
-                "clipped_share": float(sums.clipped[i] / sums.values[i]) if sums.values[i] else 0.0,
+                "tflite_compared": bool(sums.tflite_noise.size and not np.isnan(sums.tflite_noise[i])),
+                "tflite_sqnr_db": _tflite_sqnr(sums, i),
+                "clipped_share": _share(sums.clipped[i], sums.values[i]),
+                "calibration_clipped_share": _share(sums.calibration_clipped[i], sums.calibration_values[i])
+                if sums.calibration_values.size and sums.calibration_values[i]
+                else None,
                 "max_abs": float(sums.max_abs[i]),
                 "p999_abs": None if np.isnan(sums.p999[i]) else float(sums.p999[i]),
                 "slices": [
@@ -462,6 +635,16 @@ def table(p: Probe, sums: Sums) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _share(part: float, whole: float) -> float:
+    return float(part / whole) if whole else 0.0
+
+
+def _tflite_sqnr(sums: Sums, i: int) -> float | None:
+    if not sums.tflite_noise.size or np.isnan(sums.tflite_noise[i]):
+        return None
+    return _rounded(sqnr_db(sums.signal[i], sums.tflite_noise[i]))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -495,12 +678,99 @@ def findings(p: Probe, sums: Sums) -> list[Finding]:
                 )
         unbalanced = bool(result) and result[-1].kind == "unbalanced_concatenation" and result[-1].layer == point.name
         # An unbalanced concatenation's big input is also an outlier channel of it: one finding is enough.
-        result.extend(f for f in _outliers(point, sums, i) if not (unbalanced and f.kind == "outlier_channel"))
-    return result
+        if sums.max_abs[i] > p.steps[i]:  # a tensor whose every value is below one step carries no signal
+            result.extend(f for f in _outliers(point, sums, i) if not (unbalanced and f.kind == "outlier_channel"))
+        result.extend(_clipping(p, point, sums, i))
+    return result + weight_findings(p)
+
+
+def _clipping(p: Probe, point: Point, sums: Sums, i: int) -> list[Finding]:
+    """A tensor that clips the evaluation images' activations much more than the calibration
+    images': the calibrated range does not cover what the model meets (representative versus
+    evaluation mismatch). Needs the calibration count (measure's ``calibration``)."""
+    if not sums.calibration_values.size or not sums.calibration_values[i] or not sums.values[i]:
+        return []
+    evaluation = sums.clipped[i] / sums.values[i]
+    calibration = sums.calibration_clipped[i] / sums.calibration_values[i]
+    if evaluation < CLIP_SHARE or evaluation < CLIP_OVER_CALIBRATION * calibration:
+        return []
+    low, high = p.ranges[i]
+    return [
+        Finding(
+            "calibration_mismatch",
+            point.name,
+            {
+                "evaluation_clipped_share": round(float(evaluation), 4),
+                "calibration_clipped_share": round(float(calibration), 4),
+                "calibrated_range": [round(low, 6), round(high, 6)],
+                "evaluation_max_abs": float(sums.max_abs[i]),
+            },
+            "the calibration images do not cover what the evaluation images produce here: calibrate on "
+            "images like the deployment's (same source, exposure and preprocessing), or draw more of them "
+            "(iteration_count, batch_size)",
+        )
+    ]
+
+
+def weight_findings(p: Probe) -> list[Finding]:
+    """Weight tensors that MCT quantizes per tensor (the target platform's choice:
+    ``weights_per_channel_threshold`` false, e.g. the tflite TPC 1.0's fully connected layers)
+    whose range one output channel dominates, leaving the others a few levels. Per-channel
+    weights (every imx500 TPC's convolutions and dense layers) cannot have this problem."""
+    found = []
+    float_names = {layer.name for layer in p.mapping.float_model.layers} if p.mapping.float_model else set()
+    for layer in p.quantized_model.layers:
+        if not _is(layer, WRAPPER):
+            continue
+        for attribute, variable, quantizer in layer.get_weights_vars():
+            if getattr(quantizer, "per_channel", True) or attribute not in ("kernel", "depthwise_kernel"):
+                continue
+            values = np.abs(np.asarray(variable))
+            if values.ndim < 2:
+                continue
+            channels = values.reshape(
+                -1, values.shape[-1] * (values.shape[-2] if attribute == "depthwise_kernel" else 1)
+            )
+            channel_max = channels.max(axis=0)
+            live = channel_max[channel_max > 1e-6 * channel_max.max()] if channel_max.size else channel_max
+            if live.size < CHANNELS:
+                continue
+            ratio = float(live.max() / np.median(live))
+            if ratio > WEIGHT_CHANNEL_RATIO:
+                bits = int(getattr(quantizer, "num_bits", 8))
+                found.append(
+                    Finding(
+                        "weight_channel_outlier",
+                        _user_layer(layer.layer.name, float_names),
+                        {
+                            "weight": attribute,
+                            "channel": int(np.argmax(channel_max)),
+                            "channel_max_abs": float(channel_max.max()),
+                            "median_channel_max_abs": float(np.median(live)),
+                            "ratio": round(ratio, 1),
+                            "median_channel_levels": int(np.median(live) / channel_max.max() * 2 ** (bits - 1)),
+                        },
+                        "this target quantizes these weights per tensor: use a target that quantizes them per "
+                        "channel (imx500), rescale that channel into the next layer, or use mixed precision",
+                    )
+                )
+    return found
+
+
+def _user_layer(inner: str, float_names: set[str]) -> str:
+    """The user's layer behind a wrapped layer's name (``<conv>_bn``, ``<sep>_pw``, ``<bn>_<conv>``)."""
+    if inner in float_names:
+        return inner
+    for suffix in (FOLDED_BN, "_pw", "_dw"):
+        if inner.endswith(suffix) and inner[: -len(suffix)] in float_names:
+            return inner[: -len(suffix)]
+    return next((name for name in float_names if inner.endswith("_" + name)), inner)
 
 
 def _outliers(point: Point, sums: Sums, i: int) -> list[Finding]:
-    """Values far above the tensor's 99.9th percentile, and single channels far above the others.
+    """Values far above the tensor's 99.9th percentile, and single channels far above the others
+    (looked for only where the tensor's largest value exceeds one quantization step: below it
+    every value rounds to 0 and ratios between channels mean nothing).
 
     A whole outlier channel is more than 0.1 % of the values, so the percentile test misses it:
     the per-channel maxima catch it (dead channels, max 0, are left out of the median)."""
@@ -570,25 +840,88 @@ class Diagnosis:
         }
 
 
-def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized) -> Diagnosis:
-    """Stage ``diagnose``: the float and MCT's quantized Keras model on a fixed, seeded subset of
-    the evaluation images (``diagnosis.images``), compared layer by layer."""
+def run(
+    ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported, drawn: Drawn
+) -> Diagnosis:
+    """Stage ``diagnose``: the float model, MCT's quantized Keras model and the staged
+    model_quantized.tflite on a fixed, seeded subset of the evaluation images
+    (``diagnosis.images``), compared layer by layer; the float model also on as many of the
+    calibration batches' images, for what the calibrated ranges clip there; and the classes the
+    calibration batches drew."""
     from . import images as images_mod
     from .errors import calling
 
     config = inputs.config
+
+    def batches(paths: Sequence[Path]) -> Iterator[np.ndarray]:
+        for _, batch in images_mod.iter_batches(
+            paths,
+            DIAGNOSIS_BATCH,
+            config.input_tensor_size,
+            config.preprocessing,
+            skip_corrupt=config.on_corrupt_image == "skip",
+        ):
+            if batch.pixels is not None:
+                yield batch.pixels
+
     chosen = diagnosis_images(inputs.truth.images, config.diagnosis.images, config.seed)
-    batches = images_mod.iter_batches(
-        chosen,
-        DIAGNOSIS_BATCH,
-        config.input_tensor_size,
-        config.preprocessing,
-        skip_corrupt=config.on_corrupt_image == "skip",
-    )
+    drawn_order = list(dict.fromkeys(int(i) for batch in drawn.batches for i in batch))
+    calibration = [inputs.calibration_images[i] for i in drawn_order[: config.diagnosis.images]]
+    staged = exported.models[QUANTIZED_VARIANT].staged
     with calling("TensorFlow"):
         p = probe(loaded.model, quantized.model)
-        sums = measure(p, (batch.pixels for _, batch in batches if batch.pixels is not None))
-    return Diagnosis(sums.images, round(sums.seconds, 3), table(p, sums), findings(p, sums), p.mapping.unmapped)
+        tap = TFLiteTap(staged, p.mapping, quantized.model)
+        sums = measure(p, batches(chosen), tap, batches(calibration))
+    found = findings(p, sums)
+    classes = calibration_classes(
+        config.dataset_image_dir, inputs.calibration_images, drawn.batches, inputs.truth.labels, p.mapping
+    )
+    return Diagnosis(sums.images, round(sums.seconds, 3), table(p, sums), [*classes, *found], p.mapping.unmapped)
+
+
+#: The export variant the TFLite comparison reads (results.json's tflite_quantized).
+QUANTIZED_VARIANT = "tflite_quantized"
+#: At most this many missing class names are listed in a finding's evidence.
+LISTED_CLASSES = 20
+
+
+def calibration_classes(
+    root: Path,
+    calibration_images: Sequence[Path],
+    batches: Sequence[np.ndarray],
+    labels: dict[str, int],
+    mapping: Mapping,
+) -> list[Finding]:
+    """Where every calibration image sits in a sub-folder of ``root`` named like a class of the
+    label file, the label file's classes of which no image was drawn into a calibration batch
+    (the finding names the model's input layer: it is the calibration data that is short)."""
+    folders = [
+        path.relative_to(root).parts[0] if len(path.relative_to(root).parts) > 1 else None
+        for path in calibration_images
+    ]
+    if not folders or any(folder not in labels for folder in folders):
+        return []
+    drawn = {folders[int(i)] for batch in batches for i in batch}
+    available = set(folders)
+    missing = sorted(set(labels) - drawn, key=lambda name: labels[name])
+    if not missing:
+        return []
+    input_layer = next((point.name for point in mapping.points if point.kind == "input"), "input")
+    return [
+        Finding(
+            "calibration_classes_missing",
+            input_layer,
+            {
+                "classes": len(labels),
+                "classes_drawn": len(drawn),
+                "classes_missing": len(missing),
+                "missing_with_images": sum(name in available for name in missing),
+                "missing": missing[:LISTED_CLASSES],
+            },
+            "the calibration batches never saw these classes: raise iteration_count or batch_size so every "
+            "class is drawn, or add images of the missing classes to dataset_image_dir",
+        )
+    ]
 
 
 def diagnosis_images(evaluation_images: Sequence[Path], count: int, seed: int) -> list[Path]:

@@ -49,7 +49,7 @@ class HeavyStages:
     export: Callable[[RunContext, Inputs, Loaded, Drawn, Quantized], Exported]
     imx500: Callable[[RunContext, Converter, Exported], Packaged]
     evaluate: Callable[[RunContext, Inputs, Loaded, Quantized, Exported], Evaluation]
-    diagnose: Callable[[RunContext, Inputs, Loaded, Quantized], Diagnosis]
+    diagnose: Callable[[RunContext, Inputs, Loaded, Quantized, Exported, Drawn], Diagnosis]
     report: Callable[[RunContext, RunValues], RunResult]
 
 
@@ -127,7 +127,7 @@ def run(
         diagnosis = None
         if config.diagnosis.images:
             diagnosis = ctx.stage(Stage.DIAGNOSE, images=config.diagnosis.images).run(
-                heavy.diagnose, inputs, loaded, quantized
+                heavy.diagnose, inputs, loaded, quantized, exported, drawn
             )
         from .report import RunValues
 

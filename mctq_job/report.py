@@ -31,6 +31,7 @@ from .results import (
     PerClass,
     Results,
     Sizes,
+    Verdict,
 )
 from .results import MODELS as MODELS  # noqa: PLC0414 - tests/test_job.py reads it from here
 from .tasks import task_for
@@ -92,6 +93,7 @@ def results(values: RunValues) -> Results:
         models={name: _model_details(values, name, text) for name, text in evaluated(values).items()},
         agreement=agreement(evaluation),
         diagnosis=_diagnosis(values.diagnosis),
+        verdict=verdict(evaluation, values.diagnosis),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
     )
 
@@ -141,6 +143,36 @@ def _diagnosis(diagnosis: Diagnosis | None) -> DiagnosisResult | None:
             for f in diagnosis.findings
         ],
         unmapped=[{"holder": holder, "reason": reason} for holder, reason in diagnosis.unmapped],
+    )
+
+
+def verdict(evaluation: Evaluation, diagnosis: Diagnosis | None) -> Verdict:
+    """The drop from the gate's reference to its candidate, with its 95 % interval from the
+    per-image hits, and the culprits the diagnosis names."""
+    from . import verdict as verdicts
+
+    tally = evaluation.tally
+    labels = tally.labels
+    table = verdicts.Paired.of(
+        tally.scores[GATE_REFERENCE].predicted() == labels, tally.scores[GATE_CANDIDATE].predicted() == labels
+    )
+    drop, low, high = verdicts.drop_interval(table)
+    blamed = []
+    if diagnosis is not None and drop > 0:
+        layers = [(row["layer"], row["sqnr_db"], row.get("tflite_sqnr_db")) for row in diagnosis.layers]
+        blamed = verdicts.culprits(layers, [(f.layer, f.kind) for f in diagnosis.findings])
+    return Verdict(
+        reference=GATE_REFERENCE,
+        candidate=GATE_CANDIDATE,
+        images=table.images,
+        reference_only_correct=table.reference_only,
+        candidate_only_correct=table.candidate_only,
+        top_1_drop=round(drop, 12),
+        low=round(low, 6),
+        high=round(high, 6),
+        confidence=0.95,
+        measurable=low > 0,
+        culprits=[{"layer": layer, "reason": reason} for layer, reason in blamed],
     )
 
 

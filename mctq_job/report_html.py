@@ -51,6 +51,7 @@ img{max-width:100%;height:auto;display:block;margin:.5rem 0}
 .note{color:#555;font-size:.9rem}.wrap{overflow-x:auto}
 .gate{display:inline-block;padding:.3rem .8rem;border-radius:.3rem;font-weight:600;color:#fff}
 .gate.passed{background:#1e7d32}.gate.failed{background:#c62828}
+.verdict{font-size:1.05rem;border-left:4px solid #c62828;padding:.4rem .8rem;background:#fbeeee}
 code{font-size:.88rem;word-break:break-all}
 """
 
@@ -58,6 +59,7 @@ code{font-size:.88rem;word-break:break-all}
 def render(results: Results) -> str:
     """The whole report.html for one results.json document."""
     sections = (
+        _verdict(results),
         _summary(results),
         _gate(results),
         _settings(results),
@@ -187,6 +189,35 @@ def _gate(results: Results) -> str:
         f"{_points(gate.top_1_drop)} (at most {_points(gate.max_top1_drop)} allowed)"
     )
     return _section("Accuracy gate", f'<p><span class="gate {verdict}">gate {verdict}</span></p>', _note(text))
+
+
+def verdict_sentence(results: Results) -> str | None:
+    """The report's opening sentence where top-1 dropped: the drop with its 95 % interval, and
+    the culprits the diagnosis names; None without a drop."""
+    verdict = results.verdict
+    if verdict is None or verdict.top_1_drop <= 0:
+        return None
+    models = f"from the Keras model to {MODELS[verdict.candidate].split(' ')[0]}"
+    counts = (
+        f"{verdict.reference_only_correct} of {verdict.images} images lost, {verdict.candidate_only_correct} gained"
+    )
+    interval = f"95 % interval {100 * verdict.low:+.1f} to {100 * verdict.high:+.1f} points"
+    if verdict.measurable:
+        text = f"Quantization cost {100 * verdict.top_1_drop:.1f} points of top-1 {models} ({interval}; {counts})"
+    else:
+        text = (
+            f"Top-1 fell by {100 * verdict.top_1_drop:.1f} points {models} ({counts}), which chance explains: "
+            f"the {interval} includes no drop"
+        )
+    if verdict.culprits:
+        named = ", ".join(f"'{c.layer}' ({c.reason.replace('_', ' ')})" for c in verdict.culprits)
+        text += f"; the diagnosis points at {'layer' if len(verdict.culprits) == 1 else 'layers'} {named}"
+    return text + "."
+
+
+def _verdict(results: Results) -> str:
+    sentence = verdict_sentence(results)
+    return f'<p class="verdict">{_e(sentence)}</p>' if sentence else ""
 
 
 def _points(value: Any) -> str:
@@ -477,18 +508,30 @@ def _diagnosis_section(results: Results) -> str:
         return ""
     layers = diagnosis.layers
     flagged = {finding.layer for finding in diagnosis.findings}
+    culprits = {c.layer for c in results.verdict.culprits} if results.verdict else set()
     figure = _figure(max(8.0, 0.22 * len(layers) + 2), 4.4)
     ax = figure.add_subplot()
     x = list(range(len(layers)))
-    for key, label, color in (("sqnr_db", "cumulative", "#3b6fb6"), ("local_sqnr_db", "local (this layer)", "#e08a2c")):
-        ax.plot(x, [getattr(layer, key) for layer in layers], marker="o", markersize=3, label=label, color=color)
+    curves = (
+        ("sqnr_db", "MCT's quantized model, cumulative", "#3b6fb6", "-"),
+        ("local_sqnr_db", "MCT's model, local (this layer)", "#e08a2c", "-"),
+        ("tflite_sqnr_db", "model_quantized.tflite, cumulative", "#2e8b57", "--"),
+    )
+    for key, label, color, style in curves:
+        values = [getattr(layer, key) for layer in layers]
+        if any(value is not None for value in values):
+            ax.plot(x, values, marker="o", markersize=3, label=label, color=color, linestyle=style)
     for i, layer in enumerate(layers):
         if layer.layer in flagged:
             ax.axvline(i, color="#c0392b", alpha=0.4, linewidth=6)
+    marked = [i for i, layer in enumerate(layers) if layer.layer in culprits]
+    if marked:
+        top = max((v for layer in layers for v in (layer.sqnr_db, layer.local_sqnr_db) if v is not None), default=0)
+        ax.plot(marked, [top + 3] * len(marked), "v", color="#c62828", markersize=10, label="culprit")
     names = [layer.layer if layer.kind != "pre-activation" else f"{layer.layer} (pre-activation)" for layer in layers]
     ax.set_xticks(x, labels=names, rotation=90, fontsize=7, parse_math=False)
     ax.set_ylabel("SQNR, dB (higher is closer to float)")
-    ax.set_title(f"Float vs MCT's quantized model on {diagnosis.images} images (red: findings)")
+    ax.set_title(f"Float vs the quantized models on {diagnosis.images} images (red bands: findings)")
     ax.legend(loc="lower left")
     rows = [[_head(f.layer), _cell(f.kind), _cell(f.evidence), _cell(f.suggestion)] for f in diagnosis.findings]
     found = _table(("layer", "finding", "evidence", "suggestion"), rows) if rows else _note("No findings.")

@@ -284,19 +284,54 @@ class LayerDiagnosis(_Part):
     activation_sqnr_db: Decibels | None = Field(
         description="The activation quantizer alone on the float tensor, dB; null where identical."
     )
-    clipped_share: Share = Field(description="Share of float values outside the calibrated range.")
+    tflite_compared: bool = Field(
+        False,
+        description="Whether model_quantized.tflite's tensor was read and compared (the interpreter does not "
+        "expose a tensor that a later operator overwrites in place, e.g. the logits before a softmax).",
+    )
+    tflite_sqnr_db: Decibels | None = Field(
+        None,
+        description="Cumulative SQNR of model_quantized.tflite's tensor against the float model's, dB; null "
+        "where not compared (`tflite_compared`) or identical. Far below `sqnr_db`: the export departs from MCT.",
+    )
+    clipped_share: Share = Field(
+        description="Share of the float values of the evaluation images more than one quantization step "
+        "outside the calibrated range (within a step, clipping is no worse than rounding)."
+    )
+    calibration_clipped_share: Share | None = Field(
+        None,
+        description="The same share on as many of the calibration batches' images; null where not measured.",
+    )
     max_abs: float = Field(ge=0, description="Largest magnitude of the float values.")
     p999_abs: float | None = Field(description="Largest per-batch 99.9th percentile of the magnitudes.")
     slices: list[SliceDiagnosis] = Field(description="For a concatenation: each input's channels.")
 
 
+#: The kinds of finding, in the order the diagnosis looks for them.
+FINDING_KINDS = (
+    "calibration_classes_missing",
+    "unbalanced_concatenation",
+    "activation_outlier",
+    "outlier_channel",
+    "calibration_mismatch",
+    "weight_channel_outlier",
+)
+FindingKind = Literal[FINDING_KINDS]  # type: ignore[valid-type]
+
+
 class FindingResult(_Part):
     """Something in the model that costs accuracy when quantized, with its evidence."""
 
-    kind: Literal["unbalanced_concatenation", "activation_outlier", "outlier_channel"] = Field(
+    kind: FindingKind = Field(
         description="`unbalanced_concatenation`: inputs whose ranges differ by more than 16x share one scale; "
         "`activation_outlier`: a maximum far above the 99.9th percentile stretches the range; "
-        "`outlier_channel`: one channel far above the others stretches the per-tensor range."
+        "`outlier_channel`: one channel far above the others stretches the per-tensor range; "
+        "`calibration_mismatch`: the calibrated range clips at least 1 % of the evaluation images' values "
+        "(by more than a step), and at least 4x the calibration images' share; "
+        "`calibration_classes_missing`: the calibration folder has class sub-folders named like the label "
+        "file and the drawn calibration batches miss some classes (named at the model's input); "
+        "`weight_channel_outlier`: weights the target quantizes per tensor whose range one output channel "
+        "dominates (more than 16x the median channel's)."
     )
     layer: str = Field(description="The user's layer.")
     evidence: dict[str, Any] = Field(description="The numbers behind it (ratios, ranges, SQNR).")
@@ -316,6 +351,35 @@ class DiagnosisResult(_Part):
     layers: list[LayerDiagnosis] = Field(description="Every quantized tensor, in graph order.")
     findings: list[FindingResult] = Field(description="What looks wrong, with evidence and a suggestion.")
     unmapped: list[UnmappedHolder] = Field(description="Quantized tensors with no float counterpart.")
+
+
+class Culprit(_Part):
+    layer: str = Field(description="The user's layer.")
+    reason: str = Field(
+        description="A finding's kind; `export` where model_quantized.tflite's SQNR falls 10 dB or more below "
+        "MCT's model's; `sqnr_fall` where no finding names a layer and MCT's cumulative SQNR falls most "
+        "(10 dB or more)."
+    )
+
+
+class Verdict(_Part):
+    """The top-1 drop from the Keras model to model_quantized.tflite, with a 95 % interval from the
+    paired per-image predictions (Newcombe's hybrid score interval for paired proportions)."""
+
+    reference: GateReference = Field(description="The model the drop is measured from.")
+    candidate: GateCandidate = Field(description="The model the drop is measured to.")
+    images: Count = Field(description="Evaluation images both models were scored on.")
+    reference_only_correct: Count = Field(description="Images the reference gets right and the candidate wrong.")
+    candidate_only_correct: Count = Field(description="Images the candidate gets right and the reference wrong.")
+    top_1_drop: float = Field(ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain).")
+    low: float = Field(ge=-1, le=1, description="Lower end of the 95 % interval of the drop.")
+    high: float = Field(ge=-1, le=1, description="Upper end of the 95 % interval of the drop.")
+    confidence: float = Field(ge=0.95, le=0.95, description="The interval's confidence level: 0.95.")
+    measurable: bool = Field(description="Whether the interval lies above 0: a drop chance does not explain.")
+    culprits: list[Culprit] = Field(
+        description="The layers the diagnosis blames for the drop (empty without a drop, without a diagnosis, "
+        "or where nothing stands out)."
+    )
 
 
 #: Pairs of models whose per-image top-1 predictions are compared: Agreement's field names.
@@ -355,6 +419,9 @@ class Results(_Part):
     agreement: Agreement = Field(description="Agreement between models' predictions.")
     diagnosis: DiagnosisResult | None = Field(
         None, description="The layer-by-layer comparison; null with `diagnosis.images` 0, absent before it existed."
+    )
+    verdict: Verdict | None = Field(
+        None, description="The drop with its 95 % interval and the culprits; absent in files written before it existed."
     )
     volatile_fields: list[str] = Field(description="Fields that differ between two runs of the same inputs and seed.")
 

@@ -10,23 +10,24 @@ import numpy as np
 SIDE = 16
 
 
-def images(n: int = 32) -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (n, SIDE, SIDE, 3)).astype(np.float32)
+def images(n: int = 32, low: float = -1.0, high: float = 1.0, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, (n, SIDE, SIDE, 3)).astype(np.float32)
 
 
-def quantized(model):
+def quantized(model, calibration: np.ndarray | None = None, target: tuple[str, str] = ("imx500", "1.0")):
+    """MCT's PTQ of ``model`` on ``calibration`` (32 images in [-1, 1] by default) for ``target``."""
     import model_compression_toolkit as mct
 
     from mctq_job.quantize import target_platform_capabilities
 
-    x = images()
+    x = images() if calibration is None else calibration
 
     def data():
         for start in range(0, len(x), 16):
             yield [x[start : start + 16]]
 
     quantized, _ = mct.ptq.keras_post_training_quantization(
-        model, data, target_platform_capabilities=target_platform_capabilities("imx500", "1.0")
+        model, data, target_platform_capabilities=target_platform_capabilities(*target)
     )
     return quantized
 
@@ -64,12 +65,18 @@ def concat_model(big_scale: float, side: int = SIDE):
     return model
 
 
-def diagnosed(model):
+def diagnosed(model, calibration: np.ndarray | None = None, evaluation: np.ndarray | None = None, **options):
+    """The diagnosis of ``model`` quantized on ``calibration`` (default: 32 images in [-1, 1]),
+    measured on ``evaluation`` (default: 64 other images like them), the calibration images'
+    clipping counted too: (probe, table rows, findings)."""
     from mctq_job import diagnose
 
-    probe = diagnose.probe(model, quantized(model))
-    x = images(64)
-    sums = diagnose.measure(probe, (x[i : i + 16] for i in range(0, 64, 16)))
+    calibration = images() if calibration is None else calibration
+    probe = diagnose.probe(model, quantized(model, calibration, **options))
+    x = images(64, seed=1) if evaluation is None else evaluation
+    sums = diagnose.measure(
+        probe, (x[i : i + 16] for i in range(0, len(x), 16)), calibration=[calibration[:16], calibration[16:]]
+    )
     return probe, diagnose.table(probe, sums), diagnose.findings(probe, sums)
 
 

@@ -100,7 +100,9 @@ def test_stages_run_in_order_each_handed_the_values_it_needs(tiny_project, tmp_p
     assert calls["evaluate"] == (inputs, loaded, quantized, SimpleNamespace(name="export"))
     values = calls["report"][0]
     assert values.inputs is inputs and values.quantized == quantized and values.imx500 is None
-    assert calls["diagnose"] == (inputs, loaded, quantized) and values.diagnosis == SimpleNamespace(name="diagnose")
+    exported = SimpleNamespace(name="export")
+    assert calls["diagnose"] == (inputs, loaded, quantized, exported, drawn)
+    assert values.diagnosis == SimpleNamespace(name="diagnose")
     assert sorted(p.name for p in result.published) == ["model.tflite", "results.json"]
     assert len(ctx.cleanups) == 0  # the staging area unregistered itself once committed
 

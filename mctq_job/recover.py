@@ -158,16 +158,30 @@ class Recovery:
     def sentence(self) -> str:
         """One sentence for the log and the gate's error: what recovery did."""
         tried = f"recovery made {len(self.attempts)} attempt(s) in {self.seconds:.0f} s and stopped ({self.stopped})"
-        best = self.attempts[self.best - 1] if self.best else None
         if self.winner:
             won = self.attempts[self.winner - 1]
             return f"{tried}: attempt {won.number}, {won.description}, is within the gate (top-1 drop {won.top_1_drop:.4f})"
-        if best is None or best.top_1_drop is None:
-            return f"{tried}; none was within the gate"
-        return (
-            f"{tried}; none was within the gate, the best was attempt {best.number}, {best.description} "
-            f"(top-1 {best.top_1:.4f}, drop {best.top_1_drop:.4f}, {best.outcome})"
-        )
+        text = f"{tried}; none was within the gate"
+        best = self.attempts[self.best - 1] if self.best else None
+        if best is not None and best.top_1 is not None:
+            text += f", the best was attempt {best.number}, {best.description} (top-1 {best.top_1:.4f}, drop {best.top_1_drop:.4f})"
+        elif best is not None and best.subset_top_1 is not None:
+            text += (
+                f", the best was attempt {best.number}, {best.description} (top-1 {best.subset_top_1:.4f} on the "
+                f"{self.subset_images}-image subset, against {self.reference_subset_top_1:.4f} for the Keras model)"
+            )
+        imx500 = [
+            a
+            for a in self.attempts
+            if a.outcome == "imx500_only" and a.top_1_drop is not None and a.top_1_drop <= self.max_top1_drop
+        ]
+        if imx500:
+            a = imx500[0]
+            text += (
+                f"; on the IMX500 only (not as TFLite), attempt {a.number}, {a.description}, is within it "
+                f"(MCT's Keras model: top-1 {a.top_1:.4f})"
+            )
+        return text
 
 
 def needed(config: Config, evaluation: Evaluation) -> bool:
@@ -248,10 +262,14 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, baseline: Produced, dia
 
 
 def best(attempts: Sequence[Attempt]) -> int | None:
-    """The attempt with the highest top-1 on every evaluation image among those that could be
-    published (ties: the earlier); None where none got that far."""
-    scored = [a for a in attempts if a.top_1 is not None and a.outcome in ("within_budget", "over_budget")]
-    return max(scored, key=lambda a: (a.top_1, -a.number)).number if scored else None
+    """The publishable attempt that scored highest: by top-1 on every evaluation image where any
+    got that far, else by top-1 on the subset (ties: the earlier); None where none was scored."""
+    publishable = [a for a in attempts if a.outcome in ("within_budget", "over_budget", "rejected_on_subset")]
+    full = [a for a in publishable if a.top_1 is not None]
+    if full:
+        return max(full, key=lambda a: (a.top_1 or 0.0, -a.number)).number
+    subset = [a for a in publishable if a.subset_top_1 is not None]
+    return max(subset, key=lambda a: (a.subset_top_1 or 0.0, -a.number)).number if subset else None
 
 
 # --- The candidates -----------------------------------------------------------------------

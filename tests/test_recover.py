@@ -161,14 +161,17 @@ def test_max_attempts_stops_recovery_and_the_gate_fails_with_the_best_attempts_f
     assert failed["event"] == "run.failed" and failed["exit_code"] == AccuracyGateError.exit_code
     assert "recovery made 1 attempt(s)" in failed["message"] and "(max_attempts)" in failed["message"]
     assert f"the best was attempt 1, {attempt['description']}" in failed["message"]
+    assert "No attempt was within the gate" in files["report.html"].decode()
 
 
 def test_max_seconds_stops_recovery_before_an_attempt_that_would_not_fit(hostile, tmp_path):
     project = copy_of(hostile, tmp_path, recover={"max_seconds": 1})
     run = run_cli(cwd=project)
     assert run.returncode == AccuracyGateError.exit_code, run.stdout[-3000:]
-    recovery = results_of(output_files(project))["recovery"]
+    files = output_files(project)
+    recovery = results_of(files)["recovery"]
     assert recovery["attempts"] == [] and recovery["stopped"] == "max_seconds" and recovery["best"] is None
+    assert "No attempt fitted the time budget" in files["report.html"].decode()
     (stopped,) = run.named("recover.stopped")
     assert stopped["stopped"] == "max_seconds" and "(max_seconds)" in run.events[-1]["message"]
 

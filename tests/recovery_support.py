@@ -12,7 +12,9 @@ SCALE = 1024.0
 BIG_CHANNELS = 1
 
 
-def hostile_model(project: Path, scale: float = SCALE, epochs: int = 12, seed: int = 2):
+def hostile_model(
+    project: Path, scale: float = SCALE, epochs: int = 12, seed: int = 2, smooth_big_branch: bool = False
+):
     """Trained on the project's calibration images (the job's own preprocessing), then made
     hostile: ``branch_big``'s output x ``scale`` (ReLU is positively homogeneous), undone in
     ``concat_bn``'s moving mean and variance."""
@@ -34,7 +36,19 @@ def hostile_model(project: Path, scale: float = SCALE, epochs: int = 12, seed: i
     inputs = tf.keras.Input((side, side, 3), name="image")
     h = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
     h = layers.MaxPool2D(name="pool1")(h)
-    big = layers.Conv2D(BIG_CHANNELS, 3, padding="same", activation="relu", name="branch_big")(h)
+    smooth = {
+        "trainable": False,
+        "kernel_initializer": tf.keras.initializers.Constant(1 / (9 * 16)),
+        "bias_initializer": tf.keras.initializers.Constant(0.1),
+    }
+    big = layers.Conv2D(
+        BIG_CHANNELS,
+        3,
+        padding="same",
+        activation="relu",
+        name="branch_big",
+        **(smooth if smooth_big_branch else {}),
+    )(h)
     small = layers.Conv2D(16, 3, padding="same", activation="relu", name="branch_small")(h)
     c = layers.Concatenate(name="concat")([big, small])
     c = layers.BatchNormalization(name="concat_bn")(c)

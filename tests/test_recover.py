@@ -176,6 +176,33 @@ def test_max_seconds_stops_recovery_before_an_attempt_that_would_not_fit(hostile
     assert stopped["stopped"] == "max_seconds" and "(max_seconds)" in run.events[-1]["message"]
 
 
+def test_16_bit_activations_are_measured_but_never_published(digits_template, tmp_path):
+    """Where no 8-bit setting helps (a smooth big branch: nothing to clip), the 16-bit attempt at
+    the concatenation is measured on MCT's Keras model and reported as IMX500-only; the run
+    still fails the gate, its own files published."""
+    project = tmp_path / "project"
+    shutil.copytree(digits_template, project)
+    hostile_model(project, smooth_big_branch=True).save(project / "model" / "smooth.keras")
+    config = {"source_keras_model": "model/smooth.keras", "max_top1_drop": GATE, "recover": {"max_attempts": 3}}
+    write_config(project, {**read_config(project), **config})
+    run = run_cli(cwd=project)
+    assert run.returncode == AccuracyGateError.exit_code, run.stdout[-3000:]
+    files = output_files(project)
+    recovery = results_of(files)["recovery"]
+    outcomes = [(a["change"], a["activation_bits"], a["outcome"]) for a in recovery["attempts"]]
+    assert outcomes[:2] == [
+        ({"activations": {"z_threshold": 4.0}}, None, "rejected_on_subset"),
+        ({"activations": {"error_method": "mae"}}, None, "rejected_on_subset"),
+    ]
+    sixteen = recovery["attempts"][2]
+    assert sixteen["activation_bits"] == {"concat": 16} and sixteen["outcome"] == "imx500_only"
+    assert sixteen["change"] == {"target_platform_version": "4.0"}
+    assert sixteen["top_1_drop"] is not None and sixteen["top_1_drop"] <= GATE  # 16 bits rescue it on the IMX500
+    assert recovery["winner"] is None and recovery["best"] in (1, 2) and recovery["stopped"] == "max_attempts"
+    assert RECOVERED_CONFIG_FILE not in files
+    assert "on the IMX500 only (not as TFLite), attempt 3" in run.events[-1]["message"]
+
+
 @pytest.mark.parametrize("stage", ["quantize", "export"])
 def test_sigterm_during_an_attempt_leaves_the_previous_files_and_nothing_else(
     hostile, without_recover, tmp_path, stage

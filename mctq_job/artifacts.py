@@ -35,6 +35,8 @@ MEMORY_REPORT_FILE = "imx500_MemoryReport.json"  # the converter's memory report
 IMX500_FILES = (PACKAGE_FILE, DNN_PARAMS_FILE, MEMORY_REPORT_FILE)
 FLOAT16_FILE = "model_float16.tflite"  # extra_exports "float16": float16 weights
 DYNAMIC_RANGE_FILE = "model_dynamic_range.tflite"  # extra_exports "dynamic_range": int8 weights, float activations
+#: recover: the configuration of the published attempt (the user's plus the winner's settings)
+RECOVERED_CONFIG_FILE = "recovered_configuration.json"
 #: The accepted values of configuration.json's extra_exports, each with the file it adds to output_dir.
 EXTRA_EXPORT_FILES = {"float16": FLOAT16_FILE, "dynamic_range": DYNAMIC_RANGE_FILE}
 
@@ -167,6 +169,20 @@ class Staging:
             published = list(self.pending)
             self.pending.clear()
             return published
+
+    def adopt(self, other: Staging) -> None:
+        """Stage ``other``'s files here instead of this area's own (a recovery attempt's winner,
+        staged in the same folders): each is renamed onto this area's temporary name for its
+        final name, a file staged here that ``other`` lacks is removed, and ``other`` ends empty."""
+        with self._lock, other._lock:
+            if self.aborted or other.aborted:
+                raise RuntimeError("staging was aborted")
+            for final in [final for final in self.pending if final not in other.pending]:
+                self.pending.pop(final).unlink(missing_ok=True)
+            for final, temp in list(other.pending.items()):
+                if temp.exists():
+                    os.replace(temp, self.temp_path(final))
+                del other.pending[final]
 
     def abort(self) -> list[Path]:
         """Remove every temporary file, also those of an earlier abort that a still-running

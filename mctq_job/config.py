@@ -68,11 +68,15 @@ TARGET_PLATFORMS = tuple(TPC_VERSIONS)
 ALL_TPC_VERSIONS = tuple(sorted({v for versions in TPC_VERSIONS.values() for v in versions}))
 EXPORT_FORMATS = ("int8", "mct_int8", "fakely_quant")
 QUANTIZED_IO = ("float", "int8", "uint8")
+#: MCT's activation threshold error methods accepted by ``activations.error_method`` (MCT's
+#: QuantizationErrorMethod, by lower-case name; HMSE is for weights only).
+ERROR_METHODS = ("mse", "mae", "lp", "kl", "noclipping")
 # The Literal types below are built from the tuples above, so each list of values has one source.
 TargetPlatform = Literal[TARGET_PLATFORMS]  # type: ignore[valid-type]
 TpcVersion = Literal[ALL_TPC_VERSIONS]  # type: ignore[valid-type]
 ExportFormat = Literal[EXPORT_FORMATS]  # type: ignore[valid-type]
 QuantizedIO = Literal[QUANTIZED_IO]  # type: ignore[valid-type]
+ErrorMethod = Literal[ERROR_METHODS]  # type: ignore[valid-type]
 
 
 def _path_string(value: Any) -> Path:
@@ -188,6 +192,48 @@ class MixedPrecision(BaseModel):
     )
     hessian: bool = Field(
         False, description="Hessian-based sensitivity scores: true or false; default false (slow on a CPU)."
+    )
+
+
+class Activations(BaseModel):
+    """How MCT chooses each activation's 8-bit range (its QuantizationConfig): the settings a
+    recovery attempt changes, so that recovered_configuration.json reproduces its files."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    error_method: ErrorMethod = Field(
+        "mse",
+        description="The error MCT minimizes when it picks an activation's threshold: one of "
+        f"{', '.join(ERROR_METHODS)} (noclipping: the whole measured range); default mse (MCT's default).",
+    )
+    z_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="Outlier removal: activation values more than this many standard deviations from the "
+        "mean are left out when the range is measured, a number in (0, 1000], e.g. 4; null (default): none.",
+    )
+    shift_negative_correction: bool = Field(
+        True,
+        description="MCT's shift-negative correction of activations with small negative values (swish, "
+        "GELU, PReLU) where the target quantizes them unsigned: true (default, MCT's) or false.",
+    )
+
+
+class Recover(BaseModel):
+    """Recovery: when the accuracy gate fails, re-quantize with other settings until one is within it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_attempts: int = Field(
+        6, ge=1, le=100, description="Most re-quantizations tried: an integer in 1..100; default 6."
+    )
+    max_seconds: float = Field(
+        1800,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Most seconds spent on them: a number > 0; default 1800. No attempt starts that "
+        "would likely end after it.",
     )
 
 
@@ -355,6 +401,17 @@ class Config(BaseModel):
         "calibration mismatches, weights quantized per tensor) in results.json and report.html; "
         '{"images": 0} turns it off.',
     )
+    activations: Activations = Field(
+        default_factory=Activations,
+        description='Optional. How MCT picks activation ranges: {"error_method": "mse", "z_threshold": null, '
+        '"shift_negative_correction": true} (the defaults, MCT\'s own).',
+    )
+    recover: Recover | None = Field(
+        None,
+        description='Optional, with max_top1_drop: {"max_attempts": 6, "max_seconds": 1800}: where the gate '
+        "fails, try other quantization settings ranked by the diagnosis, publish the first within the gate "
+        "and write recovered_configuration.json (its settings) in output_dir; null (default): no recovery.",
+    )
     max_top1_drop: float | None = Field(
         None,
         ge=0,
@@ -430,6 +487,11 @@ class Config(BaseModel):
                 f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
                 f"'mixed_precision'"
             )
+        if self.recover is not None and self.max_top1_drop is None:
+            raise ValueError(
+                "key 'recover' needs the accuracy gate it recovers, max_top1_drop; accepted: set max_top1_drop "
+                "(e.g. 0.02), or remove 'recover'"
+            )
         return self
 
     def gptq_options(self) -> Gptq | None:
@@ -445,6 +507,7 @@ class Config(BaseModel):
             "method": self.quantization_method,
             "gptq": gptq.model_dump() if gptq else None,
             "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
+            "activations": self.activations.model_dump(),
             "export_format": self.export_format,
             "quantized_io": self.quantized_io,
         }
@@ -470,6 +533,8 @@ NESTED_MODELS: dict[str, type[BaseModel]] = {
     "imx500": Imx500,
     "mixed_precision": MixedPrecision,
     "diagnosis": Diagnosis,
+    "activations": Activations,
+    "recover": Recover,
 }
 
 

@@ -110,6 +110,7 @@ class StageCall:
         """``function(ctx, *args, **kwargs)`` as this stage: its value's ``summary()`` (where
         it has one) goes into ``stage.finish``."""
         ctx, name = self.ctx, self.name
+        outer = ctx.heartbeat.stage if ctx.heartbeat else None  # a stage run inside another (recover's attempts)
         if ctx.heartbeat:
             ctx.heartbeat.enter(name)
         ctx.log.info(Event.STAGE_START.value, stage=name.value, **self.announced)
@@ -126,7 +127,7 @@ class StageCall:
             raise error from exc
         finally:
             if ctx.heartbeat:
-                ctx.heartbeat.enter(None)
+                ctx.heartbeat.enter(outer)
         ctx.seconds[name.value] = round(time.perf_counter() - began, 3)
         summary = value.summary() if hasattr(value, "summary") else {}
         ctx.log.info(

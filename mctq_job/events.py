@@ -13,7 +13,9 @@ import enum
 class Stage(enum.StrEnum):
     """The stages of a run, in the order they run: the ``stage`` of every event written inside
     one. ``imx500`` runs only where the configuration asks for the package, ``diagnose`` unless
-    ``diagnosis.images`` is 0."""
+    ``diagnosis.images`` is 0, ``recover`` where the accuracy gate fails and ``recover`` is set
+    (its attempts run ``calibrate``, ``quantize``, ``export`` and ``imx500`` again, their events
+    carrying ``attempt``)."""
 
     CONFIG = "config"
     INPUTS = "inputs"
@@ -24,6 +26,7 @@ class Stage(enum.StrEnum):
     IMX500 = "imx500"
     EVALUATE = "evaluate"
     DIAGNOSE = "diagnose"
+    RECOVER = "recover"
     REPORT = "report"
 
 
@@ -42,6 +45,8 @@ class Event(enum.StrEnum):
     INPUT_SKIPPED = "input.skipped"
     LIBRARY_LOG = "library.log"
     STATISTICS = "quantize.statistics"
+    RECOVER_ATTEMPT = "recover.attempt"
+    RECOVER_STOPPED = "recover.stopped"
 
 
 EVENT_MEANINGS: dict[Event, str] = {
@@ -60,6 +65,10 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
     Event.STATISTICS: "Which statistics collection MCT ran: `path` `fast` (the job's bit-identical, faster one, for "
     "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",
+    Event.RECOVER_ATTEMPT: "One recovery attempt ended: `attempt`, `description`, `change` (configuration keys), "
+    "`outcome`, `subset_top_1`, `top_1`, `top_1_drop`, `seconds`.",
+    Event.RECOVER_STOPPED: "Recovery ended: `stopped` (within_budget, max_attempts, max_seconds, "
+    "candidates_exhausted), `winner` and `best` (attempt numbers or null), `seconds`.",
 }
 
 

@@ -1,6 +1,6 @@
 """The job as an ordered list of stages over one :class:`~mctq_job.context.RunContext`:
 
-    config -> inputs -> model -> calibrate -> quantize -> export -> [imx500] -> evaluate -> [diagnose] -> report
+    config -> inputs -> model -> calibrate -> quantize -> export -> [imx500] -> evaluate -> [diagnose] -> [recover] -> report
 
 Each stage is a function ``run(ctx, <values it needs>) -> <value>`` in a module of its own;
 the report is built from the values alone. :func:`run` returns the report stage's
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .model import Loaded
     from .publish import RunResult
     from .quantize import Quantized
+    from .recover import Produced, Recovery
     from .report import RunValues
 
 
@@ -51,6 +52,7 @@ class HeavyStages:
     evaluate: Callable[[RunContext, Inputs, Loaded, Quantized, Exported], Evaluation]
     diagnose: Callable[[RunContext, Inputs, Loaded, Quantized, Exported, Drawn], Diagnosis]
     report: Callable[[RunContext, RunValues], RunResult]
+    recover: Callable[[RunContext, Inputs, Loaded, Produced, Diagnosis | None], Recovery] | None = None
 
 
 def _imported(module: str) -> Callable[..., Any]:
@@ -65,11 +67,18 @@ def _imported(module: str) -> Callable[..., Any]:
 
 
 def heavy_stages() -> HeavyStages:
-    return HeavyStages(
-        *map(
-            _imported, ("model", "calibrate", "quantize", "export", "imx500_package", "evaluate", "diagnose", "publish")
-        )
-    )
+    modules = {
+        "model": "model",
+        "calibrate": "calibrate",
+        "quantize": "quantize",
+        "export": "export",
+        "imx500": "imx500_package",
+        "evaluate": "evaluate",
+        "diagnose": "diagnose",
+        "report": "publish",
+        "recover": "recover",
+    }
+    return HeavyStages(**{stage: _imported(module) for stage, module in modules.items()})
 
 
 def validate(ctx: RunContext, config_path: Path) -> Inputs:
@@ -129,6 +138,25 @@ def run(
             diagnosis = ctx.stage(Stage.DIAGNOSE, images=config.diagnosis.images).run(
                 heavy.diagnose, inputs, loaded, quantized, exported, drawn
             )
+        recovery = None
+        if config.recover is not None and heavy.recover is not None:
+            from .recover import Produced, needed
+
+            if needed(config, evaluation):
+                recovery = ctx.stage(
+                    Stage.RECOVER, max_attempts=config.recover.max_attempts, max_seconds=config.recover.max_seconds
+                ).run(
+                    heavy.recover,
+                    inputs,
+                    loaded,
+                    Produced(config, drawn, quantized, exported, evaluation, packaged),
+                    diagnosis,
+                )
+                # the winner's configuration and files where one is within the gate, else the run's own
+                won = recovery.published
+                config, drawn, quantized, exported = won.config, won.drawn, won.quantized, won.exported
+                evaluation, packaged = won.evaluation, won.packaged
+                inputs = replace(inputs, config=config)
         from .report import RunValues
 
         values = RunValues(
@@ -141,11 +169,17 @@ def run(
             evaluation,
             packaged.facts if packaged else None,
             diagnosis,
+            recovery,
         )
         result = ctx.stage(Stage.REPORT).run(heavy.report, values)
+    from .errors import AccuracyGateError
     from .publish import failed_gate
 
     failed = failed_gate(config, result.results)
+    if isinstance(failed, AccuracyGateError) and recovery is not None:
+        context = failed.context
+        failed = AccuracyGateError(f"{failed.message}; {recovery.sentence()}")
+        failed.context = context
     if failed is not None:
         raise failed
     return result

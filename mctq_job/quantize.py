@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import model_compression_toolkit as mct
+import tensorflow as tf
 
 from . import calibrate
 from .config import Config
@@ -39,14 +40,22 @@ class Quantized:
         return {"resource_utilization": self.resource_utilization}
 
 
-def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: calibrate.Drawn) -> Quantized:
-    """Stage ``quantize``: MCT reads the drawn batches (progress per batch) and quantizes."""
+def run(
+    ctx: RunContext,
+    inputs: Inputs,
+    loaded: Loaded,
+    drawn: calibrate.Drawn,
+    activation_bits: dict[str, int] | None = None,
+) -> Quantized:
+    """Stage ``quantize``: MCT reads the drawn batches (progress per batch) and quantizes.
+    ``activation_bits`` (the recovery's IMX500-only attempt, never the configuration's): other
+    activation bit widths for the named layers."""
     config = inputs.config
     skipped: list[tuple[Path, str]] = []
     progress = Progress(ctx.log, Stage.QUANTIZE, config.iteration_count, "batch", task="calibration")
     data = calibrate.batches_of(inputs, drawn, on_batch=progress.advance, on_skip=ctx.skip_logger(skipped))
     with calling("MCT"):
-        quantized = quantize(loaded.model, data, config)
+        quantized = quantize(loaded.model, data, config, activation_bits)
     progress.close()
     if quantized.statistics is not None:
         ctx.log.info(Event.STATISTICS.value, **quantized.statistics)
@@ -72,9 +81,16 @@ def _preserving_fixed(operator_set: Any) -> Any:
     return operator_set.model_copy(update={"qc_options": options.clone_and_edit(enable_activation_quantization=False)})
 
 
-def quantize(model: Any, representative_data_gen: Callable, config: Config) -> Quantized:
+def quantize(
+    model: Any, representative_data_gen: Callable, config: Config, activation_bits: dict[str, int] | None = None
+) -> Quantized:
+    # The same state at every quantization of a process, first or not (a recovery attempt
+    # quantizes again): Keras' layer-name counters (MCT's layer names end up in the TFLite
+    # file's tensor names, so its bytes) and the seed (GPTQ draws).
+    tf.keras.backend.reset_uids()
+    tf.keras.utils.set_random_seed(config.seed)
     tpc = target_platform_capabilities(config.target_platform, config.target_platform_version)
-    core_config = _core_config(config)
+    core_config = _core_config(config, activation_bits)
     from . import fast_statistics
 
     # Bit-identical to MCT's own statistics collection, several times faster (fast_statistics.py).
@@ -106,15 +122,28 @@ def quantize(model: Any, representative_data_gen: Callable, config: Config) -> Q
     )
 
 
-def _core_config(config: Config) -> Any:
-    if config.mixed_precision is None:
-        return mct.core.CoreConfig()
-    mp = config.mixed_precision
-    return mct.core.CoreConfig(
-        mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
+def _core_config(config: Config, activation_bits: dict[str, int] | None = None) -> Any:
+    """MCT's CoreConfig from the configuration (``activations``, ``mixed_precision``), and
+    per-layer activation bit widths where given (MCT's BitWidthConfig, by Keras layer name)."""
+    activations = config.activations
+    options: dict[str, Any] = {
+        "quantization_config": mct.core.QuantizationConfig(
+            activation_error_method=getattr(mct.core.QuantizationErrorMethod, activations.error_method.upper()),
+            z_threshold=math.inf if activations.z_threshold is None else activations.z_threshold,
+            shift_negative_activation_correction=activations.shift_negative_correction,
+        )
+    }
+    if config.mixed_precision is not None:
+        mp = config.mixed_precision
+        options["mixed_precision_config"] = mct.core.MixedPrecisionQuantizationConfig(
             num_of_images=mp.images, use_hessian_based_scores=mp.hessian
         )
-    )
+    if activation_bits:
+        widths = mct.core.BitWidthConfig()
+        for layer, bits in activation_bits.items():
+            widths.set_manual_activation_bit_width(mct.core.network_editor.NodeNameFilter(layer), bits)
+        options["bit_width_config"] = widths
+    return mct.core.CoreConfig(**options)
 
 
 def resource_record(utilization: Any) -> dict[str, float | None]:

@@ -29,6 +29,7 @@ from .results import (
     Manifest,
     ModelResult,
     PerClass,
+    RecoveryResult,
     Results,
     Sizes,
     Verdict,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # the results are plain data: reading them needs no TensorFlo
     from .inputs import Inputs
     from .model import ModelInfo
     from .quantize import Quantized
+    from .recover import Recovery
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class RunValues:
     evaluation: Evaluation
     imx500: dict[str, Any] | None = None  # the IMX500 converter's memory facts, where a package was made
     diagnosis: Diagnosis | None = None  # the layer-by-layer comparison, unless diagnosis.images is 0
+    recovery: Recovery | None = None  # what recovery tried, where it ran
 
 
 def results(values: RunValues) -> Results:
@@ -94,6 +97,7 @@ def results(values: RunValues) -> Results:
         agreement=agreement(evaluation),
         diagnosis=_diagnosis(values.diagnosis),
         verdict=verdict(evaluation, values.diagnosis),
+        recovery=_recovery(values.recovery),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
     )
 
@@ -173,6 +177,27 @@ def verdict(evaluation: Evaluation, diagnosis: Diagnosis | None) -> Verdict:
         confidence=0.95,
         measurable=low > 0,
         culprits=[{"layer": layer, "reason": reason} for layer, reason in blamed],
+    )
+
+
+def _recovery(recovery: Recovery | None) -> RecoveryResult | None:
+    if recovery is None:
+        return None
+    return RecoveryResult(
+        max_top1_drop=recovery.max_top1_drop,
+        max_attempts=recovery.max_attempts,
+        max_seconds=recovery.max_seconds,
+        subset_images=recovery.subset_images,
+        reference_top_1=recovery.reference_top_1,
+        reference_subset_top_1=recovery.reference_subset_top_1,
+        baseline_top_1=recovery.baseline_top_1,
+        baseline_subset_top_1=recovery.baseline_subset_top_1,
+        attempts=[attempt.record() for attempt in recovery.attempts],
+        winner=recovery.winner,
+        best=recovery.best,
+        stopped=recovery.stopped,
+        seconds=recovery.seconds,
+        not_tried=[{"fix": fix, "reason": reason} for fix, reason in recovery.not_tried],
     )
 
 

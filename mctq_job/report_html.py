@@ -65,6 +65,7 @@ def render(results: Results) -> str:
         _settings(results),
         _accuracy_section(results),
         _diagnosis_section(results),
+        _recovery_section(results),
         _per_class_section(results),
         _confusion_section(results),
         _sizes_section(results),
@@ -541,6 +542,46 @@ def _diagnosis_section(results: Results) -> str:
         else ""
     )
     return _section(PLOT_HEADINGS[4], _img(_png(figure), "SQNR per layer"), found, unmapped)
+
+
+def _recovery_section(results: Results) -> str:
+    """Every recovery attempt: the fix, why, its top-1 on the subset and on every image, the
+    drop, the time and how it ended; the published one marked."""
+    recovery = results.recovery
+    if recovery is None:
+        return ""
+    rows = [
+        [
+            _head(f"{a.attempt}{' (published)' if a.attempt == recovery.winner else ''}"),
+            _cell(a.description),
+            _cell(a.reason),
+            _share(a.subset_top_1),
+            _share(a.top_1),
+            _cell(a.top_1_drop, _points(a.top_1_drop)),
+            _cell(a.seconds, f"{a.seconds:.1f} s"),
+            _cell(a.outcome if a.detail is None else f"{a.outcome}: {a.detail}"),
+        ]
+        for a in recovery.attempts
+    ]
+    table = (
+        _table(("attempt", "fix", "why", "subset top-1", "top-1", "drop", "time", "outcome"), rows)
+        if rows
+        else _note("No attempt fitted the time budget.")
+    )
+    won = (
+        f"Attempt {recovery.winner} is published; its settings are in recovered_configuration.json."
+        if recovery.winner
+        else "No attempt was within the gate: the configuration's own models are published."
+    )
+    text = (
+        f"The gate allows a top-1 drop of {_points(recovery.max_top1_drop)}; with the configuration as given "
+        f"model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against the Keras model's "
+        f"{_pct(recovery.reference_top_1)}. Each attempt is scored first on {recovery.subset_images} images "
+        f"(Keras model {_pct(recovery.reference_subset_top_1)}, as given {_pct(recovery.baseline_subset_top_1)}). "
+        f"Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. {won}"
+    )
+    untried = _note("Not tried: " + "; ".join(f"{n.fix} ({n.reason})" for n in recovery.not_tried))
+    return _section("Recovery", _note(text), table, untried)
 
 
 def _sizes_section(results: Results) -> str:

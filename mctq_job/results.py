@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from .config import Config, ExportFormat, Gptq, MixedPrecision, QuantizedIO, TargetPlatform, TpcVersion
+from .config import Activations, Config, ExportFormat, Gptq, MixedPrecision, QuantizedIO, TargetPlatform, TpcVersion
 from .errors import AccuracyGateError, Imx500NotFitError
 
 #: results.json's layout version: bumped where a field's meaning changes (not for added fields).
@@ -48,7 +48,17 @@ GateCandidate = Literal[(GATE_CANDIDATE,)]  # type: ignore[valid-type]
 OUTCOMES = ("success", AccuracyGateError.kind, Imx500NotFitError.kind)
 Outcome = Literal[OUTCOMES]  # type: ignore[valid-type]
 #: results.json fields that differ between two runs of the same inputs and seed.
-VOLATILE_RESULT_FIELDS = ("models.*.inference", "models.*.latency", "diagnosis.seconds")
+VOLATILE_RESULT_FIELDS = (
+    "models.*.inference",
+    "models.*.latency",
+    "diagnosis.seconds",
+    "recovery.seconds",
+    "recovery.attempts.*.seconds",
+)
+#: How a recovery attempt ended, and why recovery stopped (mctq_job.recover's, repeated here so
+#: that reading results.json needs no TensorFlow; tests/test_recover.py checks they agree).
+ATTEMPT_OUTCOMES = ("within_budget", "over_budget", "rejected_on_subset", "imx500_only", "not_applicable", "failed")
+RECOVERY_STOPS = ("within_budget", "max_attempts", "max_seconds", "candidates_exhausted")
 #: manifest.json fields that differ between two runs of the same inputs and seed.
 VOLATILE_MANIFEST_FIELDS = (
     "run_id",
@@ -85,6 +95,9 @@ class QuantizationSettings(_Part):
     method: Literal["ptq", "gptq"] = Field(description="The configuration's `quantization_method`.")
     gptq: Gptq | None = Field(description="The GPTQ options in effect with `gptq`, else null.")
     mixed_precision: MixedPrecision | None = Field(description="The mixed-precision options, or null.")
+    activations: Activations | None = Field(
+        None, description="How MCT picked activation ranges (`activations`); absent in files written before it existed."
+    )
     export_format: ExportFormat = Field(description="How model_quantized.tflite was written.")
     quantized_io: QuantizedIO = Field(description="model_quantized.tflite's input and output type.")
 
@@ -382,6 +395,62 @@ class Verdict(_Part):
     )
 
 
+class RecoveryAttempt(_Part):
+    """One re-quantization tried by the recovery."""
+
+    attempt: int = Field(ge=1, description="Its number, from 1.")
+    description: str = Field(description="The fix, in words.")
+    reason: str = Field(description="Why it was tried: the findings it answers.")
+    change: dict[str, Any] = Field(description="The configuration keys it set (merged into the configuration).")
+    activation_bits: dict[str, int] | None = Field(
+        description="IMX500-only attempts: activation bit widths by layer (no configuration key holds them)."
+    )
+    outcome: Literal[ATTEMPT_OUTCOMES] = Field(  # type: ignore[valid-type]
+        description="`within_budget` (published), `over_budget`, `rejected_on_subset` (far outside the gate on "
+        "the subset), `imx500_only` (16-bit activations: measured on MCT's Keras model, no TFLite file can carry "
+        "them), `not_applicable` (MCT refused the setting here), `failed` (a tool failed, or the file was no "
+        "longer fully integer)."
+    )
+    subset_top_1: Share | None = Field(
+        description="Top-1 of model_quantized.tflite (MCT's Keras model where IMX500-only) on the subset."
+    )
+    top_1: Share | None = Field(description="The same on every evaluation image; null where not evaluated.")
+    keras_quantized_top_1: Share | None = Field(description="MCT's quantized Keras model on every evaluation image.")
+    top_1_drop: float | None = Field(ge=-1, le=1, description="The Keras model's top-1 minus `top_1`.")
+    seconds: float = Field(ge=0, description="Wall time of the attempt.")
+    detail: str | None = Field(description="Why it failed or was not applicable; null otherwise.")
+
+
+class NotTried(_Part):
+    fix: str = Field(description="A fix recovery does not try.")
+    reason: str = Field(description="Why.")
+
+
+class RecoveryResult(_Part):
+    """What recovery tried where the gate failed (``recover``), and what it published."""
+
+    max_top1_drop: Share = Field(description="The gate it recovers to.")
+    max_attempts: Count = Field(description="`recover.max_attempts`.")
+    max_seconds: float = Field(gt=0, description="`recover.max_seconds`.")
+    subset_images: Count = Field(description="Evaluation images each attempt is scored on first (the diagnosis').")
+    reference_top_1: Share = Field(description="The Keras model's top-1, every evaluation image.")
+    reference_subset_top_1: Share = Field(description="The Keras model's top-1 on the subset.")
+    baseline_top_1: Share = Field(description="model_quantized.tflite's top-1 with the configuration as given.")
+    baseline_subset_top_1: Share = Field(description="The same on the subset.")
+    attempts: list[RecoveryAttempt] = Field(description="Every attempt, in order.")
+    winner: int | None = Field(
+        description="The attempt published (its settings in recovered_configuration.json); null: none was within "
+        "the gate and the configuration's own models are published."
+    )
+    best: int | None = Field(description="The attempt with the highest top-1 on every image; null if none.")
+    stopped: Literal[RECOVERY_STOPS] = Field(  # type: ignore[valid-type]
+        description="Why it ended: `within_budget` (a winner), `max_attempts`, `max_seconds` (the next attempt "
+        "would likely end after it), `candidates_exhausted`."
+    )
+    seconds: float = Field(ge=0, description="Wall time of the recovery.")
+    not_tried: list[NotTried] = Field(description="Fixes it does not try, and why.")
+
+
 #: Pairs of models whose per-image top-1 predictions are compared: Agreement's field names.
 AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (a, b) for a, _, b in (name.partition("_vs_") for name in Agreement.model_fields)
@@ -422,6 +491,11 @@ class Results(_Part):
     )
     verdict: Verdict | None = Field(
         None, description="The drop with its 95 % interval and the culprits; absent in files written before it existed."
+    )
+    recovery: RecoveryResult | None = Field(
+        None,
+        description="What recovery tried; null where it did not run (no `recover`, or the gate passed), absent "
+        "before it existed. The other fields describe the published models: the winner's where there is one.",
     )
     volatile_fields: list[str] = Field(description="Fields that differ between two runs of the same inputs and seed.")
 

@@ -56,3 +56,20 @@ def test_describe_matches_the_file(tmp_path):
     record = artifacts.describe(path).record()
     assert record["size"] == 3_000_000
     assert record["sha256"] == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+def test_adopting_a_recovery_attempts_files_replaces_the_runs_own_whole(tmp_path):
+    """The winner's staged files take the run's temporary names; a file only the run staged (a
+    package the winner's model did not get) goes; the attempt's area ends empty."""
+    run = artifacts.Staging("run5")
+    run.write_bytes(tmp_path / "model_quantized.tflite", b"baseline")
+    run.write_bytes(tmp_path / "packerOut.zip", b"baseline package")
+    attempt = artifacts.Staging("run5-1")
+    attempt.write_bytes(tmp_path / "model_quantized.tflite", b"winner")
+    attempt.write_bytes(tmp_path / "recovered.json", b"{}")
+    run.adopt(attempt)
+    assert attempt.pending == {} and attempt.abort() == []
+    assert run.staged(tmp_path / "model_quantized.tflite").sha256 == hashlib.sha256(b"winner").hexdigest()
+    assert sorted(p.name for p in run.commit()) == ["model_quantized.tflite", "recovered.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_quantized.tflite", "recovered.json"]
+    assert (tmp_path / "model_quantized.tflite").read_bytes() == b"winner"

@@ -182,10 +182,11 @@ def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp
         "method": "ptq",
         "gptq": None,
         "mixed_precision": None,
+        "activations": {"error_method": "mse", "z_threshold": None, "shift_negative_correction": True},
         "export_format": "int8",
         "quantized_io": "float",
     }
-    assert cfg.imx500 is None
+    assert cfg.imx500 is None and cfg.recover is None
     assert cfg.max_top1_drop is None and cfg.gptq_options() is None
 
 
@@ -205,6 +206,8 @@ def test_every_quantization_option_together_loads(tmp_path):
                 "gptq": {"epochs": 2, "hessian": True},
                 "mixed_precision": {"weights_memory_ratio": 0.5},
                 "export_format": "fakely_quant",
+                "activations": {"error_method": "noclipping", "z_threshold": 4, "shift_negative_correction": False},
+                "recover": {"max_attempts": 2},
                 "max_top1_drop": 0.03,
             },
         )
@@ -215,10 +218,12 @@ def test_every_quantization_option_together_loads(tmp_path):
         "method": "gptq",
         "gptq": {"epochs": 2, "hessian": True},
         "mixed_precision": {"weights_memory_ratio": 0.5, "images": 32, "hessian": False},
+        "activations": {"error_method": "noclipping", "z_threshold": 4.0, "shift_negative_correction": False},
         "export_format": "fakely_quant",
         "quantized_io": "float",
     }
     assert cfg.max_top1_drop == 0.03
+    assert cfg.recover is not None and (cfg.recover.max_attempts, cfg.recover.max_seconds) == (2, 1800)
 
 
 @pytest.mark.parametrize(
@@ -250,6 +255,18 @@ def test_every_quantization_option_together_loads(tmp_path):
         ({"max_top1_drop": 1.5}, "key 'max_top1_drop'"),
         ({"max_top1_drop": -0.01}, "key 'max_top1_drop'"),
         ({"max_top1_drop": "2%"}, "key 'max_top1_drop'"),
+        ({"activations": {"error_method": "hmse"}}, "key 'activations.error_method'"),
+        ({"activations": {"error_method": "hmse"}}, "'mse', 'mae', 'lp', 'kl' or 'noclipping'"),
+        ({"activations": {"z_threshold": 0}}, "key 'activations.z_threshold'"),
+        ({"activations": {"z_threshold": "4"}}, "key 'activations.z_threshold'"),
+        ({"activations": {"bits": {"concat": 16}}}, "unknown key 'activations.bits'"),
+        ({"activations": {"shift_negative_correction": 1}}, "key 'activations.shift_negative_correction'"),
+        ({"recover": {"max_attempts": 6}}, "key 'recover' needs the accuracy gate it recovers, max_top1_drop"),
+        ({"recover": {}}, "accepted: set max_top1_drop (e.g. 0.02), or remove 'recover'"),
+        ({"recover": {"max_attempts": 0}, "max_top1_drop": 0.02}, "key 'recover.max_attempts'"),
+        ({"recover": {"max_seconds": 0}, "max_top1_drop": 0.02}, "key 'recover.max_seconds'"),
+        ({"recover": {"attempts": 3}, "max_top1_drop": 0.02}, "unknown key 'recover.attempts'"),
+        ({"recover": True, "max_top1_drop": 0.02}, "key 'recover'"),
     ],
 )
 def test_bad_quantization_options_name_the_key_and_what_is_accepted(tmp_path, extra, expect):
@@ -294,6 +311,10 @@ def test_the_readme_key_table_lists_the_nested_option_keys():
         "quantized_io",
         "imx500.package",
         "imx500.require_fit",
+        "activations.error_method",
+        "activations.z_threshold",
+        "recover.max_attempts",
+        "recover.max_seconds",
     ):
         assert f"| `{key}` |" in table
 

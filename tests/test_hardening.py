@@ -224,7 +224,13 @@ def test_same_inputs_and_seed_give_byte_identical_models_and_accuracies(finished
         assert first[name] == second[name], name
     a, b = json.loads(first["results.json"]), json.loads(second["results.json"])
     for doc in (a, b):
-        assert doc["volatile_fields"] == ["models.*.inference", "models.*.latency", "diagnosis.seconds"]
+        assert doc["volatile_fields"] == [
+            "models.*.inference",
+            "models.*.latency",
+            "diagnosis.seconds",
+            "recovery.seconds",
+            "recovery.attempts.*.seconds",
+        ]
         for model in doc["models"].values():
             for volatile in ("inference", "latency", "file"):  # file: the two projects' folders differ
                 model.pop(volatile)

@@ -4,10 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: venv demo test test-fast lint bench lock clean help docker-engine browser imx500-converter
+.PHONY: venv demo demo-recovery test test-fast lint bench lock clean help docker-engine browser imx500-converter
 
 help:
 	@echo "make demo   build a small real example (digits) and run the job on it"
+	@echo "make demo-recovery   a model MCT's defaults break, diagnosed and recovered (examples/hostile.py)"
 	@echo "make test   run the test suite (real TensorFlow and MCT)"
 	@echo "make bench  MobileNetV2 224x224 against the notebook's way and on real photographs, plus the digits benches (QUICK=1: digits only)"
 	@echo "make lock   re-pin requirements*.lock from requirements*.in"
@@ -27,6 +28,13 @@ demo: venv
 	@test -f $(DEMO)/configuration.json || $(BIN)/python examples/digits.py $(DEMO)
 	cd $(DEMO) && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
 	@echo "artifacts: $(DEMO)/output/model.tflite, $(DEMO)/output/model_quantized.tflite, $(DEMO)/output/manifest.json, $(DEMO)/evaluate/results/results.json, $(DEMO)/evaluate/results/report.html (open it in a browser)"
+
+# A model MCT's defaults break (examples/hostile.py), run with `recover`: the diagnosis names
+# the concatenation, recovery re-quantizes until the 5-point gate passes.
+demo-recovery: venv
+	@test -f demo-hostile/configuration.json || $(BIN)/python examples/hostile.py demo-hostile --recover
+	cd demo-hostile && ../$(BIN)/mctq-job --log-format $${MCTQ_LOG_FORMAT:-console}
+	@echo "see demo-hostile/evaluate/results/report.html, demo-hostile/output/recovered_configuration.json"
 
 # The container and Kubernetes-rehearsal tests need a Docker engine, the report test Chromium:
 # as root, both are installed (and the engine started) when missing (scripts/start-docker.sh,

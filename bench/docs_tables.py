@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import common, converter_ptq, diagnosis, irreducible, realphotos, realsize_compare, throughput
+from . import common, converter_ptq, diagnosis, irreducible, realphotos, realsize_compare, recovery, throughput
 
 PAGE = common.ROOT / "docs" / "benchmarks.md"
 DOCS_JSON = common.ROOT / "docs" / "bench.json"
@@ -118,6 +118,8 @@ def all_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         found["MobileNetV2 224"] = comparisons["realsize"]["targets"]
         if "diagnosis" in comparisons["realsize"]:
             found["MobileNetV2 224, diagnosis"] = comparisons["realsize"]["diagnosis"]["targets"]
+    if "recovery" in comparisons:
+        found["hostile model, recovery"] = comparisons["recovery"]["targets"]
     if "realphotos" in comparisons:
         found["MobileNetV2 224, real photographs"] = comparisons["realphotos"]["targets"]
     return found
@@ -152,6 +154,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     ),
     "digits-int8": ("Digits: the fully integer model_quantized.tflite", digits_int8_table),
     "imx500": ("Digits: Sony's IMX500 converter", imx500_table),
+    "recovery": ("Hostile model: diagnosis and recovery", comparison("recovery", recovery.table)),
     "responsiveness": ("Responsiveness and cost (demo project)", responsiveness_table),
     "throughput": (
         "(a) Evaluation throughput: the job's way vs the notebook's",

@@ -18,7 +18,8 @@ latency and size of the four .tflite files; the diagnose stage's share of the jo
 trained briefly on camera frames of seven photographs; the top-1 drops of the job at both
 targets against MCT's quantized Keras model and the TFLite converter's own PTQ. Digits: responsiveness (UI response <= 1.2 s for
 `validate`, `--help` and the first log line of `run`; an update at least every 5 s), the
-fully integer model's size and top-1, the IMX500 converter, and
+fully integer model's size and top-1, the IMX500 converter, recovery on the hostile model
+(recovery.py: examples/hostile.py without and with `recover`), and
   (a) evaluation throughput of both .tflite models, the job's batched way against the
       notebook's one-image-at-a-time loop, on 10x the validation images (throughput.py);
   (b) the job's wall time against the sum of its irreducible parts, each timed alone in a
@@ -54,6 +55,7 @@ from . import (
     irreducible,
     realphotos,
     realsize_compare,
+    recovery,
     throughput,
     workload,
 )
@@ -186,6 +188,8 @@ def measure_digits() -> dict[str, Any]:
     speed = throughput.compare(runs[1])
     note("(c) TFLite converter full-integer quantization")
     int8 = converter_ptq.compare(runs[0], parts)
+    note("recovery on the hostile model (examples/hostile.py), without and with recover")
+    recovered = recovery.measure()
     return {
         "figures": figures,
         "comparisons": {
@@ -195,6 +199,7 @@ def measure_digits() -> dict[str, Any]:
             "memory_scaling": memory_scaling(runs),
             "digits_int8": digits_int8(runs[0]),
             "imx500": chip,
+            "recovery": recovered,
         },
     }
 

@@ -52,6 +52,7 @@ img{max-width:100%;height:auto;display:block;margin:.5rem 0}
 .gate{display:inline-block;padding:.3rem .8rem;border-radius:.3rem;font-weight:600;color:#fff}
 .gate.passed{background:#1e7d32}.gate.failed{background:#c62828}
 .verdict{font-size:1.05rem;border-left:4px solid #c62828;padding:.4rem .8rem;background:#fbeeee}
+.verdict.recovered{border-left-color:#2e7d32;background:#edf7ee}
 code{font-size:.88rem;word-break:break-all}
 """
 
@@ -216,7 +217,46 @@ def verdict_sentence(results: Results) -> str | None:
     return text + "."
 
 
+def recovery_sentence(results: Results) -> str | None:
+    """The report's opening sentence where recovery ran: what the configuration as given cost,
+    where the diagnosis points, and which attempt (if any) brought the drop within the gate."""
+    recovery = results.recovery
+    if recovery is None:
+        return None
+    baseline_drop = recovery.reference_top_1 - recovery.baseline_top_1
+    text = (
+        f"With the configuration as given, model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against "
+        f"the Keras model's {_pct(recovery.reference_top_1)}: a drop of {100 * baseline_drop:.1f} points, over the "
+        f"gate's {100 * recovery.max_top1_drop:.1f}"
+    )
+    findings = results.diagnosis.findings if results.diagnosis else []
+    if findings:
+        named = ", ".join(dict.fromkeys(f"'{f.layer}' ({f.kind.replace('_', ' ')})" for f in findings))
+        text += f"; the diagnosis points at {named}"
+    attempts = {a.attempt: a for a in recovery.attempts}
+    won = attempts.get(recovery.winner) if recovery.winner is not None else None
+    if won is not None:
+        return (
+            f"{text}. Recovery attempt {won.attempt}, {won.description}, brought it to {_pct(won.top_1)} "
+            f"(a drop of {_points(won.top_1_drop)}) after {recovery.seconds:.0f} s of recovery: its files are "
+            f"published and its settings are in recovered_configuration.json."
+        )
+    best = attempts.get(recovery.best) if recovery.best is not None else None
+    closest = f"; the closest, attempt {best.attempt} ({best.description}), scored {_pct(best.top_1)}" if best else ""
+    tried = len(recovery.attempts)
+    # the configuration's own files are published: the verdict (with its interval) describes them
+    return (
+        f"{verdict_sentence(results) or text + '.'} Recovery tried {tried} {'fix' if tried == 1 else 'fixes'} in "
+        f"{recovery.seconds:.0f} s (stopped: {recovery.stopped.replace('_', ' ')}), none within the gate{closest}: "
+        f"the configuration's own files are published."
+    )
+
+
 def _verdict(results: Results) -> str:
+    recovered = recovery_sentence(results)
+    if recovered is not None:
+        won = results.recovery is not None and results.recovery.winner is not None
+        return f'<p class="verdict{" recovered" if won else ""}">{_e(recovered)}</p>'
     sentence = verdict_sentence(results)
     return f'<p class="verdict">{_e(sentence)}</p>' if sentence else ""
 

@@ -7,7 +7,9 @@ budget stops it; SIGTERM during an attempt leaves nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import re
 import shutil
 import signal
 import sys
@@ -32,6 +34,13 @@ def output_files(project: Path) -> dict[str, bytes]:
         if folder.is_dir():
             found.update({p.name: p.read_bytes() for p in folder.iterdir()})
     return found
+
+
+def opening(page: str) -> str:
+    """The report's opening sentence (the verdict paragraph)."""
+    match = re.search(r'<p class="verdict[^"]*">(.*?)</p>', page, re.S)
+    assert match, "report.html opens with no verdict"
+    return match.group(1)
 
 
 def results_of(files: dict[str, bytes]) -> dict:
@@ -79,7 +88,10 @@ def test_without_recover_the_gate_fails_and_the_diagnosis_names_the_concatenatio
     assert finding["layer"] == "concat" and finding["evidence"]["smallest_input"] == "branch_small"
     assert results["recovery"] is None and RECOVERED_CONFIG_FILE not in files
     assert "recover" not in {e.get("stage") for e in run.named("stage.start")}
-    assert "unbalanced_concatenation" in files["report.html"].decode()
+    page = html.unescape(files["report.html"].decode())
+    assert "unbalanced_concatenation" in page
+    # the report opens with the verdict, which names the concatenation
+    assert "the diagnosis points at layer 'concat' (unbalanced concatenation)." in opening(page)
 
 
 def test_with_recover_the_run_passes_the_gate_within_its_budget(recovered, without_recover):
@@ -126,6 +138,11 @@ def test_with_recover_the_run_passes_the_gate_within_its_budget(recovered, witho
     assert manifest["stage_seconds"]["recover"] > 0 and manifest["outcome"] == "success"
     page = files["report.html"].decode()
     assert "<h2>Recovery</h2>" in page and f"{won['attempt']} (published)" in page
+    # the report opens with what the configuration as given cost and what recovery did about it
+    assert '<p class="verdict recovered">' in page
+    sentence = opening(html.unescape(page))
+    assert "the diagnosis points at 'concat' (unbalanced concatenation)" in sentence
+    assert f"Recovery attempt {won['attempt']}, {won['description']}, brought it to" in sentence
 
 
 def test_the_recovered_configuration_reproduces_the_same_files(recovered):
@@ -161,7 +178,9 @@ def test_max_attempts_stops_recovery_and_the_gate_fails_with_the_best_attempts_f
     assert failed["event"] == "run.failed" and failed["exit_code"] == AccuracyGateError.exit_code
     assert "recovery made 1 attempt(s)" in failed["message"] and "(max_attempts)" in failed["message"]
     assert f"the best was attempt 1, {attempt['description']}" in failed["message"]
-    assert "No attempt was within the gate" in files["report.html"].decode()
+    page = html.unescape(files["report.html"].decode())
+    assert "No attempt was within the gate" in page
+    assert "Recovery tried 1 fix" in opening(page) and "none within the gate" in opening(page)
 
 
 def test_max_seconds_stops_recovery_before_an_attempt_that_would_not_fit(hostile, tmp_path):

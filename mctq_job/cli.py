@@ -122,7 +122,7 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         process.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a bug of ours, whatever it is: say so, keep the traceback
         process.fail(InternalError(exc))
-    accuracy = result.results.notebook_accuracies()
+    accuracy = result.results.headline()
     log.info(
         Event.RUN_FINISH.value,
         outcome="success",
@@ -132,7 +132,11 @@ def run(config_path: Path, log_format: str, log_level: str, max_top1_drop: float
         **accuracy,
     )
     process.succeed(
-        "success: " + ", ".join(f"{k.removeprefix('top_1_accuracy_')}={v:.4f}" for k, v in accuracy.items())
+        "success: "
+        + ", ".join(
+            f"{k.removeprefix('top_1_accuracy_')}={'n/a' if v is None else format(v, '.4f')}"
+            for k, v in accuracy.items()
+        )
     )
 
 

@@ -420,6 +420,15 @@ class Config(BaseModel):
         "model to model_quantized.tflite, as a fraction (0.02 = 2 points); when "
         f"exceeded, everything is still written and the run exits {AccuracyGateError.exit_code}. null: no gate.",
     )
+    max_map_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Optional, task 'detection' only. Accuracy gate: the largest allowed drop of COCO "
+        "mAP@[.5:.95] from the Keras model to model_quantized.tflite, as a fraction of the Keras model's "
+        "(0.1 = it may lose a tenth of its mAP); when exceeded, everything is still written and the run exits "
+        f"{AccuracyGateError.exit_code}. null: no gate.",
+    )
 
     @field_validator("extra_exports")
     @classmethod
@@ -438,6 +447,11 @@ class Config(BaseModel):
                 '"task": "detection", or remove \'evaluate_annotation_file\''
             )
         if self.task != "detection":
+            if self.max_map_drop is not None:
+                raise ValueError(
+                    "key 'max_map_drop' is the mAP gate of task 'detection', but task is 'classification'; "
+                    "accepted: max_top1_drop for classification, or remove 'max_map_drop'"
+                )
             return self
         if self.evaluate_annotation_file is None:
             raise ValueError(
@@ -453,7 +467,23 @@ class Config(BaseModel):
         if self.max_top1_drop is not None:
             raise ValueError(
                 "key 'max_top1_drop' is a top-1 accuracy gate, which task 'detection' has no figure for; "
-                "accepted: remove it (or null)"
+                "accepted: max_map_drop (the mAP gate), or remove it"
+            )
+        if self.extra_exports:
+            raise ValueError(
+                f"key 'extra_exports': {self.extra_exports} is not made for task 'detection' (the detection export "
+                "cuts the network before its post-processing for model.tflite and model_quantized.tflite only); "
+                "accepted: [] (or remove the key)"
+            )
+        if self.export_format != "int8":
+            raise ValueError(
+                f"key 'export_format': {self.export_format!r} is not supported for task 'detection': the cut "
+                "detector's named outputs are written by the full-integer export only; accepted: 'int8'"
+            )
+        if self.recover is not None:
+            raise ValueError(
+                "key 'recover' is not supported for task 'detection' yet (recovery scores attempts by top-1 "
+                "accuracy); accepted: remove 'recover' (the mAP gate max_map_drop still applies)"
             )
         return self
 

@@ -26,7 +26,6 @@ from .events import Stage
 from .inputs import Inputs
 from .progress import Progress
 from .tasks import GroundTruth, task_for
-from .tasks.classification import Tally
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -48,8 +47,11 @@ class KerasPredictor:
         signature = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
         self._graph = tf.function(lambda x: model(x, training=False), input_signature=[signature])
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._graph(tf.convert_to_tensor(batch, tf.float32)).numpy()
+    def __call__(self, batch: np.ndarray) -> Any:
+        found = self._graph(tf.convert_to_tensor(batch, tf.float32))
+        if isinstance(found, (list, tuple)):  # a detector: its four outputs
+            return [t.numpy() for t in found]
+        return found.numpy()
 
 
 class TFLitePredictor:
@@ -71,13 +73,37 @@ class TFLitePredictor:
         return _dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
 
+class DetectionTFLitePredictor:
+    """A detector's cut TFLite file (see :mod:`mctq_job.detection_cut`): its outputs read by
+    signature name and dequantized, then the model's own post-processing applied in Python with
+    its exact parameters; gives the four detection outputs as the Keras models do."""
+
+    def __init__(self, path: Path, post: Callable[[dict[str, np.ndarray]], list[np.ndarray]]):
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=images.usable_cpus())
+        self.runner = self.interpreter.get_signature_runner()
+        (self.input_name, self.input), *_ = self.runner.get_input_details().items()
+        self.outputs = self.runner.get_output_details()
+        self.post = post
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        found = self.runner(**{self.input_name: _quantize_input(batch, self.input)})
+        return self.post({name: _dequantize_output(found[name], self.outputs[name]) for name in self.outputs})
+
+
 def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, exported: Exported) -> Evaluation:
     """Stage ``evaluate``: the Keras models and the staged TFLite files (every exported variant
     that is a TFLite model, in the export stage's order) on the evaluation images."""
     progress = Progress(ctx.log, Stage.EVALUATE, len(inputs.truth.images), "image", task="evaluation")
+    post = None
+    if inputs.config.task == "detection":
+        from .detection_cut import post_processing
+
+        with calling("TensorFlow"):
+            post = post_processing(loaded.model)
     found = predictors(
         {"keras": loaded.model, "keras_quantized": quantized.model},
         {name: file.staged for name, file in exported.models.items()},
+        post,
     )
     evaluation = evaluate(found, inputs.truth, inputs.config, on_images=progress.advance, on_skip=ctx.skip_logger())
     progress.close()
@@ -85,14 +111,18 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, quantized: Quantized, e
 
 
 def predictors(
-    keras_models: dict[str, Any], tflite_files: dict[str, Path]
-) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """One predictor per evaluated model, Keras models first, in the order given."""
+    keras_models: dict[str, Any],
+    tflite_files: dict[str, Path],
+    post: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None,
+) -> dict[str, Callable[[np.ndarray], Any]]:
+    """One predictor per evaluated model, Keras models first, in the order given. ``post``: a
+    detector's post-processing, applied after the (cut) TFLite files."""
     with calling("TensorFlow"):
-        found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        found: dict[str, Callable[[np.ndarray], Any]] = {
             name: KerasPredictor(model) for name, model in keras_models.items()
         }
-        found.update({name: TFLitePredictor(path) for name, path in tflite_files.items()})
+        for name, path in tflite_files.items():
+            found[name] = TFLitePredictor(path) if post is None else DetectionTFLitePredictor(path, post)
     return found
 
 
@@ -118,7 +148,7 @@ class Evaluation:
     tally, and each model's time and single-image latency."""
 
     image_count: int  # images evaluated (skipped ones excluded)
-    tally: Tally  # the task's scores of every model
+    tally: Any  # the task's scores of every model (tasks.classification.Tally or tasks.detection.Tally)
     seconds: dict[str, float]  # per model: time spent in its batched calls
     skipped: list[tuple[Path, str]]  # undecodable images left out (on_corrupt_image: skip)
     latencies: dict[str, dict[str, Any]]  # per model: single-image latency (see latency())

@@ -37,6 +37,7 @@ class Event(enum.StrEnum):
     CONFIG_VALID = "config.valid"
     STAGE_START = "stage.start"
     STAGE_FINISH = "stage.finish"
+    STAGE_SKIPPED = "stage.skipped"
     PROGRESS = "progress"
     HEARTBEAT = "heartbeat"
     ARTIFACT_WRITTEN = "artifact.written"
@@ -51,15 +52,19 @@ class Event(enum.StrEnum):
 
 EVENT_MEANINGS: dict[Event, str] = {
     Event.RUN_START: "First line, before TensorFlow is imported: version, config path, pid.",
-    Event.RUN_FINISH: "Last line of a successful run: the four top-1 accuracies, artifacts, duration.",
+    Event.RUN_FINISH: "Last line of a successful run: the four top-1 accuracies (detection: the four mAP@[.5:.95] and mAP@.5), "
+    "artifacts, duration.",
     Event.RUN_FAILED: "Last line of a failed run: `error`, `exit_code`, `message` naming the culprit (and `problems`).",
     Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
     Event.STAGE_START: f"A stage begins (`stage`: {', '.join(Stage)}), with what it is about to do.",
     Event.STAGE_FINISH: "A stage ended: `duration_s`, the process's `peak_memory_bytes` so far, and the stage's own summary.",
+    Event.STAGE_SKIPPED: "A stage the configuration asks for does not apply to this run and was left out: `stage`, "
+    "`reason` (e.g. the diagnosis of a detector).",
     Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
     Event.ARTIFACT_WRITTEN: "A file was published: `path`, `size`, `sha256`.",
-    Event.ACCURACY_GATE: "With `max_top1_drop` set: `passed`, `top_1_drop` (Keras to model_quantized.tflite), `max_top1_drop`.",
+    Event.ACCURACY_GATE: "With `max_top1_drop` set: `passed`, `top_1_drop` (Keras to model_quantized.tflite), `max_top1_drop`; "
+    "with `max_map_drop` (detection): `passed`, `map_drop`, `max_map_drop`.",
     Event.INPUT_IGNORED: "A harmless file was skipped (e.g. a README beside the class folders).",
     Event.INPUT_SKIPPED: "An unreadable image was left out (`on_corrupt_image: skip`): `path`, `reason`.",
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",

@@ -87,6 +87,8 @@ class TFLiteFile:
     census: dict[str, Any]
     io: dict[str, Any]
     description: str
+    #: A detector's cut file: every output by signature name with its quantization (None otherwise).
+    outputs: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, drawn: Drawn, quantized
                 made[variant.name] = KerasFile(final, data, data.stat().st_size, variant.description)
                 continue
             staged = ctx.write(final, data)
-            made[variant.name] = _described(variant, final, staged, data)
+            made[variant.name] = _described(variant, final, staged, data, config.task == "detection")
     return Exported({variant.name: made[variant.name] for variant in variants})
 
 
@@ -158,19 +160,41 @@ def applying(config: Config) -> list[Variant]:
     return [variant for variant in VARIANTS if variant.applies(config)]
 
 
-def _described(variant: Variant, final: Path, staged: Path, data: bytes) -> TFLiteFile | KerasFile:
+def _described(
+    variant: Variant, final: Path, staged: Path, data: bytes, detection: bool = False
+) -> TFLiteFile | KerasFile:
     """The staged file's facts, from the bytes just written there (not read back)."""
     if not variant.tflite:
         return KerasFile(final, staged, len(data), variant.description)
     from .tflite_census import census, io_quantization
 
-    return TFLiteFile(final, staged, len(data), census(data), io_quantization(data), variant.description)
+    outputs = None
+    if detection:
+        from .detection_cut import output_quantization
+
+        outputs = output_quantization(data)
+    return TFLiteFile(final, staged, len(data), census(data), io_quantization(data), variant.description, outputs)
+
+
+def _for_tflite(request: Request) -> Any:
+    """The Keras model a TFLite variant converts: a detector cut before its post-processing
+    (the TFLite runtime has no kernel for it, see :mod:`mctq_job.detection_cut`), else the model."""
+    if request.inputs.config.task != "detection":
+        return request.model
+    from .detection_cut import cut
+
+    return cut(request.model)
 
 
 # --- How each variant's bytes are made ------------------------------------------------------
 
 
 def _float_tflite(request: Request) -> bytes:
+    if request.inputs.config.task == "detection":
+        from .detection_cut import convert_float as convert_cut
+
+        with calling("TensorFlow Lite converter"):
+            return convert_cut(_for_tflite(request))
     return convert_float(request.model)
 
 
@@ -181,6 +205,8 @@ def _float_tflite_worker(request: Request) -> Callable[[], bytes] | None:
     from .images import usable_cpus
 
     ctx = request.ctx
+    if request.inputs.config.task == "detection":  # the worker converts the whole model file: not the cut
+        return None
     if request.loaded.info.parameters < float_worker.WORKER_MIN_PARAMETERS or usable_cpus() < 2:
         return None
     capture = ctx.temp_folder("float-tflite-") / "native-output.txt"
@@ -201,7 +227,7 @@ def _float_tflite_worker(request: Request) -> Callable[[], bytes] | None:
 def _quantized_tflite(request: Request) -> bytes:
     config = request.inputs.config
     return quantized_tflite(
-        request.model,
+        _for_tflite(request),
         request.scratch,
         config.export_format,
         config.quantized_io,

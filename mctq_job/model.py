@@ -51,7 +51,8 @@ def load(inputs: Inputs) -> Loaded:
         tf.config.experimental.enable_op_determinism()
     path = inputs.config.source_keras_model
     try:
-        model = tf.keras.models.load_model(str(path), compile=False)
+        with _custom_layers(path):
+            model = tf.keras.models.load_model(str(path), compile=False)
     except Exception as exc:  # TF raises many types for "not a Keras model"
         raise InputDataError(
             f"key 'source_keras_model': cannot load a Keras model from {path}: "
@@ -66,6 +67,19 @@ def load(inputs: Inputs) -> Loaded:
             file=str(path),
         )
     return Loaded(model, contract(model, inputs))
+
+
+def _custom_layers(path: Any) -> Any:
+    """Where a .keras or .h5 file loads: inside edgemdt_cl's scope, so that its layers (a
+    detector's SSDPostProcess) load (without it Keras fails with "'str' object is not
+    callable"). A SavedModel folder loads as before."""
+    import contextlib
+
+    if str(path).endswith((".keras", ".h5")):
+        from edgemdt_cl.keras import custom_layers_scope
+
+        return custom_layers_scope()
+    return contextlib.nullcontext()
 
 
 def contract(model: Any, inputs: Inputs) -> ModelInfo:

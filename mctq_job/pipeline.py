@@ -88,7 +88,7 @@ def validate(ctx: RunContext, config_path: Path) -> Inputs:
 
 
 #: The tasks a whole run can carry out; ``validate`` checks the inputs of every task of the schema.
-RUNNABLE_TASKS = ("classification",)
+RUNNABLE_TASKS = ("classification", "detection")
 
 
 def runnable(config: Config) -> None:
@@ -134,7 +134,16 @@ def run(
             heavy.evaluate, inputs, loaded, quantized, exported
         )
         diagnosis = None
-        if config.diagnosis.images:
+        if config.diagnosis.images and config.task == "detection":
+            from .events import Event
+
+            ctx.log.info(
+                Event.STAGE_SKIPPED.value,
+                stage=Stage.DIAGNOSE.value,
+                reason="the layer-by-layer diagnosis probes single-output classifiers; a detector's outputs end in "
+                "its post-processing, which it cannot compare yet",
+            )
+        elif config.diagnosis.images:
             diagnosis = ctx.stage(Stage.DIAGNOSE, images=config.diagnosis.images).run(
                 heavy.diagnose, inputs, loaded, quantized, exported, drawn
             )

@@ -60,6 +60,13 @@ def failed_gate(config: Config, results: Results) -> MctqError | None:
             fit_in_chip=False,
             utilization=chip.utilization,
         )
+    if verdict and not verdict.passed and verdict.map_drop is not None:
+        return AccuracyGateError(
+            f"mAP@[.5:.95] dropped by {100 * verdict.map_drop:.1f} % of the Keras model's to {QUANTIZED_FILE}, more "
+            f"than max_map_drop {verdict.max_map_drop}; the models, results.json and report.html are written for "
+            f"inspection",
+            **verdict.document(),
+        )
     if verdict and not verdict.passed:
         return AccuracyGateError(
             f"top-1 accuracy dropped by {verdict.top_1_drop:.4f} from the Keras model to {QUANTIZED_FILE}, "

@@ -73,6 +73,8 @@ def results(values: RunValues) -> Results:
     """results.json: the notebook's four keys first, then everything else the stages found.
     Raises pydantic.ValidationError where a stage's value does not fit the published schema."""
     config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
+    if config.task == "detection":
+        return detection_results(values)
     tally = evaluation.tally
     tflite = values.exported.models
     skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
@@ -99,6 +101,136 @@ def results(values: RunValues) -> Results:
         verdict=verdict(evaluation, values.diagnosis),
         recovery=_recovery(values.recovery),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
+    )
+
+
+#: Evaluation images whose boxes results.json keeps for the report, and the models drawn on them.
+DETECTION_SAMPLES = 4
+SAMPLE_MODELS = ("keras", "tflite_quantized")
+SAMPLE_SCORE = 0.3
+
+
+def detection_results(values: RunValues) -> Results:
+    """results.json of a detection run: the four models' mAP keys first, then the detection
+    section; the classification-only fields are absent."""
+    from .detection_cut import OUTPUTS, deployer_runs
+
+    config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
+    tally = evaluation.tally
+    tflite = values.exported.models
+    skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
+    figures = {name: tally.metrics(name) for name in evaluated(values)}
+    post = values.model.outputs.get("post_processing") or {}
+    truth = tally.truth
+    evaluated_images = sorted({int(i) for i in tally.evaluated})
+    return Results(
+        **{f"map_50_95_{name}": figures[name]["map_50_95"] for name in MODELS},
+        **{f"map_50_{name}": figures[name]["map_50"] for name in MODELS},
+        results_version=RESULTS_VERSION,
+        task="detection",
+        image_count=evaluation.image_count,
+        class_count=len({b.label for i in evaluated_images for b in truth.samples[i].boxes}),
+        classes=dict(sorted(classes.items(), key=lambda item: item[1])),
+        target_platform=config.target_platform,
+        seed=config.seed,
+        quantization=config.quantization_settings(),
+        calibration=values.drawn.facts(),
+        skipped_images=[{"path": str(path), "reason": reason} for path, reason in skipped],
+        sizes=sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size),
+        resource_utilization=values.quantized.resource_utilization,
+        gate=map_gate({name: figures[name]["map_50_95"] for name in MODELS}, config.max_map_drop),
+        quantized_io={"type": config.quantized_io, **tflite["tflite_quantized"].io},
+        imx500=values.imx500,
+        models={name: _detection_model(values, name, text, figures[name]) for name, text in evaluated(values).items()},
+        detection={
+            "annotations": truth.source,
+            "boxes": sum(len(truth.samples[i].boxes) for i in evaluated_images),
+            "post_processing": post,
+            "deployer_runs": deployer_runs(post),
+            "outputs": OUTPUTS.get(post.get("kind", ""), {}),
+            "models": figures,
+            "faithfulness": tally.faithfulness(),
+            "samples": detection_samples(tally, evaluated_images),
+        },
+        diagnosis=_diagnosis(values.diagnosis),
+        verdict=None,
+        recovery=None,
+        volatile_fields=list(VOLATILE_RESULT_FIELDS),
+    )
+
+
+def _detection_model(values: RunValues, name: str, description: str, figures: dict[str, Any]) -> ModelResult:
+    evaluation = values.evaluation
+    exported = values.exported.models.get(name)
+    return ModelResult(
+        description=description,
+        file=str(exported.final) if exported else None,
+        bytes=exported.size if exported else None,
+        map_50_95=figures["map_50_95"],
+        map_50=figures["map_50"],
+        inference={
+            "batch_size": evaluation.batch_size,
+            "threads": evaluation.threads,
+            "ms_per_image": round(1000 * evaluation.seconds[name] / evaluation.image_count, 3),
+        },
+        latency=evaluation.latencies.get(name),
+        census=exported.census if exported else None,
+        io=exported.io if exported else None,
+        outputs=exported.outputs if exported else None,
+    )
+
+
+def detection_samples(tally: Any, evaluated_images: list[int], count: int = DETECTION_SAMPLES) -> list[dict[str, Any]]:
+    """The first ``count`` evaluated images with boxes: their ground truth and the confident
+    detections of :data:`SAMPLE_MODELS`, in pixels of the original image."""
+    from .tasks.detection import IMAGE, LABEL, SCORE, H, X
+
+    truth = tally.truth
+    chosen = [i for i in evaluated_images if truth.samples[i].boxes and truth.samples[i].size][:count]
+    rows = {name: tally.detections[name].rows() for name in SAMPLE_MODELS if name in tally.detections}
+    samples = []
+    for index in chosen:
+        sample = truth.samples[index]
+        found = {}
+        for name, table in rows.items():
+            mine = table[(table[:, IMAGE] == index) & (table[:, SCORE] >= SAMPLE_SCORE)]
+            found[name] = [
+                {
+                    "label": int(r[LABEL]),
+                    "box": [round(float(v), 1) for v in r[X : H + 1]],
+                    "score": round(float(r[SCORE]), 4),
+                }
+                for r in mine
+            ]
+        samples.append(
+            {
+                "image": str(sample.path),
+                "width": sample.size[0],
+                "height": sample.size[1],
+                "truth": [
+                    {"label": b.label, "box": [round(v, 1) for v in (b.x, b.y, b.width, b.height)], "score": None}
+                    for b in sample.boxes
+                ],
+                "detections": found,
+            }
+        )
+    return samples
+
+
+def map_gate(maps: dict[str, float | None], max_drop: float | None) -> Gate | None:
+    """The mAP gate's verdict (``max_map_drop``), or None without a gate: the fraction of the
+    reference's mAP@[.5:.95] the candidate loses."""
+    if max_drop is None:
+        return None
+    reference, candidate = maps[GATE_REFERENCE] or 0.0, maps[GATE_CANDIDATE] or 0.0
+    drop = round((reference - candidate) / reference, 12) if reference > 0 else 0.0
+    drop = max(-1.0, min(1.0, drop))
+    return Gate(
+        reference=GATE_REFERENCE,
+        candidate=GATE_CANDIDATE,
+        map_drop=drop,
+        max_map_drop=max_drop,
+        passed=drop <= max_drop,
     )
 
 

@@ -59,6 +59,8 @@ code{font-size:.88rem;word-break:break-all}
 
 def render(results: Results) -> str:
     """The whole report.html for one results.json document."""
+    if results.task == "detection":
+        return _page(_detection_sections(results))
     sections = (
         _verdict(results),
         _summary(results),
@@ -77,6 +79,10 @@ def render(results: Results) -> str:
         _resources(results),
         _skipped(results),
     )
+    return _page(sections)
+
+
+def _page(sections: Sequence[str]) -> str:
     body = "\n".join(section for section in sections if section)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -272,6 +278,8 @@ def _settings(results: Results) -> str:
 
 
 def _agreement(results: Results) -> str:
+    if results.agreement is None:
+        return ""
     rows = (
         [_head(pair.replace("_vs_", " vs ")), _share(share)] for pair, share in results.agreement.document().items()
     )
@@ -416,7 +424,7 @@ def _accuracy_section(results: Results) -> str:
 
 
 def _per_class(model: ModelResult | None) -> dict[str, PerClass]:
-    return model.per_class if model is not None else {}
+    return model.per_class if model is not None and model.per_class is not None else {}
 
 
 def _class_changes(results: Results) -> list[tuple[float, str, PerClass, PerClass]]:
@@ -506,8 +514,8 @@ def _matrix(triples: list[tuple[int, int, int]], size: int) -> Any:
 
 def _confusion_section(results: Results) -> str:
     models = results.models
-    shown = {
-        name: models[name].confusion for name in (REFERENCE, CANDIDATE) if name in models and models[name].confusion
+    shown: dict[str, list[tuple[int, int, int]]] = {
+        name: confusion for name in (REFERENCE, CANDIDATE) if name in models and (confusion := models[name].confusion)
     }
     if not shown:
         return ""
@@ -646,3 +654,154 @@ def _sizes_section(results: Results) -> str:
     ax.set_title(title)
     note = _note(f"The Keras model has {sizes.keras_parameters:,} parameters.")
     return _section(PLOT_HEADINGS[3], _img(_png(figure), title), note)
+
+
+# --- Detection ------------------------------------------------------------------------------
+
+#: Drawn sample images: the ground truth and the two models' detections, each in its colour.
+SAMPLE_COLOURS = {"truth": (30, 160, 60), "keras": (30, 90, 220), "tflite_quantized": (220, 40, 40)}
+SAMPLE_WIDTH = 360
+
+
+def _detection_sections(results: Results) -> tuple[str, ...]:
+    return (
+        _detection_summary(results),
+        _map_gate(results),
+        _settings(results),
+        _detection_figures(results),
+        _per_class_ap(results),
+        _detection_samples(results),
+        _post_processing(results),
+        _sizes_section(results),
+        _census(results),
+        _imx500(results),
+        _latency(results),
+        _resources(results),
+        _skipped(results),
+    )
+
+
+def _detection_summary(results: Results) -> str:
+    rows = [[_head(key), _cell(value)] for key, value in results.headline().items()]
+    rows += [[_head("image_count"), _cell(results.image_count)], [_head("class_count"), _cell(results.class_count)]]
+    return _section("Summary", _table(("result", "value"), rows))
+
+
+def _map_gate(results: Results) -> str:
+    gate = results.gate
+    if gate is None or gate.map_drop is None:
+        return ""
+    verdict = "passed" if gate.passed else "failed"
+    text = (
+        f"mAP@[.5:.95] drop from {gate.reference} to {gate.candidate}: {_pct(gate.map_drop)} of the reference's "
+        f"(at most {_pct(gate.max_map_drop)} allowed)"
+    )
+    return _section("Accuracy gate", f'<p><span class="gate {verdict}">gate {verdict}</span></p>', _note(text))
+
+
+def _detection_figures(results: Results) -> str:
+    detection = results.detection
+    if detection is None:
+        return ""
+    keys = ("map_50_95", "map_50", "map_75", "map_small", "map_medium", "map_large", "ar_100")
+    rows = (
+        [_head(name), *(_cell(getattr(figures, key)) for key in keys), _cell(figures.detections)]
+        for name, figures in detection.models.items()
+    )
+    faithful = detection.faithfulness
+    note = ""
+    if faithful is not None:
+        note = _note(
+            f"Faithfulness: {faithful.reproduced} of the {faithful.detections} {faithful.reference} detections of "
+            f"score >= {faithful.score_threshold} are reproduced by {faithful.candidate} (same class, IoU >= "
+            f"{faithful.iou_threshold}): {_pct(faithful.share)}."
+        )
+    return _section(
+        "Detection accuracy (COCO, pycocotools)",
+        _table(
+            ("model", "mAP@[.5:.95]", "mAP@.5", "mAP@.75", "small", "medium", "large", "AR@100", "detections"), rows
+        ),
+        note,
+    )
+
+
+def _per_class_ap(results: Results) -> str:
+    detection = results.detection
+    if detection is None or REFERENCE not in detection.models or CANDIDATE not in detection.models:
+        return ""
+    before, after = detection.models[REFERENCE].per_class_ap, detection.models[CANDIDATE].per_class_ap
+    rows = []
+    for name, value in before.items():
+        other = after.get(name)
+        change = None if value is None or other is None else round(other - value, 4)
+        rows.append([_head(name), _cell(value), _cell(other), _cell(change)])
+    return _section(
+        "Per-class AP change",
+        _note(f"AP@[.5:.95] of each class, {REFERENCE} and {CANDIDATE}."),
+        _table(("class", REFERENCE, CANDIDATE, "change"), rows),
+    )
+
+
+def _post_processing(results: Results) -> str:
+    detection = results.detection
+    if detection is None:
+        return ""
+    outputs = [[_head(name), _cell(text)] for name, text in detection.outputs.items()]
+    quantization = results.models.get(CANDIDATE)
+    parts = [
+        _note(
+            "model.tflite and model_quantized.tflite hold the network cut before its post-processing (the TFLite "
+            "runtime has no kernel for it); read their outputs by signature name. A deployer runs after them: "
+            + detection.deployer_runs
+        ),
+        _key_values(detection.post_processing, "post-processing"),
+        _table(("output", "holds"), outputs),
+    ]
+    if quantization is not None and quantization.outputs:
+        parts.append(_key_values({k: v.document() for k, v in quantization.outputs.items()}, "output quantization"))
+    return _section("Post-processing", *parts)
+
+
+def _detection_samples(results: Results) -> str:
+    detection = results.detection
+    if detection is None or not detection.samples:
+        return ""
+    drawn = [png for sample in detection.samples if (png := _drawn_sample(sample)) is not None]
+    if not drawn:
+        return ""
+    legend = ", ".join(f"{name} rgb{colour}" for name, colour in SAMPLE_COLOURS.items())
+    return _section(
+        "Sample detections",
+        _note(f"Ground truth and detections of score >= 0.3 on a few evaluation images ({legend})."),
+        *(_img(png, "evaluation image with boxes") for png in drawn),
+    )
+
+
+def _drawn_sample(sample: Any) -> bytes | None:
+    """One evaluation image with its boxes drawn, or None where the image cannot be read."""
+    from PIL import Image, ImageDraw
+
+    try:
+        with Image.open(sample.image) as opened:
+            image = opened.convert("RGB")
+    except OSError:
+        return None
+    panels = []
+    for name, boxes in (("truth", sample.truth), *sample.detections.items()):
+        panel = image.copy()
+        draw = ImageDraw.Draw(panel)
+        width = max(2, panel.width // 200)
+        for box in boxes:
+            x, y, w, h = box.box
+            draw.rectangle([x, y, x + w, y + h], outline=SAMPLE_COLOURS.get(name, (0, 0, 0)), width=width)
+            text = str(box.label) if box.score is None else f"{box.label} {box.score:.2f}"
+            draw.text((x + 3, y + 2), text, fill=SAMPLE_COLOURS.get(name, (0, 0, 0)))
+        draw.text((6, 6), name, fill=(255, 255, 255))
+        scale = SAMPLE_WIDTH / panel.width
+        panels.append(panel.resize((SAMPLE_WIDTH, max(1, round(panel.height * scale)))))
+    sheet = Image.new("RGB", (SAMPLE_WIDTH * len(panels), max(p.height for p in panels)), (255, 255, 255))
+    for i, panel in enumerate(panels):
+        sheet.paste(panel, (i * SAMPLE_WIDTH, 0))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
@@ -28,7 +28,7 @@ from .errors import AccuracyGateError, Imx500NotFitError
 RESULTS_VERSION = 2
 MANIFEST_VERSION = 1
 #: What the evaluation measured: the kind of model and metrics. ``task`` in results.json.
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
 Task = Literal[TASKS]  # type: ignore[valid-type]
 #: The notebook's four models, whose top-1 accuracies open results.json, in this order:
 #: results.json name -> description. ``models`` has them and any extra export (``extra_exports``).
@@ -40,6 +40,8 @@ MODELS = {
 }
 #: The AITRIOS notebook's keys, first in results.json.
 NOTEBOOK_KEYS = tuple(f"top_1_accuracy_{name}" for name in MODELS)
+#: The detection task's keys in their place: COCO mAP@[.5:.95] and mAP@.5 of the four models.
+DETECTION_KEYS = tuple(f"map_50_95_{name}" for name in MODELS) + tuple(f"map_50_{name}" for name in MODELS)
 #: The accuracy gate compares the deliverable with the model it came from.
 GATE_REFERENCE, GATE_CANDIDATE = "keras", "tflite_quantized"
 GateReference = Literal[(GATE_REFERENCE,)]  # type: ignore[valid-type]
@@ -78,6 +80,17 @@ class _Part(BaseModel):
     """Every object in the two files: no key beyond the declared ones, read-only once made."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Fields written only where they hold a value (absent, not null, otherwise): the fields of
+    #: one task that the other task has no figure for, and the TFLite files' own facts.
+    _absent_when_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _leave_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._absent_when_null:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
 
     def document(self) -> dict[str, Any]:
         """The JSON-ready dict, as written to the file."""
@@ -140,8 +153,20 @@ class Gate(_Part):
 
     reference: GateReference = Field(description="The model the drop is measured from.")
     candidate: GateCandidate = Field(description="The model the drop is measured to.")
-    top_1_drop: float = Field(ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain).")
-    max_top1_drop: Share = Field(description="The largest drop allowed (`max_top1_drop`).")
+    _absent_when_null = frozenset({"top_1_drop", "max_top1_drop", "map_drop", "max_map_drop"})
+
+    top_1_drop: float | None = Field(
+        None, ge=-1, le=1, description="Reference top-1 minus candidate top-1 (negative: a gain); classification."
+    )
+    max_top1_drop: Share | None = Field(None, description="The largest drop allowed (`max_top1_drop`); classification.")
+    map_drop: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Detection: the fraction of the reference's mAP@[.5:.95] the candidate loses, "
+        "(reference - candidate) / reference (negative: a gain).",
+    )
+    max_map_drop: Share | None = Field(None, description="Detection: the largest fraction allowed (`max_map_drop`).")
     passed: bool = Field(description="Whether the drop is at most the allowed one.")
 
 
@@ -225,32 +250,52 @@ class Census(_Part):
     )
 
 
+class OutputQuantization(TensorQuantization):
+    """One named output of a detector's cut TFLite file (read it by this name through the file's signature)."""
+
+    _absent_when_null = frozenset({"computed_as"})
+
+    shape: list[int] = Field(description="Its shape (batch 1).")
+    computed_as: TensorQuantization | None = Field(
+        None,
+        description="Where the output is float (`quantized_io` float): the integer tensor it is dequantized from, "
+        "the grid the network computes it on (absent otherwise).",
+    )
+
+
 class ModelResult(_Part):
     """One evaluated model."""
+
+    _absent_when_null = frozenset(
+        {"census", "io", "outputs", "correct", "top_1_accuracy", "top_5_accuracy", "per_class", "confusion"}
+        | {"map_50_95", "map_50"}
+    )
 
     description: str = Field(description="What the model is.")
     file: str | None = Field(description="Its published file; null for the in-memory Keras models.")
     bytes: Count | None = Field(description="That file's size; null without a file.")
-    correct: Count = Field(description="Evaluation images it got right (top-1).")
-    top_1_accuracy: Share = Field(description="Top-1 accuracy.")
-    top_5_accuracy: Share = Field(description="Top-5 accuracy.")
-    per_class: dict[str, PerClass] = Field(description="Top-1 accuracy of each class with evaluation images.")
-    confusion: list[ConfusionTriple] = Field(
-        description="Sparse confusion matrix: `[true, predicted, count]` triples, sorted, zeros left out."
+    correct: Count | None = Field(None, description="Classification: evaluation images it got right (top-1).")
+    top_1_accuracy: Share | None = Field(None, description="Classification: top-1 accuracy.")
+    top_5_accuracy: Share | None = Field(None, description="Classification: top-5 accuracy.")
+    per_class: dict[str, PerClass] | None = Field(
+        None, description="Classification: top-1 accuracy of each class with evaluation images."
     )
+    confusion: list[ConfusionTriple] | None = Field(
+        None,
+        description="Classification: sparse confusion matrix, `[true, predicted, count]` triples, sorted, zeros "
+        "left out.",
+    )
+    map_50_95: Share | None = Field(None, description="Detection: COCO mAP@[.5:.95] (pycocotools).")
+    map_50: Share | None = Field(None, description="Detection: COCO mAP@.5 (pycocotools).")
     inference: Inference = Field(description="Speed of the evaluation (batched).")
     latency: Latency = Field(description="Single-image latency.")
     census: Census | None = Field(None, description="TFLite files only (the key is absent otherwise).")
     io: Io | None = Field(None, description="TFLite files only: input and output quantization.")
-
-    @model_serializer(mode="wrap")
-    def _absent_without_file(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """``census`` and ``io`` are written for the TFLite files only: absent, not null, elsewhere."""
-        data: dict[str, Any] = handler(self)
-        for key in ("census", "io"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    outputs: dict[str, OutputQuantization] | None = Field(
+        None,
+        description="Detection, TFLite files only: every output of the file by its signature name (the network "
+        "cut before the post-processing), with its own quantization.",
+    )
 
 
 class Agreement(_Part):
@@ -457,15 +502,99 @@ AGREEMENT_PAIRS: tuple[tuple[str, str], ...] = tuple(
 )
 
 
+class DetectionFigures(_Part):
+    """pycocotools' bounding-box figures of one model; null where nothing could be measured."""
+
+    map_50_95: Share | None = Field(description="mAP@[.5:.95].")
+    map_50: Share | None = Field(description="mAP@.5.")
+    map_75: Share | None = Field(description="mAP@.75.")
+    map_small: Share | None = Field(description="mAP@[.5:.95] of small objects (below 32x32 px).")
+    map_medium: Share | None = Field(description="mAP@[.5:.95] of medium objects.")
+    map_large: Share | None = Field(description="mAP@[.5:.95] of large objects (above 96x96 px).")
+    ar_100: Share | None = Field(description="Average recall with at most 100 detections per image.")
+    per_class_ap: dict[str, Share | None] = Field(description="AP@[.5:.95] of each class; null without its boxes.")
+    detections: Count = Field(description="Detections scored (at most 100 per image).")
+
+
+class Faithfulness(_Part):
+    """How many of the reference's confident detections the candidate reproduces."""
+
+    reference: str = Field(description="The model whose detections are counted: keras_quantized.")
+    candidate: str = Field(description="The model that should reproduce them: tflite_quantized.")
+    score_threshold: Share = Field(description="A reference detection counts from this score.")
+    iou_threshold: Share = Field(description="Reproduced: same class, overlapping by at least this IoU.")
+    detections: Count = Field(description="The reference's detections counted.")
+    reproduced: Count = Field(description="Those reproduced.")
+    share: Share | None = Field(description="`reproduced` / `detections`; null without detections.")
+
+
+class SampleBox(_Part):
+    label: int = Field(description="The model's class index.")
+    box: list[float] = Field(description="[x, y, width, height] in pixels of the original image.")
+    score: float | None = Field(description="The detection's score; null for a ground-truth box.")
+
+
+class DetectionSample(_Part):
+    """One evaluation image with its ground truth and some models' detections (score >= 0.3)."""
+
+    image: str = Field(description="The image file.")
+    width: Count = Field(description="Its width, pixels.")
+    height: Count = Field(description="Its height, pixels.")
+    truth: list[SampleBox] = Field(description="Its ground-truth boxes.")
+    detections: dict[str, list[SampleBox]] = Field(description="Detections by model (keras, tflite_quantized).")
+
+
+class DetectionResult(_Part):
+    """What the detection task measured beyond the mAP keys."""
+
+    annotations: Literal["coco", "yolo"] = Field(description="The ground truth's format.")
+    boxes: Count = Field(description="Ground-truth boxes of the evaluated images.")
+    post_processing: dict[str, Any] = Field(
+        description="The model's post-processing as the model stage found it: `kind` (`combined_non_max_suppression` "
+        "or `SSDPostProcess`), its layer and its parameters."
+    )
+    deployer_runs: str = Field(
+        description="What a deployer runs after the outputs of model.tflite and model_quantized.tflite (the "
+        "network is cut before the post-processing): the decoding and NMS, with their parameters."
+    )
+    outputs: dict[str, str] = Field(description="The cut TFLite files' outputs by signature name, and what each holds.")
+    models: dict[str, DetectionFigures] = Field(description="pycocotools' figures of each evaluated model.")
+    faithfulness: Faithfulness | None = Field(
+        description="keras_quantized's detections reproduced by tflite_quantized; null where not both evaluated."
+    )
+    samples: list[DetectionSample] = Field(description="A few evaluation images with boxes, for the report.")
+
+
 class Results(_Part):
     """results.json: accuracies and everything measured about the evaluated models."""
 
     model_config = ConfigDict(title="mctq-job results.json")
+    _absent_when_null = frozenset({*NOTEBOOK_KEYS, *DETECTION_KEYS, "agreement", "detection"})
 
-    top_1_accuracy_keras: Share = Field(description="The notebook's key: top-1 of the Keras model.")
-    top_1_accuracy_keras_quantized: Share = Field(description="The notebook's key: MCT's quantized Keras model.")
-    top_1_accuracy_tflite: Share = Field(description="The notebook's key: model.tflite.")
-    top_1_accuracy_tflite_quantized: Share = Field(description="The notebook's key: model_quantized.tflite.")
+    top_1_accuracy_keras: Share | None = Field(
+        None, description="The notebook's key: top-1 of the Keras model (classification; absent for detection)."
+    )
+    top_1_accuracy_keras_quantized: Share | None = Field(
+        None, description="The notebook's key: MCT's quantized Keras model (classification)."
+    )
+    top_1_accuracy_tflite: Share | None = Field(None, description="The notebook's key: model.tflite (classification).")
+    top_1_accuracy_tflite_quantized: Share | None = Field(
+        None, description="The notebook's key: model_quantized.tflite (classification)."
+    )
+    map_50_95_keras: Share | None = Field(
+        None, description="Detection: COCO mAP@[.5:.95] of the Keras model (absent for classification)."
+    )
+    map_50_95_keras_quantized: Share | None = Field(None, description="Detection: of MCT's quantized Keras model.")
+    map_50_95_tflite: Share | None = Field(None, description="Detection: of model.tflite + the post-processing.")
+    map_50_95_tflite_quantized: Share | None = Field(
+        None, description="Detection: of model_quantized.tflite + the post-processing."
+    )
+    map_50_keras: Share | None = Field(None, description="Detection: COCO mAP@.5 of the Keras model.")
+    map_50_keras_quantized: Share | None = Field(None, description="Detection: of MCT's quantized Keras model.")
+    map_50_tflite: Share | None = Field(None, description="Detection: of model.tflite + the post-processing.")
+    map_50_tflite_quantized: Share | None = Field(
+        None, description="Detection: of model_quantized.tflite + the post-processing."
+    )
     results_version: Literal[2] = Field(description="This layout's version.")
     task: Task = Field("classification", description="What was evaluated; absent in files written before it was added.")
     image_count: Count = Field(description="Evaluation images scored (skipped ones excluded).")
@@ -485,7 +614,10 @@ class Results(_Part):
         description="Each evaluated model, in report order: keras, keras_quantized, then each exported TFLite "
         "file (tflite, tflite_quantized, and tflite_float16 / tflite_dynamic_range with `extra_exports`)."
     )
-    agreement: Agreement = Field(description="Agreement between models' predictions.")
+    agreement: Agreement | None = Field(
+        None, description="Classification: agreement between models' predictions (absent for detection)."
+    )
+    detection: DetectionResult | None = Field(None, description="Detection only: the detection task's figures.")
     diagnosis: DiagnosisResult | None = Field(
         None, description="The layer-by-layer comparison; null with `diagnosis.images` 0, absent before it existed."
     )
@@ -505,13 +637,19 @@ class Results(_Part):
         return cls.model_validate(json.loads(Path(path).read_bytes()))
 
     def accuracy(self, model: str) -> float:
-        """The notebook's top-1 accuracy of one model, by results.json name."""
+        """The notebook's top-1 accuracy of one model, by results.json name (classification)."""
         value: float = getattr(self, f"top_1_accuracy_{model}")
         return value
 
     def notebook_accuracies(self) -> dict[str, float]:
-        """The notebook's four keys and their values."""
+        """The notebook's four keys and their values (classification)."""
         return {key: getattr(self, key) for key in NOTEBOOK_KEYS}
+
+    def headline(self) -> dict[str, float | None]:
+        """The task's headline keys and values: the notebook's four top-1 accuracies, or for
+        detection the four models' mAP@[.5:.95] and mAP@.5."""
+        keys = DETECTION_KEYS if self.task == "detection" else NOTEBOOK_KEYS
+        return {key: getattr(self, key) for key in keys}
 
 
 # --- manifest.json ------------------------------------------------------------------------

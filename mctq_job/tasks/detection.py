@@ -778,6 +778,8 @@ def _post_processing(model: Any) -> dict[str, Any] | None:
                     for k in ("score_threshold", "iou_threshold", "max_detections", "remove_background")
                 },
                 "score_converter": str(cfg.get("score_converter")),
+                "scale_factors": [float(v) for v in cfg.get("scale_factors") or ()],
+                "clip_size": [float(v) for v in cfg.get("clip_size") or ()],
             }
         if kind == "TFOpLambda" and layer.get_config().get("function") == "image.combined_non_max_suppression":
             found: dict[str, Any] = {"kind": "combined_non_max_suppression", "layer": layer.name, "classes": None}

@@ -545,7 +545,7 @@ def write_project_images(dest: Path, maker: SceneMaker, n_eval: int, n_calibrati
 
 
 def configuration(model_path: str, resize: str, batch_size: int = 16, iteration_count: int = 4) -> dict:
-    """An AITRIOS-style configuration.json with issue 17's detection keys, relative paths; by
+    """An AITRIOS-style configuration.json with the detection task's keys, relative paths; by
     default 4 batches of 16 calibration images: each of the 64 written ones once."""
     return {
         "task": "detection",

@@ -306,19 +306,38 @@ def test_validate_on_the_command_line_reports_the_problems_together_with_exit_4(
     assert any("c0.jpg is empty" in p for p in last["problems"])
 
 
-def test_a_whole_run_of_a_detection_project_stops_at_once_naming_the_task(tmp_path):
-    """The run's quantize, export and evaluation know classification only: a detection
-    project is refused before any work (nothing imported, nothing written), not run as one."""
-    project = detection_project(tmp_path / "p")
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"recover": {"max_attempts": 2}}, "key 'recover' is not supported for task 'detection'"),
+        ({"extra_exports": ["float16"]}, "key 'extra_exports'"),
+        ({"export_format": "mct_int8"}, "key 'export_format'"),
+        ({"max_top1_drop": 0.1}, "accepted: max_map_drop"),
+    ],
+)
+def test_what_a_detection_run_cannot_do_is_refused_before_any_work(tmp_path, change, named):
+    """Recovery scores by top-1, the extra exports and MCT's own exporters know no cut detector:
+    one configuration error naming the key, before TensorFlow is imported, nothing written."""
+    project = detection_project(tmp_path / "p", **change)
     result = run_cli("run", cwd=project)
     last = result.events[-1]
     assert result.returncode == ConfigError.exit_code == last["exit_code"], result.stdout[-2000:]
-    assert (
-        last["event"] == "run.failed"
-        and "key 'task': 'detection' is not supported by `mctq-job run`" in last["message"]
-    )
+    assert last["event"] == "run.failed" and named in last["message"]
     assert not {e.get("stage") for e in result.named("stage.start")} - {"config"}
     assert not (project / "out").exists() and not (project / "results").exists()
+
+
+def test_the_map_gate_is_for_detection_only(tmp_path):
+    with pytest.raises(ValueError, match="key 'max_map_drop' is the mAP gate of task 'detection'"):
+        config_mod.Config.model_validate(
+            {
+                **json.loads((detection_project(tmp_path / "p") / "configuration.json").read_text()),
+                "task": "classification",
+                "evaluate_annotation_file": None,
+                "preprocessing": {"resize": "stretch"},
+                "max_map_drop": 0.1,
+            }
+        )
 
 
 # -- box geometry --------------------------------------------------------------------------------

@@ -10,7 +10,15 @@ the manifest records for its results.json, so the folders may have been copied a
 (``kubectl cp``). A run is named after the folder holding both, relative to OUTPUT_ROOT
 (``0-imx500-10-batches`` in a sweep). The settings (target platform, calibration batches,
 seed) come from the resolved configuration in manifest.json; ``gate`` is the accuracy gate's
-verdict where the run had one (``max_top1_drop``).
+verdict where the run had one (``max_top1_drop``, or ``max_map_drop`` for detection).
+
+Classification runs show the four models' top-1 accuracies (columns named after the models)
+and ``drop``, Keras top-1 minus model_quantized.tflite top-1. Detection runs (``"task":
+"detection"``) show the four models' COCO mAP@[.5:.95] (``map_50_95_<model>``) and mAP@.5
+(``map_50_<model>``) and ``map_drop``, the fraction of the Keras model's mAP@[.5:.95] that
+model_quantized.tflite loses (as ``max_map_drop`` measures it). Each task's columns appear
+where the table holds a run of that task, with ``task`` after ``run`` once detection runs are
+among them: a table of classification runs only is laid out as before detection existed.
 
 Both files are read through the job's own models (``mctq_job.results``), so the script runs
 wherever mctq-job is installed: in the job's image (the loader pod) or with the repository's
@@ -45,21 +53,19 @@ except ImportError as exc:  # not the job's image or venv
     )
     sys.exit(2)
 
-COLUMNS = (
-    "run",
-    "target_platform",
-    "iteration_count",
-    "batch_size",
-    "seed",
-    "image_count",
-    *MODELS,
-    "drop",
-    "gate",
-    "peak_memory_mb",
-    "seconds",
-    "status",
-)
+SETTINGS = ("target_platform", "iteration_count", "batch_size", "seed", "image_count")
+#: Classification: top-1 accuracy of each model (the column is the model's name) and its drop.
+TOP_1_COLUMNS = (*MODELS, "drop")
+#: Detection: mAP@[.5:.95] and mAP@.5 of each model, and the relative mAP@[.5:.95] drop.
+MAP_COLUMNS = (*(f"map_50_95_{m}" for m in MODELS), *(f"map_50_{m}" for m in MODELS), "map_drop")
+TRAILING = ("gate", "peak_memory_mb", "seconds", "status")
+#: Every column, in order; a table leaves out the task columns no run of it has.
+COLUMNS = ("run", "task", *SETTINGS, *TOP_1_COLUMNS, *MAP_COLUMNS, *TRAILING)
+SHARES = (*TOP_1_COLUMNS, *MAP_COLUMNS)
+DETECTION = "detection"
 OK = "ok"
+#: The keys that make a JSON file a results.json of either task.
+HEADLINE_PREFIXES = ("top_1_accuracy_", "map_50_95_")
 
 
 def sha256(path: Path) -> str:
@@ -107,7 +113,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
     rows, paired = [], set()
     for path in sorted(root.rglob("results.json")):
         document = _load(path)
-        if not isinstance(document, dict) or not any(key.startswith("top_1_accuracy_") for key in document):
+        if not isinstance(document, dict) or not any(key.startswith(HEADLINE_PREFIXES) for key in document):
             continue  # not a results.json the job wrote
         results, problem = _validated(Results, document)
         # Identical results.json files may exist in several runs: the nearest unpaired manifest.
@@ -143,14 +149,38 @@ def _row(run: str, results: Results | None, manifest: Manifest | None, status: s
     row["iteration_count"] = config.iteration_count if config else None
     row["batch_size"] = config.batch_size if config else None
     row["image_count"] = results.image_count if results else None
+    row["task"] = results.task if results else config.task if config else None
+    headline = results.headline() if results else {}
     for model in MODELS:
-        row[model] = results.accuracy(model) if results else None
-    row["drop"] = results.accuracy(GATE_REFERENCE) - results.accuracy(GATE_CANDIDATE) if results else None
+        row[model] = headline.get(f"top_1_accuracy_{model}")
+        row[f"map_50_95_{model}"] = headline.get(f"map_50_95_{model}")
+        row[f"map_50_{model}"] = headline.get(f"map_50_{model}")
+    row["drop"] = _difference(row[GATE_REFERENCE], row[GATE_CANDIDATE])
+    reference = row[f"map_50_95_{GATE_REFERENCE}"]
+    lost = _difference(reference, row[f"map_50_95_{GATE_CANDIDATE}"])
+    row["map_drop"] = lost / reference if lost is not None and reference else None
     gate = results.gate if results else None
     row["gate"] = None if gate is None else "passed" if gate.passed else "failed"
     row["peak_memory_mb"] = round(manifest.peak_memory_bytes / 2**20) if manifest else None
     row["seconds"] = round(sum(manifest.stage_seconds.values()), 1) if manifest and manifest.stage_seconds else None
     return row
+
+
+def _difference(reference: float | None, candidate: float | None) -> float | None:
+    return None if reference is None or candidate is None else reference - candidate
+
+
+def columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The columns of a table of ``rows``: each task's figures where a run of that task is
+    among them (a run whose task is unknown counts as classification, the default)."""
+    detection = any(row["task"] == DETECTION for row in rows)
+    classification = not detection or any(row["task"] != DETECTION for row in rows)
+    left_out = set()
+    if not detection:
+        left_out |= {"task", *MAP_COLUMNS}
+    if not classification:
+        left_out |= set(TOP_1_COLUMNS)
+    return tuple(column for column in COLUMNS if column not in left_out)
 
 
 def _natural(text: str) -> list[Any]:
@@ -160,23 +190,25 @@ def _natural(text: str) -> list[Any]:
 def _cell(value: Any, column: str, precise: bool) -> str:
     if value is None:
         return "" if precise else "-"
-    if isinstance(value, float) and not precise and column in (*MODELS, "drop"):
+    if isinstance(value, float) and not precise and column in SHARES:
         return f"{value:.4f}"
     return str(value)
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_cell(row[c], c, precise=False) for c in COLUMNS) + " |" for row in rows]
+    shown = columns(rows)
+    lines = ["| " + " | ".join(shown) + " |", "|" + "|".join(" --- " for _ in shown) + "|"]
+    lines += ["| " + " | ".join(_cell(row[c], c, precise=False) for c in shown) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def as_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    shown = columns(rows)
+    writer.writerow(shown)
     for row in rows:
-        writer.writerow([_cell(row[c], c, precise=True) for c in COLUMNS])
+        writer.writerow([_cell(row[c], c, precise=True) for c in shown])
     return out.getvalue()
 
 
@@ -197,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.format == "csv":
         sys.stdout.write(as_csv(rows))
     else:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        shown = columns(rows)
+        sys.stdout.write(json.dumps([{c: row[c] for c in shown} for row in rows], indent=2) + "\n")
     incomplete = [row["run"] for row in rows if row["status"] != OK]
     if incomplete:
         print(f"collect_results: incomplete runs: {', '.join(incomplete)}", file=sys.stderr)

@@ -18,7 +18,7 @@ from results_support import evaluation, run_values
 
 from mctq_job import artifacts, report
 from mctq_job.config import Config
-from mctq_job.results import MODELS, Gate
+from mctq_job.results import DETECTION_KEYS, MODELS, NOTEBOOK_KEYS, Gate
 
 #: The report's input comes from the real producer: a real TFLite file's census, the evaluate
 #: stage's own types (TensorFlow).
@@ -26,6 +26,12 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parent.parent / "k8s" / "collect_results.py"
 LABELS = np.repeat(np.arange(10), 14)
+#: What makes a configuration a detection run's.
+DETECTION_SETTINGS = {
+    "task": "detection",
+    "evaluate_annotation_file": "/p/instances.json",
+    "preprocessing": {"resize": "letterbox"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +49,21 @@ def write_run(
     platform: str = "imx500",
     batches: int = 10,
     gate: Gate | None = None,
+    detection: dict[str, float] | None = None,
 ) -> None:
     """A run's output as the job leaves it: <name>/evaluation/results.json, and
-    <name>/model/manifest.json recording results.json's SHA-256, both made by mctq_job.report."""
-    config = Config.model_validate(
-        {**template.config.to_document(), "target_platform": platform, "iteration_count": batches, "batch_size": 16}
-    )
-    accuracies = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
-    results = report.results(template).model_copy(update={**accuracies, "target_platform": platform, "gate": gate})
+    <name>/model/manifest.json recording results.json's SHA-256, both made by mctq_job.report.
+    With ``detection`` (results.json's mAP keys), a detection run's: its configuration has
+    task detection, its results.json the mAP keys in place of the top-1 ones."""
+    settings = {"target_platform": platform, "iteration_count": batches, "batch_size": 16}
+    if detection is not None:
+        settings |= DETECTION_SETTINGS
+    config = Config.model_validate({**template.config.to_document(), **settings})
+    if detection is None:
+        headline = {f"top_1_accuracy_{m}": accuracy - 0.01 * i for i, m in enumerate(MODELS)}
+    else:
+        headline = {key: None for key in NOTEBOOK_KEYS} | detection | {"task": "detection", "agreement": None}
+    results = report.results(template).model_copy(update={**headline, "target_platform": platform, "gate": gate})
     results_file = root / name / "evaluation" / "results.json"
     results_file.parent.mkdir(parents=True)
     results_file.write_bytes(artifacts.json_bytes(results.document()))
@@ -206,3 +219,60 @@ def test_a_results_json_from_before_the_task_field_still_reads(tmp_path, templat
     proc = collect(tmp_path, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["status"] == "ok"
+
+
+def detection_maps(map_50_95: tuple[float, ...], map_50: tuple[float, ...]) -> dict[str, float]:
+    """results.json's mAP keys of a detection run: the four models' mAP@[.5:.95] and mAP@.5."""
+    maps = dict(zip(DETECTION_KEYS, (*map_50_95, *map_50), strict=True))
+    assert list(maps) == [f"map_50_95_{m}" for m in MODELS] + [f"map_50_{m}" for m in MODELS]
+    return maps
+
+
+def test_detection_runs_show_their_map_beside_the_top_1_of_classification_runs(tmp_path, template):
+    """A sweep that holds both tasks: the table gains `task`, the detection runs' mAP@[.5:.95]
+    and mAP@.5 of the four models and `map_drop` (the fraction of Keras' mAP@[.5:.95] that
+    model_quantized.tflite loses, as max_map_drop measures it, with that gate's verdict), each
+    empty where the run is of the other task; the classification runs keep their top-1 and drop."""
+    write_run(tmp_path, "0-digits", 0.9, template)
+    maps = detection_maps((0.40, 0.39, 0.40, 0.36), (0.68, 0.67, 0.68, 0.66))
+    gate = report.map_gate({"keras": 0.40, "tflite_quantized": 0.36}, 0.05)
+    write_run(tmp_path, "1-detector", 0.0, template, detection=maps, gate=gate, batches=4)
+    proc = collect(tmp_path, "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert list(rows[0])[:2] == ["run", "task"]
+    digits, detector = rows
+    assert (digits["task"], detector["task"]) == ("classification", "detection")
+    assert float(digits["keras"]) == 0.9 and float(digits["drop"]) == pytest.approx(0.03)
+    assert all(digits[key] == "" for key in (*DETECTION_KEYS, "map_drop"))
+    assert all(detector[m] == "" for m in (*MODELS, "drop"))
+    assert {key: float(detector[key]) for key in DETECTION_KEYS} == maps
+    assert float(detector["map_drop"]) == pytest.approx(0.1)  # (0.40 - 0.36) / 0.40
+    assert (detector["gate"], detector["iteration_count"], detector["status"]) == ("failed", "4", "ok")
+
+    header, _, *lines = collect(tmp_path).stdout.splitlines()
+    assert "| map_50_95_keras |" in header and "| map_50_tflite_quantized | map_drop |" in header
+    assert lines[1].startswith("| 1-detector | detection | imx500 | 4 | 16 | 0 | 140 | - | - | - | - | - | 0.4000 |")
+
+
+def test_a_table_of_detection_runs_only_has_no_top_1_columns(tmp_path, template):
+    """Detection runs alone: the mAP columns, none of the classification ones; a Keras mAP of
+    0 leaves map_drop empty rather than dividing by it."""
+    write_run(tmp_path, "0-a", 0.0, template, detection=detection_maps((0.5,) * 4, (0.7,) * 4))
+    write_run(tmp_path, "1-b", 0.0, template, detection=detection_maps((0.0,) * 4, (0.0,) * 4))
+    proc = collect(tmp_path, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert not set(rows[0]) & {*MODELS, "drop"} and set(DETECTION_KEYS) < set(rows[0])
+    assert [r["map_drop"] for r in rows] == [0.0, None]
+
+
+def test_a_classification_only_table_is_laid_out_as_before_detection(tmp_path, template):
+    """No detection run: neither `task` nor any mAP column, so scripts reading the CSV of a
+    classification sweep read the same columns as before."""
+    write_run(tmp_path, "0-a", 0.9, template)
+    header = collect(tmp_path, "--format", "csv").stdout.splitlines()[0]
+    assert header == (
+        "run,target_platform,iteration_count,batch_size,seed,image_count,"
+        "keras,keras_quantized,tflite,tflite_quantized,drop,gate,peak_memory_mb,seconds,status"
+    )

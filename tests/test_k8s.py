@@ -342,7 +342,8 @@ def test_the_readme_maps_every_exit_code_to_its_action():
 @pytest.fixture(scope="module")
 def rehearsal(request, tmp_path_factory):
     """Each index of the rendered sweep run as a pod (two at a time, as on two cores), on a
-    data volume holding the digits example and an empty output volume."""
+    data volume holding the digits example (and, under detection/, a small build of
+    examples/detection.py for the sweep's detection run) and an empty output volume."""
     from container_support import docker_client, find_image, image_for_tests, inputs_digest, unavailable
 
     client = docker_client()
@@ -359,6 +360,12 @@ def rehearsal(request, tmp_path_factory):
     data, output = work / "pv-data", work / "pv-output"
     for part in ("model", "dataset"):
         shutil.copytree(digits_template / part, data / part)
+    if any(config.get("task") == "detection" for path, config in configs_by_index("sweep").values()):
+        from test_detection_example import detection
+
+        detection.build(
+            data / "detection", n_train=300, epochs=4, n_eval=16, n_calibration=16, ssd=False, log=lambda _: None
+        )
     for path in [data, *data.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     spec = job("sweep")["spec"]["template"]["spec"]
@@ -396,7 +403,8 @@ def test_rehearsed_sweep_every_index_runs_its_own_configuration_within_its_limit
         assert run.exit_code == 0 and not run.oom_killed, f"index {index}: {run.explain()}"
         (read,) = (e for e in run.named("stage.finish") if e.get("stage") == "config")
         assert read["config_file"] == str(path)
-        assert run.termination_message.startswith("success: keras="), run.termination_message
+        first = "map_50_95_keras" if config.get("task") == "detection" else "keras"
+        assert run.termination_message.startswith(f"success: {first}="), run.termination_message
         peak = json.loads((_on_volume(output, config["output_dir"]) / "manifest.json").read_text())["peak_memory_bytes"]
         assert peak * HEADROOM <= limit, f"index {index}: peak {peak / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
 
@@ -423,4 +431,8 @@ def test_rehearsed_sweep_writes_each_result_set_to_its_own_folders_only(rehearsa
         text=True,
     )
     assert table.returncode == 0, table.stderr
-    assert len(json.loads(table.stdout)) == len(runs)
+    rows = json.loads(table.stdout)
+    assert len(rows) == len(runs)
+    for row in rows:  # classification runs with their top-1, detection runs with their mAP
+        figures = ("map_50_95_keras", "map_50_tflite_quantized") if row.get("task") == "detection" else ("keras",)
+        assert all(row[figure] is not None for figure in figures), row

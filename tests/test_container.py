@@ -33,6 +33,7 @@ from container_support import (
 import mctq_job
 from mctq_job.artifacts import ARTIFACT_NAMES, OUTPUT_DIR_FILES, RESULT_DIR_FILES
 from mctq_job.errors import ConfigError, Interrupted
+from mctq_job.results import DETECTION_KEYS
 
 pytestmark = pytest.mark.container
 
@@ -43,6 +44,8 @@ ACCURACY_KEYS = {
     "top_1_accuracy_tflite",
     "top_1_accuracy_tflite_quantized",
 }
+#: A detection run's in their place (issue 17): COCO mAP@[.5:.95] and mAP@.5 of the four models.
+MAP_KEYS = set(DETECTION_KEYS)
 SIGTERM_EXIT = Interrupted(signal.SIGTERM).exit_code
 
 
@@ -166,7 +169,7 @@ def test_the_job_succeeds_and_stdout_is_json_lines_only(scenario):
     assert run.stderr.strip() == "", run.stderr[-3000:]
 
 
-def test_artifacts_are_complete_and_match_the_manifest(scenario):
+def test_artifacts_are_complete_and_match_the_manifest(scenario, accuracy_keys=ACCURACY_KEYS):
     assert scenario.run.exit_code == 0, scenario.run.explain()
     assert {p.name for p in scenario.output_dir.iterdir()} == set(OUTPUT_DIR_FILES)
     assert {p.name for p in scenario.result_dir.iterdir()} == set(RESULT_DIR_FILES)
@@ -181,8 +184,8 @@ def test_artifacts_are_complete_and_match_the_manifest(scenario):
         listed.add(record["name"])
     assert set(ARTIFACT_NAMES) - {"manifest.json"} == listed
     results = json.loads((scenario.result_dir / "results.json").read_text())
-    assert set(results) >= ACCURACY_KEYS
-    assert all(0.0 <= results[k] <= 1.0 for k in ACCURACY_KEYS)
+    assert set(results) >= accuracy_keys
+    assert all(0.0 <= results[k] <= 1.0 for k in accuracy_keys)
 
 
 def test_artifacts_belong_to_the_user_the_container_ran_as(scenario):
@@ -197,6 +200,55 @@ def test_the_job_writes_nothing_but_its_outputs_into_the_workspace(hardened, dig
     assert hardened.run.exit_code == 0, hardened.run.explain()
     project = hardened.output_dir.parent
     assert {p.name for p in project.iterdir()} == {p.name for p in digits_template.iterdir()} | {"output", "evaluate"}
+
+
+# --- a detector ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detection_project(tmp_path_factory) -> Path:
+    """examples/detection.py's project, small: a detector ending in combined NMS, COCO ground
+    truth matched to the labels by name, letterbox resizing; one calibration batch."""
+    from test_detection_example import detection
+
+    dest = tmp_path_factory.mktemp("detection") / "project"
+    detection.build(dest, n_train=300, epochs=4, n_eval=16, n_calibration=8, ssd=False, log=lambda _: None)
+    config = read_config(dest)
+    config.update(iteration_count=1, batch_size=8)
+    write_config(dest, config)
+    dest.chmod(0o755)
+    make_group0_writable(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def detection_run(client, image, detection_project) -> Scenario:
+    """The detection project hardened, as an arbitrary UID in group 0: the image holds what
+    detection needs beyond classification (pycocotools, edgemdt_cl) and runs it offline."""
+    run = run_container(client, image, hardened=True, user="12345:0", mounts={detection_project: "/workspace"})
+    project = detection_project
+    return Scenario(run, project / "output", project / "evaluate" / "results", (12345, 0), {"/workspace": project})
+
+
+def test_a_detection_project_runs_hardened_with_the_map_keys_and_a_complete_manifest(detection_run):
+    """Exit 0 with JSON lines only; every artifact written, owned by the container's user and
+    matching manifest.json; results.json has the four models' mAP@[.5:.95] and mAP@.5 (as
+    pycocotools measured them: the same figures as its detection section), no top-1 key, and
+    names the post-processing a deployer runs after the cut TFLite files."""
+    test_the_job_succeeds_and_stdout_is_json_lines_only(detection_run)
+    test_artifacts_are_complete_and_match_the_manifest(detection_run, accuracy_keys=MAP_KEYS)
+    test_artifacts_belong_to_the_user_the_container_ran_as(detection_run)
+    results = json.loads((detection_run.result_dir / "results.json").read_text())
+    assert results["task"] == "detection" and not set(results) & ACCURACY_KEYS
+    figures = results["detection"]["models"]
+    for model in ("keras", "keras_quantized", "tflite", "tflite_quantized"):
+        assert results[f"map_50_95_{model}"] == figures[model]["map_50_95"], model
+        assert results[f"map_50_{model}"] == figures[model]["map_50"] >= figures[model]["map_50_95"], model
+    assert results["map_50_keras"] > 0, "the trained detector finds objects in the container too"
+    assert results["detection"]["post_processing"]["kind"] == "combined_non_max_suppression"
+    assert results["detection"]["annotations"] == "coco" and results["image_count"] == 16
+    finish = detection_run.run.events[-1]
+    assert {k: finish[k] for k in MAP_KEYS} == {k: results[k] for k in MAP_KEYS}  # the last log line says them
 
 
 # --- failures ------------------------------------------------------------------------------------

@@ -665,12 +665,15 @@ SAMPLE_WIDTH = 360
 
 def _detection_sections(results: Results) -> tuple[str, ...]:
     return (
+        _detection_verdict(results),
         _detection_summary(results),
         _map_gate(results),
         _settings(results),
         _detection_figures(results),
         _per_class_ap(results),
         _detection_samples(results),
+        _diagnosis_section(results),
+        _recovery_section(results),
         _post_processing(results),
         _sizes_section(results),
         _census(results),
@@ -679,6 +682,45 @@ def _detection_sections(results: Results) -> tuple[str, ...]:
         _resources(results),
         _skipped(results),
     )
+
+
+def detection_verdict_sentence(results: Results) -> str | None:
+    """A detector's opening sentence where the mAP gate fails (or, without a gate, mAP@[.5:.95]
+    fell): the drop and the culprits the diagnosis names. mAP has no per-image hits, so no paired
+    interval is given (results.json's verdict stays null for detection)."""
+    from .verdict import culprits
+
+    reference, candidate = results.map_50_95_keras, results.map_50_95_tflite_quantized
+    gate = results.gate
+    if reference is None or candidate is None or reference <= 0:
+        return None
+    relative = (reference - candidate) / reference
+    if gate.passed if gate is not None else relative <= 0:
+        return None
+    text = (
+        f"Quantization cost {relative:.1%} of the Keras model's mAP@[.5:.95] in model_quantized.tflite "
+        f"({reference:.3f} to {candidate:.3f})"
+    )
+    if gate is not None and gate.max_map_drop is not None:
+        text += f", over the gate's {gate.max_map_drop:.1%}"
+    text += " (no confidence interval: mAP has no per-image pairs to draw one from)"
+    diagnosis = results.diagnosis
+    if diagnosis is not None:
+        layers = [(row.layer, row.sqnr_db, row.tflite_sqnr_db) for row in diagnosis.layers]
+        blamed = culprits(layers, [(f.layer, f.kind) for f in diagnosis.findings])
+        if blamed:
+            named = ", ".join(f"'{layer}' ({reason.replace('_', ' ')})" for layer, reason in blamed)
+            text += f"; the diagnosis points at {'layer' if len(blamed) == 1 else 'layers'} {named}"
+    return text + "."
+
+
+def _detection_verdict(results: Results) -> str:
+    recovered = recovery_sentence(results)
+    if recovered is not None:
+        won = results.recovery is not None and results.recovery.winner is not None
+        return f'<p class="verdict{" recovered" if won else ""}">{_e(recovered)}</p>'
+    sentence = detection_verdict_sentence(results)
+    return f'<p class="verdict">{_e(sentence)}</p>' if sentence else ""
 
 
 def _detection_summary(results: Results) -> str:

@@ -529,9 +529,9 @@ def _made_and_scored(
     keras = {"keras_quantized": quantized.model}
     tflite = {"tflite_quantized": deliverable.staged}
     figures = _scored(scoring, keras, tflite, "tflite_quantized")
-    if figures["outcome"] != "within_budget":
+    evaluation = figures.pop("evaluation", None)  # every image's, where it was evaluated on them
+    if figures["outcome"] != "within_budget" or evaluation is None:
         return figures, None
-    evaluation = figures.pop("evaluation")
     merged = _merged(baseline.evaluation, evaluation)
     return figures, Produced(config, drawn, quantized, exported, merged, packaged)
 

@@ -408,9 +408,10 @@ class Config(BaseModel):
     )
     recover: Recover | None = Field(
         None,
-        description='Optional, with max_top1_drop: {"max_attempts": 6, "max_seconds": 1800}: where the gate '
-        "fails, try other quantization settings ranked by the diagnosis, publish the first within the gate "
-        "and write recovered_configuration.json (its settings) in output_dir; null (default): no recovery.",
+        description='Optional, with max_top1_drop (detection: max_map_drop): {"max_attempts": 6, '
+        '"max_seconds": 1800}: where the gate fails, try other quantization settings ranked by the diagnosis, '
+        "publish the first within the gate and write recovered_configuration.json (its settings) in output_dir; "
+        "null (default): no recovery.",
     )
     max_top1_drop: float | None = Field(
         None,
@@ -480,10 +481,10 @@ class Config(BaseModel):
                 f"key 'export_format': {self.export_format!r} is not supported for task 'detection': the cut "
                 "detector's named outputs are written by the full-integer export only; accepted: 'int8'"
             )
-        if self.recover is not None:
+        if self.recover is not None and self.max_map_drop is None:
             raise ValueError(
-                "key 'recover' is not supported for task 'detection' yet (recovery scores attempts by top-1 "
-                "accuracy); accepted: remove 'recover' (the mAP gate max_map_drop still applies)"
+                "key 'recover' needs the accuracy gate it recovers; for task 'detection' that is max_map_drop; "
+                "accepted: set max_map_drop (e.g. 0.05), or remove 'recover'"
             )
         return self
 
@@ -517,7 +518,7 @@ class Config(BaseModel):
                 f"4-bit weights), got {self.target_platform!r}; accepted: imx500, or remove "
                 f"'mixed_precision'"
             )
-        if self.recover is not None and self.max_top1_drop is None:
+        if self.recover is not None and self.task != "detection" and self.max_top1_drop is None:
             raise ValueError(
                 "key 'recover' needs the accuracy gate it recovers, max_top1_drop; accepted: set max_top1_drop "
                 "(e.g. 0.02), or remove 'recover'"

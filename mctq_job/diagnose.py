@@ -569,12 +569,17 @@ class TFLiteTap:
         """The tensors whose buffer no later operator but a reshape writes."""
         address = {}
         for index in writer:
-            view = self.interpreter.tensor(index)()
+            try:
+                view = self.interpreter.tensor(index)()
+            except ValueError:  # a dynamic tensor, allocated at invoke (a cut detector's SHAPE/PACK int32)
+                continue
             address[index] = view.__array_interface__["data"][0]
             del view  # no reference to the interpreter's buffers may outlive this call
         readable = set()
         for index, (k, _) in writer.items():
-            later = [op for t, (j, op) in writer.items() if j > k and address[t] == address[index]]
+            if index not in address:
+                continue
+            later = [op for t, (j, op) in writer.items() if j > k and address.get(t) == address[index]]
             if all(op in VIEW_OPERATORS for op in later):
                 readable.add(index)
         return readable
@@ -868,9 +873,14 @@ def run(
     drawn_order = list(dict.fromkeys(int(i) for batch in drawn.batches for i in batch))
     calibration = [inputs.calibration_images[i] for i in drawn_order[: config.diagnosis.images]]
     staged = exported.models[QUANTIZED_VARIANT].staged
+    float_model, quantized_model = loaded.model, quantized.model
     with calling("TensorFlow"):
-        p = probe(loaded.model, quantized.model)
-        tap = TFLiteTap(staged, p.mapping, quantized.model)
+        if config.task == "detection":  # up to the post-processing, which MCT leaves float and unquantized
+            from .detection_cut import cut
+
+            float_model, quantized_model = cut(float_model), cut(quantized_model)
+        p = probe(float_model, quantized_model)
+        tap = TFLiteTap(staged, p.mapping, quantized_model)
         sums = measure(p, batches(chosen), tap, batches(calibration))
     found = findings(p, sums)
     classes = calibration_classes(

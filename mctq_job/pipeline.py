@@ -134,16 +134,7 @@ def run(
             heavy.evaluate, inputs, loaded, quantized, exported
         )
         diagnosis = None
-        if config.diagnosis.images and config.task == "detection":
-            from .events import Event
-
-            ctx.log.info(
-                Event.STAGE_SKIPPED.value,
-                stage=Stage.DIAGNOSE.value,
-                reason="the layer-by-layer diagnosis probes single-output classifiers; a detector's outputs end in "
-                "its post-processing, which it cannot compare yet",
-            )
-        elif config.diagnosis.images:
+        if config.diagnosis.images:
             diagnosis = ctx.stage(Stage.DIAGNOSE, images=config.diagnosis.images).run(
                 heavy.diagnose, inputs, loaded, quantized, exported, drawn
             )

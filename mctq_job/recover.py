@@ -76,6 +76,34 @@ SIXTEEN_BIT_VERSION = "4.0"
 
 
 @dataclass(frozen=True)
+class Metric:
+    """The figure the gate and the attempts are scored by: top-1 for classification
+    (``max_top1_drop``, an absolute drop), mAP@[.5:.95] for detection (``max_map_drop``, a drop
+    relative to the Keras model's mAP, as the gate computes it)."""
+
+    name: str  # "top_1" or "map_50_95": results.json's key stem
+    label: str  # in words
+    budget: float
+
+    def of(self, tally: Any, model: str) -> float:
+        if self.name == "top_1":
+            return float(tally.accuracy(model))
+        return float(tally.metrics(model)["map_50_95"] or 0.0)
+
+    def drop(self, reference: float, candidate: float) -> float:
+        if self.name == "top_1":
+            return round(reference - candidate, 12)
+        return max(-1.0, min(1.0, round((reference - candidate) / reference, 12))) if reference > 0 else 0.0
+
+
+def metric(config: Config) -> Metric | None:
+    """The configuration's gate as a :class:`Metric`; None without a gate."""
+    if config.task == "detection":
+        return None if config.max_map_drop is None else Metric("map_50_95", "mAP@[.5:.95]", config.max_map_drop)
+    return None if config.max_top1_drop is None else Metric("top_1", "top-1", config.max_top1_drop)
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One fix to try: configuration keys to set (merged into the run's configuration), or, for
     the IMX500-only candidate, per-layer activation bit widths no configuration key holds."""
@@ -95,13 +123,18 @@ class Attempt:
     activation_bits: dict[str, int] | None
     outcome: str
     seconds: float
-    subset_top_1: float | None = None  # model_quantized.tflite (MCT's model where IMX500-only) on the subset
-    top_1: float | None = None  # the same on every evaluation image
-    keras_quantized_top_1: float | None = None  # MCT's quantized Keras model on every evaluation image
-    top_1_drop: float | None = None  # the gate's drop: Keras model's top-1 minus top_1
+    #: The gate's metric (:class:`Metric`: top-1 or mAP@[.5:.95]) of model_quantized.tflite (MCT's
+    #: model where IMX500-only) on the subset, on every evaluation image, of MCT's quantized Keras
+    #: model on every image, and the gate's drop from the Keras model to ``score``.
+    subset_score: float | None = None
+    score: float | None = None
+    keras_quantized_score: float | None = None
+    drop: float | None = None
     detail: str | None = None  # why it failed or was not applicable
+    metric: str = "top_1"
 
     def record(self) -> dict[str, Any]:
+        drop = "top_1_drop" if self.metric == "top_1" else "map_drop"
         return {
             "attempt": self.number,
             "description": self.description,
@@ -109,10 +142,10 @@ class Attempt:
             "change": self.change,
             "activation_bits": self.activation_bits,
             "outcome": self.outcome,
-            "subset_top_1": self.subset_top_1,
-            "top_1": self.top_1,
-            "keras_quantized_top_1": self.keras_quantized_top_1,
-            "top_1_drop": self.top_1_drop,
+            f"subset_{self.metric}": self.subset_score,
+            self.metric: self.score,
+            f"keras_quantized_{self.metric}": self.keras_quantized_score,
+            drop: self.drop,
             "seconds": self.seconds,
             "detail": self.detail,
         }
@@ -134,14 +167,14 @@ class Produced:
 class Recovery:
     """The stage's value: the attempts, the winner (or none) and what the run publishes."""
 
-    max_top1_drop: float
+    metric: Metric  # the gate's figure and budget
     max_attempts: int
     max_seconds: float
     subset_images: int
-    reference_top_1: float  # the Keras model, every evaluation image
-    reference_subset_top_1: float
-    baseline_top_1: float  # model_quantized.tflite with the configuration as given
-    baseline_subset_top_1: float
+    reference: float  # the Keras model's metric, every evaluation image
+    reference_subset: float
+    baseline: float  # model_quantized.tflite's with the configuration as given
+    baseline_subset: float
     attempts: list[Attempt]
     winner: int | None
     best: int | None
@@ -152,46 +185,51 @@ class Recovery:
 
     @property
     def baseline_drop(self) -> float:
-        return round(self.reference_top_1 - self.baseline_top_1, 12)
+        return self.metric.drop(self.reference, self.baseline)
 
     def summary(self) -> dict[str, Any]:
         return {"attempts": len(self.attempts), "winner": self.winner, "best": self.best, "stopped": self.stopped}
 
     def sentence(self) -> str:
         """One sentence for the log and the gate's error: what recovery did."""
+        label = self.metric.label
         tried = f"recovery made {len(self.attempts)} attempt(s) in {self.seconds:.0f} s and stopped ({self.stopped})"
         if self.winner:
             won = self.attempts[self.winner - 1]
-            return f"{tried}: attempt {won.number}, {won.description}, is within the gate (top-1 drop {won.top_1_drop:.4f})"
+            return f"{tried}: attempt {won.number}, {won.description}, is within the gate ({label} drop {won.drop:.4f})"
         text = f"{tried}; none was within the gate"
         best = self.attempts[self.best - 1] if self.best else None
-        if best is not None and best.top_1 is not None:
-            text += f", the best was attempt {best.number}, {best.description} (top-1 {best.top_1:.4f}, drop {best.top_1_drop:.4f})"
-        elif best is not None and best.subset_top_1 is not None:
+        if best is not None and best.score is not None and best.drop is not None:
             text += (
-                f", the best was attempt {best.number}, {best.description} (top-1 {best.subset_top_1:.4f} on the "
-                f"{self.subset_images}-image subset, against {self.reference_subset_top_1:.4f} for the Keras model)"
+                f", the best was attempt {best.number}, {best.description} ({label} {best.score:.4f}, drop "
+                f"{best.drop:.4f})"
+            )
+        elif best is not None and best.subset_score is not None:
+            text += (
+                f", the best was attempt {best.number}, {best.description} ({label} {best.subset_score:.4f} on the "
+                f"{self.subset_images}-image subset, against {self.reference_subset:.4f} for the Keras model)"
             )
         imx500 = [
             a
             for a in self.attempts
-            if a.outcome == "imx500_only" and a.top_1_drop is not None and a.top_1_drop <= self.max_top1_drop
+            if a.outcome == "imx500_only" and a.drop is not None and a.drop <= self.metric.budget
         ]
         if imx500:
             a = imx500[0]
             text += (
                 f"; on the IMX500 only (not as TFLite), attempt {a.number}, {a.description}, is within it "
-                f"(MCT's Keras model: top-1 {a.top_1:.4f})"
+                f"(MCT's Keras model: {label} {a.score:.4f})"
             )
         return text
 
 
 def needed(config: Config, evaluation: Evaluation) -> bool:
     """Whether recovery runs: ``recover`` is set and the gate fails (the gate's own rounding)."""
-    if config.recover is None or config.max_top1_drop is None:
+    gate = metric(config)
+    if config.recover is None or gate is None:
         return False
     tally = evaluation.tally
-    return round(tally.accuracy("keras") - tally.accuracy("tflite_quantized"), 12) > config.max_top1_drop
+    return gate.drop(gate.of(tally, "keras"), gate.of(tally, "tflite_quantized")) > gate.budget
 
 
 def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, baseline: Produced, diagnosis: Diagnosis | None) -> Recovery:
@@ -199,16 +237,23 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, baseline: Produced, dia
     (``recover.max_attempts``, ``recover.max_seconds``) or the candidates run out."""
     began = time.monotonic()
     config = inputs.config
-    assert config.recover is not None and config.max_top1_drop is not None  # needed() said so
-    budget = config.max_top1_drop
+    gate = metric(config)
+    assert config.recover is not None and gate is not None  # needed() said so
     truth = inputs.truth
     chosen = diagnose.diagnosis_images(truth.images, config.diagnosis.images or DEFAULT_SUBSET_IMAGES, config.seed)
-    scoring = _Scoring(inputs, truth.without(set(truth.images) - set(chosen)), len(chosen) >= len(truth.images))
+    post = None
+    if config.task == "detection":  # the cut files are scored after the model's own post-processing
+        from .detection_cut import post_processing
+
+        post = post_processing(loaded.model)
+    scoring = _Scoring(
+        inputs, truth.without(set(truth.images) - set(chosen)), len(chosen) >= len(truth.images), gate, post
+    )
     reference = scoring.subset_scores(
         {"keras": loaded.model}, {"tflite_quantized": baseline.exported.models["tflite_quantized"].staged}
     )
-    scoring.reference_subset = reference.tally.accuracy("keras")
-    scoring.reference = baseline.evaluation.tally.accuracy("keras")
+    scoring.reference_subset = gate.of(reference.tally, "keras")
+    scoring.reference = gate.of(baseline.evaluation.tally, "keras")
     # A first attempt costs about what the baseline's quantization, export and evaluation of the
     # quantized models cost; later ones about the longest attempt so far.
     estimate = sum(ctx.seconds.get(stage, 0.0) for stage in (Stage.QUANTIZE, Stage.EXPORT, Stage.IMX500))
@@ -237,14 +282,14 @@ def run(ctx: RunContext, inputs: Inputs, loaded: Loaded, baseline: Produced, dia
     ctx.seconds.clear()
     ctx.seconds.update(stage_seconds)
     recovery = Recovery(
-        max_top1_drop=budget,
+        metric=gate,
         max_attempts=config.recover.max_attempts,
         max_seconds=config.recover.max_seconds,
         subset_images=len(chosen),
-        reference_top_1=scoring.reference,
-        reference_subset_top_1=scoring.reference_subset,
-        baseline_top_1=baseline.evaluation.tally.accuracy("tflite_quantized"),
-        baseline_subset_top_1=reference.tally.accuracy("tflite_quantized"),
+        reference=scoring.reference,
+        reference_subset=scoring.reference_subset,
+        baseline=gate.of(baseline.evaluation.tally, "tflite_quantized"),
+        baseline_subset=gate.of(reference.tally, "tflite_quantized"),
         attempts=attempts,
         winner=attempts[-1].number if winner else None,
         best=best(attempts),
@@ -275,14 +320,14 @@ def expected_seconds(candidate: Candidate, longest: float) -> float:
 
 
 def best(attempts: Sequence[Attempt]) -> int | None:
-    """The publishable attempt that scored highest: by top-1 on every evaluation image where any
-    got that far, else by top-1 on the subset (ties: the earlier); None where none was scored."""
+    """The publishable attempt that scored highest: by the gate's metric on every evaluation image
+    where any got that far, else on the subset (ties: the earlier); None where none was scored."""
     publishable = [a for a in attempts if a.outcome in ("within_budget", "over_budget", "rejected_on_subset")]
-    full = [a for a in publishable if a.top_1 is not None]
+    full = [a for a in publishable if a.score is not None]
     if full:
-        return max(full, key=lambda a: (a.top_1 or 0.0, -a.number)).number
-    subset = [a for a in publishable if a.subset_top_1 is not None]
-    return max(subset, key=lambda a: (a.subset_top_1 or 0.0, -a.number)).number if subset else None
+        return max(full, key=lambda a: (a.score or 0.0, -a.number)).number
+    subset = [a for a in publishable if a.subset_score is not None]
+    return max(subset, key=lambda a: (a.subset_score or 0.0, -a.number)).number if subset else None
 
 
 # --- The candidates -----------------------------------------------------------------------
@@ -383,18 +428,22 @@ class _Scoring:
     inputs: Inputs
     subset: Any  # the task's ground truth restricted to the subset
     subset_is_everything: bool
-    reference: float = 0.0  # the Keras model's top-1, every evaluation image
+    metric: Metric
+    post: Any = None  # a detector's post-processing, applied after its cut TFLite files
+    reference: float = 0.0  # the Keras model's metric, every evaluation image
     reference_subset: float = 0.0
 
     def subset_scores(self, keras: dict[str, Any], tflite: dict[str, Any]) -> Evaluation:
-        return evaluate.evaluate(evaluate.predictors(keras, tflite), self.subset, self.inputs.config)
+        return evaluate.evaluate(evaluate.predictors(keras, tflite, self.post), self.subset, self.inputs.config)
 
     def full_scores(self, keras: dict[str, Any], tflite: dict[str, Any]) -> Evaluation:
-        return evaluate.evaluate(evaluate.predictors(keras, tflite), self.inputs.truth, self.inputs.config)
+        return evaluate.evaluate(evaluate.predictors(keras, tflite, self.post), self.inputs.truth, self.inputs.config)
 
     def slack(self) -> float:
         """How far beyond the gate a subset's drop may be and still be confirmed on every image:
-        two standard errors of a share measured on the subset's images, at most 1/sqrt(n)."""
+        two standard errors of a share measured on the subset's images, at most 1/sqrt(n). For
+        mAP (a relative drop, no per-image pairs) the same 1/sqrt(n) is a loose allowance, not a
+        standard error: the subset only rejects attempts far outside the gate."""
         return 1 / math.sqrt(max(len(self.subset.images), 1))
 
 
@@ -441,7 +490,9 @@ def _attempt(
     finally:
         staging.abort()
         unregister()
-    return Attempt(**record, **figures, seconds=round(time.monotonic() - began, 3)), produced
+    return Attempt(
+        **record, **figures, metric=scoring.metric.name, seconds=round(time.monotonic() - began, 3)
+    ), produced
 
 
 def _made_and_scored(
@@ -478,9 +529,9 @@ def _made_and_scored(
     keras = {"keras_quantized": quantized.model}
     tflite = {"tflite_quantized": deliverable.staged}
     figures = _scored(scoring, keras, tflite, "tflite_quantized")
-    if figures["outcome"] != "within_budget":
+    evaluation = figures.pop("evaluation", None)  # every image's, where it was evaluated on them
+    if figures["outcome"] != "within_budget" or evaluation is None:
         return figures, None
-    evaluation = figures.pop("evaluation")
     merged = _merged(baseline.evaluation, evaluation)
     return figures, Produced(config, drawn, quantized, exported, merged, packaged)
 
@@ -489,19 +540,20 @@ def _scored(
     scoring: _Scoring, keras: dict[str, Any], tflite: dict[str, Any], scored: str, imx500_only: bool = False
 ) -> dict[str, Any]:
     """Subset first; every evaluation image where the subset leaves the gate within reach."""
-    budget = scoring.inputs.config.max_top1_drop
-    assert budget is not None
+    gate = scoring.metric
+    budget = gate.budget
     subset = scoring.subset_scores(keras, tflite)
-    subset_top_1 = subset.tally.accuracy(scored)
-    figures: dict[str, Any] = {"subset_top_1": subset_top_1}
-    if scoring.reference_subset - subset_top_1 > budget + scoring.slack() and not scoring.subset_is_everything:
+    subset_score = gate.of(subset.tally, scored)
+    figures: dict[str, Any] = {"subset_score": subset_score}
+    subset_drop = gate.drop(scoring.reference_subset, subset_score)
+    if subset_drop > budget + scoring.slack() and not scoring.subset_is_everything:
         return {**figures, "outcome": "imx500_only" if imx500_only else "rejected_on_subset"}
     full = subset if scoring.subset_is_everything else scoring.full_scores(keras, tflite)
-    drop = round(scoring.reference - full.tally.accuracy(scored), 12)
+    drop = gate.drop(scoring.reference, gate.of(full.tally, scored))
     figures |= {
-        "top_1": full.tally.accuracy(scored),
-        "keras_quantized_top_1": full.tally.accuracy("keras_quantized"),
-        "top_1_drop": drop,
+        "score": gate.of(full.tally, scored),
+        "keras_quantized_score": gate.of(full.tally, "keras_quantized"),
+        "drop": drop,
     }
     if imx500_only:
         return {**figures, "outcome": "imx500_only"}
@@ -511,7 +563,11 @@ def _scored(
 def _merged(baseline: Evaluation, attempt: Evaluation) -> Evaluation:
     """The baseline's evaluation with the attempt's scores of the models it evaluated again."""
     tally = copy.copy(baseline.tally)
-    tally.scores = {name: attempt.tally.scores.get(name, score) for name, score in baseline.tally.scores.items()}
+    if hasattr(tally, "detections"):  # detection: the attempt's detections, the figures computed again
+        tally.detections = {name: attempt.tally.detections.get(name, d) for name, d in tally.detections.items()}
+        tally._metrics = {}  # noqa: SLF001 - the copy must not keep the baseline's cached figures
+    else:
+        tally.scores = {name: attempt.tally.scores.get(name, score) for name, score in baseline.tally.scores.items()}
     return replace(
         baseline,
         tally=tally,

@@ -153,8 +153,8 @@ def detection_results(values: RunValues) -> Results:
             "samples": detection_samples(tally, evaluated_images),
         },
         diagnosis=_diagnosis(values.diagnosis),
-        verdict=None,
-        recovery=None,
+        verdict=None,  # a paired interval needs per-image hits, which mAP has not: report.html says so
+        recovery=_recovery(values.recovery),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
     )
 
@@ -315,15 +315,20 @@ def verdict(evaluation: Evaluation, diagnosis: Diagnosis | None) -> Verdict:
 def _recovery(recovery: Recovery | None) -> RecoveryResult | None:
     if recovery is None:
         return None
+    name = recovery.metric.name  # top_1 (classification) or map_50_95 (detection)
+    budget = "max_top1_drop" if name == "top_1" else "max_map_drop"
     return RecoveryResult(
-        max_top1_drop=recovery.max_top1_drop,
+        metric=name,
+        **{
+            budget: recovery.metric.budget,
+            f"reference_{name}": recovery.reference,
+            f"reference_subset_{name}": recovery.reference_subset,
+            f"baseline_{name}": recovery.baseline,
+            f"baseline_subset_{name}": recovery.baseline_subset,
+        },
         max_attempts=recovery.max_attempts,
         max_seconds=recovery.max_seconds,
         subset_images=recovery.subset_images,
-        reference_top_1=recovery.reference_top_1,
-        reference_subset_top_1=recovery.reference_subset_top_1,
-        baseline_top_1=recovery.baseline_top_1,
-        baseline_subset_top_1=recovery.baseline_subset_top_1,
         attempts=[attempt.record() for attempt in recovery.attempts],
         winner=recovery.winner,
         best=recovery.best,

@@ -126,6 +126,11 @@ def _cell(value: Any, text: str | None = None) -> str:
     return f"{opening}{_e(_fmt(value) if text is None else text)}</td>"
 
 
+def _map(value: float | None) -> str:
+    """An mAP figure in a sentence."""
+    return MISSING if value is None else f"{value:.3f}"
+
+
 def _share(value: Any) -> str:
     """A cell for an accuracy or another share, as a percentage."""
     return _cell(value, _pct(value))
@@ -229,6 +234,10 @@ def recovery_sentence(results: Results) -> str | None:
     recovery = results.recovery
     if recovery is None:
         return None
+    if recovery.metric == "map_50_95":
+        return _map_recovery_sentence(results)
+    assert recovery.reference_top_1 is not None and recovery.baseline_top_1 is not None
+    assert recovery.max_top1_drop is not None  # classification's recovery carries its top-1 fields
     baseline_drop = recovery.reference_top_1 - recovery.baseline_top_1
     text = (
         f"With the configuration as given, model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against "
@@ -255,6 +264,43 @@ def recovery_sentence(results: Results) -> str | None:
         f"{verdict_sentence(results) or text + '.'} Recovery tried {tried} {'fix' if tried == 1 else 'fixes'} in "
         f"{recovery.seconds:.0f} s (stopped: {recovery.stopped.replace('_', ' ')}), none within the gate{closest}: "
         f"the configuration's own files are published."
+    )
+
+
+def _map_recovery_sentence(results: Results) -> str:
+    """recovery_sentence for a detector: mAP@[.5:.95] and its drop relative to the Keras model's."""
+    recovery = results.recovery
+    assert recovery is not None
+    reference, baseline = recovery.reference_map_50_95 or 0.0, recovery.baseline_map_50_95 or 0.0
+    drop = (reference - baseline) / reference if reference > 0 else 0.0
+    text = (
+        f"With the configuration as given, model_quantized.tflite scored mAP@[.5:.95] {baseline:.3f} against the "
+        f"Keras model's {reference:.3f}: a drop of {drop:.1%}, over the gate's {recovery.max_map_drop or 0.0:.1%}"
+    )
+    findings = results.diagnosis.findings if results.diagnosis else []
+    if findings:
+        named = ", ".join(dict.fromkeys(f"'{f.layer}' ({f.kind.replace('_', ' ')})" for f in findings))
+        text += f"; the diagnosis points at {named}"
+    attempts = {a.attempt: a for a in recovery.attempts}
+    won = attempts.get(recovery.winner) if recovery.winner is not None else None
+    if won is not None:
+        return (
+            f"{text}. Recovery attempt {won.attempt}, {won.description}, brought it to {won.map_50_95 or 0.0:.3f} "
+            f"(a drop of {won.map_drop or 0.0:.1%}) after {recovery.seconds:.0f} s of recovery: its files are "
+            f"published and its settings are in recovered_configuration.json."
+        )
+    best = attempts.get(recovery.best) if recovery.best is not None else None
+    closest = ""
+    if best is not None:
+        score = best.map_50_95 if best.map_50_95 is not None else best.subset_map_50_95
+        where = "" if best.map_50_95 is not None else f" on {recovery.subset_images} images"
+        closest = f"; the closest, attempt {best.attempt} ({best.description}), scored {_map(score)}{where}"
+    tried = len(recovery.attempts)
+    return (
+        f"{text} (no confidence interval: mAP has no per-image pairs). Recovery tried {tried} "
+        f"{'fix' if tried == 1 else 'fixes'} in {recovery.seconds:.0f} s (stopped: "
+        f"{recovery.stopped.replace('_', ' ')}), none within the gate{closest}: the configuration's own files are "
+        f"published."
     )
 
 
@@ -598,6 +644,8 @@ def _recovery_section(results: Results) -> str:
     recovery = results.recovery
     if recovery is None:
         return ""
+    if recovery.metric == "map_50_95":
+        return _map_recovery_section(results)
     rows = [
         [
             _head(f"{a.attempt}{' (published)' if a.attempt == recovery.winner else ''}"),
@@ -627,6 +675,43 @@ def _recovery_section(results: Results) -> str:
         f"{_pct(recovery.reference_top_1)}. Each attempt is scored first on {recovery.subset_images} images "
         f"(Keras model {_pct(recovery.reference_subset_top_1)}, as given {_pct(recovery.baseline_subset_top_1)}). "
         f"Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. {won}"
+    )
+    untried = _note("Not tried: " + "; ".join(f"{n.fix} ({n.reason})" for n in recovery.not_tried))
+    return _section("Recovery", _note(text), table, untried)
+
+
+def _map_recovery_section(results: Results) -> str:
+    """_recovery_section for a detector: mAP@[.5:.95] on the subset and on every image, and the
+    drop relative to the Keras model's (the gate's)."""
+    recovery = results.recovery
+    assert recovery is not None
+    rows = [
+        [
+            _head(f"{a.attempt}{' (published)' if a.attempt == recovery.winner else ''}"),
+            _cell(a.description),
+            _cell(a.reason),
+            _cell(a.subset_map_50_95),
+            _cell(a.map_50_95),
+            _cell(a.map_drop, MISSING if a.map_drop is None else f"{a.map_drop:.1%}"),
+            _cell(a.seconds, f"{a.seconds:.1f} s"),
+            _cell(a.outcome if a.detail is None else f"{a.outcome}: {a.detail}"),
+        ]
+        for a in recovery.attempts
+    ]
+    head = ("attempt", "fix", "why", "subset mAP@[.5:.95]", "mAP@[.5:.95]", "drop", "time", "outcome")
+    table = _table(head, rows) if rows else _note("No attempt fitted the time budget.")
+    won = (
+        f"Attempt {recovery.winner} is published; its settings are in recovered_configuration.json."
+        if recovery.winner
+        else "No attempt was within the gate: the configuration's own models are published."
+    )
+    text = (
+        f"The gate allows mAP@[.5:.95] to drop by {_pct(recovery.max_map_drop)} of the Keras model's; with the "
+        f"configuration as given model_quantized.tflite scored {_map(recovery.baseline_map_50_95)} against the "
+        f"Keras model's {_map(recovery.reference_map_50_95)}. Each attempt is scored first on "
+        f"{recovery.subset_images} images (Keras model {_map(recovery.reference_subset_map_50_95)}, as given "
+        f"{_map(recovery.baseline_subset_map_50_95)}). Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. "
+        f"{won}"
     )
     untried = _note("Not tried: " + "; ".join(f"{n.fix} ({n.reason})" for n in recovery.not_tried))
     return _section("Recovery", _note(text), table, untried)
@@ -665,12 +750,15 @@ SAMPLE_WIDTH = 360
 
 def _detection_sections(results: Results) -> tuple[str, ...]:
     return (
+        _detection_verdict(results),
         _detection_summary(results),
         _map_gate(results),
         _settings(results),
         _detection_figures(results),
         _per_class_ap(results),
         _detection_samples(results),
+        _diagnosis_section(results),
+        _recovery_section(results),
         _post_processing(results),
         _sizes_section(results),
         _census(results),
@@ -679,6 +767,45 @@ def _detection_sections(results: Results) -> tuple[str, ...]:
         _resources(results),
         _skipped(results),
     )
+
+
+def detection_verdict_sentence(results: Results) -> str | None:
+    """A detector's opening sentence where the mAP gate fails (or, without a gate, mAP@[.5:.95]
+    fell): the drop and the culprits the diagnosis names. mAP has no per-image hits, so no paired
+    interval is given (results.json's verdict stays null for detection)."""
+    from .verdict import culprits
+
+    reference, candidate = results.map_50_95_keras, results.map_50_95_tflite_quantized
+    gate = results.gate
+    if reference is None or candidate is None or reference <= 0:
+        return None
+    relative = (reference - candidate) / reference
+    if gate.passed if gate is not None else relative <= 0:
+        return None
+    text = (
+        f"Quantization cost {relative:.1%} of the Keras model's mAP@[.5:.95] in model_quantized.tflite "
+        f"({reference:.3f} to {candidate:.3f})"
+    )
+    if gate is not None and gate.max_map_drop is not None:
+        text += f", over the gate's {gate.max_map_drop:.1%}"
+    text += " (no confidence interval: mAP has no per-image pairs to draw one from)"
+    diagnosis = results.diagnosis
+    if diagnosis is not None:
+        layers = [(row.layer, row.sqnr_db, row.tflite_sqnr_db) for row in diagnosis.layers]
+        blamed = culprits(layers, [(f.layer, f.kind) for f in diagnosis.findings])
+        if blamed:
+            named = ", ".join(f"'{layer}' ({reason.replace('_', ' ')})" for layer, reason in blamed)
+            text += f"; the diagnosis points at {'layer' if len(blamed) == 1 else 'layers'} {named}"
+    return text + "."
+
+
+def _detection_verdict(results: Results) -> str:
+    recovered = recovery_sentence(results)
+    if recovered is not None:
+        won = results.recovery is not None and results.recovery.winner is not None
+        return f'<p class="verdict{" recovered" if won else ""}">{_e(recovered)}</p>'
+    sentence = detection_verdict_sentence(results)
+    return f'<p class="verdict">{_e(sentence)}</p>' if sentence else ""
 
 
 def _detection_summary(results: Results) -> str:

@@ -443,6 +443,10 @@ class Verdict(_Part):
 class RecoveryAttempt(_Part):
     """One re-quantization tried by the recovery."""
 
+    _absent_when_null: ClassVar[frozenset[str]] = frozenset(
+        {"subset_map_50_95", "map_50_95", "keras_quantized_map_50_95", "map_drop"}
+    )
+
     attempt: int = Field(ge=1, description="Its number, from 1.")
     description: str = Field(description="The fix, in words.")
     reason: str = Field(description="Why it was tried: the findings it answers.")
@@ -457,11 +461,30 @@ class RecoveryAttempt(_Part):
         "longer fully integer)."
     )
     subset_top_1: Share | None = Field(
-        description="Top-1 of model_quantized.tflite (MCT's Keras model where IMX500-only) on the subset."
+        None, description="Top-1 of model_quantized.tflite (MCT's Keras model where IMX500-only) on the subset."
     )
-    top_1: Share | None = Field(description="The same on every evaluation image; null where not evaluated.")
-    keras_quantized_top_1: Share | None = Field(description="MCT's quantized Keras model on every evaluation image.")
-    top_1_drop: float | None = Field(ge=-1, le=1, description="The Keras model's top-1 minus `top_1`.")
+    top_1: Share | None = Field(None, description="The same on every evaluation image; null where not evaluated.")
+    keras_quantized_top_1: Share | None = Field(
+        None, description="MCT's quantized Keras model on every evaluation image."
+    )
+    top_1_drop: float | None = Field(None, ge=-1, le=1, description="The Keras model's top-1 minus `top_1`.")
+    subset_map_50_95: Share | None = Field(
+        None,
+        description="Detection (absent for classification): mAP@[.5:.95] of model_quantized.tflite (MCT's Keras "
+        "model where IMX500-only) on the subset.",
+    )
+    map_50_95: Share | None = Field(
+        None, description="Detection: the same on every evaluation image; null where not evaluated."
+    )
+    keras_quantized_map_50_95: Share | None = Field(
+        None, description="Detection: MCT's quantized Keras model's mAP@[.5:.95] on every evaluation image."
+    )
+    map_drop: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Detection: the gate's drop, (Keras model's mAP@[.5:.95] - `map_50_95`) / Keras model's.",
+    )
     seconds: float = Field(ge=0, description="Wall time of the attempt.")
     detail: str | None = Field(description="Why it failed or was not applicable; null otherwise.")
 
@@ -474,20 +497,48 @@ class NotTried(_Part):
 class RecoveryResult(_Part):
     """What recovery tried where the gate failed (``recover``), and what it published."""
 
-    max_top1_drop: Share = Field(description="The gate it recovers to.")
+    _absent_when_null: ClassVar[frozenset[str]] = frozenset(
+        {
+            "max_map_drop",
+            "reference_map_50_95",
+            "reference_subset_map_50_95",
+            "baseline_map_50_95",
+            "baseline_subset_map_50_95",
+        }
+    )
+
+    metric: Literal["top_1", "map_50_95"] = Field(
+        "top_1",
+        description="The figure attempts are scored by: `top_1` (classification, the `*_top_1` fields) or "
+        "`map_50_95` (detection, mAP@[.5:.95], the `*_map_50_95` fields; its drop is relative, as the gate's).",
+    )
+    max_top1_drop: Share | None = Field(None, description="The gate it recovers to (classification).")
+    max_map_drop: Share | None = Field(None, description="The gate it recovers to (detection).")
     max_attempts: Count = Field(description="`recover.max_attempts`.")
     max_seconds: float = Field(gt=0, description="`recover.max_seconds`.")
     subset_images: Count = Field(description="Evaluation images each attempt is scored on first (the diagnosis').")
-    reference_top_1: Share = Field(description="The Keras model's top-1, every evaluation image.")
-    reference_subset_top_1: Share = Field(description="The Keras model's top-1 on the subset.")
-    baseline_top_1: Share = Field(description="model_quantized.tflite's top-1 with the configuration as given.")
-    baseline_subset_top_1: Share = Field(description="The same on the subset.")
+    reference_top_1: Share | None = Field(None, description="The Keras model's top-1, every evaluation image.")
+    reference_subset_top_1: Share | None = Field(None, description="The Keras model's top-1 on the subset.")
+    baseline_top_1: Share | None = Field(
+        None, description="model_quantized.tflite's top-1 with the configuration as given."
+    )
+    baseline_subset_top_1: Share | None = Field(None, description="The same on the subset.")
+    reference_map_50_95: Share | None = Field(
+        None, description="Detection: the Keras model's mAP@[.5:.95], every evaluation image."
+    )
+    reference_subset_map_50_95: Share | None = Field(None, description="Detection: the same on the subset.")
+    baseline_map_50_95: Share | None = Field(
+        None, description="Detection: model_quantized.tflite's mAP@[.5:.95] with the configuration as given."
+    )
+    baseline_subset_map_50_95: Share | None = Field(None, description="Detection: the same on the subset.")
     attempts: list[RecoveryAttempt] = Field(description="Every attempt, in order.")
     winner: int | None = Field(
         description="The attempt published (its settings in recovered_configuration.json); null: none was within "
         "the gate and the configuration's own models are published."
     )
-    best: int | None = Field(description="The attempt with the highest top-1 on every image; null if none.")
+    best: int | None = Field(
+        description="The attempt with the highest top-1 (detection: mAP@[.5:.95]) on every image; null if none."
+    )
     stopped: Literal[RECOVERY_STOPS] = Field(  # type: ignore[valid-type]
         description="Why it ended: `within_budget` (a winner), `max_attempts`, `max_seconds` (the next attempt "
         "would likely end after it), `candidates_exhausted`."

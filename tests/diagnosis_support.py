@@ -87,3 +87,27 @@ def diagnosis(big_scale: float = 1024.0):
 
     probe, rows, found = diagnosed(concat_model(big_scale))
     return Diagnosis(64, 0.5, rows, found, probe.mapping.unmapped)
+
+
+def hostile_detector(side: int = SIDE, pixels: float = 128.0):
+    """A small detector whose head concatenates box corners in pixels (sigmoid x ``pixels``)
+    with class scores (0..1) into one tensor, split again before its combined NMS: one 8-bit
+    scale for both crushes the scores."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((side, side, 3), name="image")
+    h = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    box = layers.Conv2D(4, 1, activation="sigmoid", name="box_conv")(h)
+    box = layers.Rescaling(pixels, name="box_pixels")(box)
+    scores = layers.Conv2D(3, 1, activation="sigmoid", name="scores_conv")(h)
+    head = layers.Concatenate(name="head")([box, scores])
+    head = layers.Reshape((side * side, 7), name="head_flat")(head)
+    box_part, score_part = tf.split(head, [4, 3], axis=-1)
+    boxes = layers.Rescaling(1 / pixels, name="boxes")(box_part)
+    scores = layers.Activation("linear", name="scores")(score_part)
+    nms = tf.image.combined_non_max_suppression(
+        tf.expand_dims(boxes, 2), scores, 10, 10, 0.5, 0.01, pad_per_class=False, clip_boxes=False
+    )
+    return tf.keras.Model(inputs, [nms.nmsed_boxes, nms.nmsed_scores, nms.nmsed_classes, nms.valid_detections])

@@ -309,14 +309,14 @@ def test_validate_on_the_command_line_reports_the_problems_together_with_exit_4(
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"recover": {"max_attempts": 2}}, "key 'recover' is not supported for task 'detection'"),
+        ({"recover": {"max_attempts": 2}}, "key 'recover' needs the accuracy gate it recovers; for task 'detection'"),
         ({"extra_exports": ["float16"]}, "key 'extra_exports'"),
         ({"export_format": "mct_int8"}, "key 'export_format'"),
         ({"max_top1_drop": 0.1}, "accepted: max_map_drop"),
     ],
 )
 def test_what_a_detection_run_cannot_do_is_refused_before_any_work(tmp_path, change, named):
-    """Recovery scores by top-1, the extra exports and MCT's own exporters know no cut detector:
+    """Recovery without the mAP gate it recovers, the extra exports and MCT's own exporters know no cut detector:
     one configuration error naming the key, before TensorFlow is imported, nothing written."""
     project = detection_project(tmp_path / "p", **change)
     result = run_cli("run", cwd=project)

@@ -109,7 +109,51 @@ def test_the_map_gate_fails_with_exit_8_and_everything_written(nms_run, project)
     assert {"model.tflite", "model_quantized.tflite", "model_quantized.keras", "manifest.json"} <= published
     manifest = json.loads((project / "out_nms" / "manifest.json").read_text())
     assert manifest["outcome"] == AccuracyGateError.kind
-    assert [e["stage"] for e in run.named("stage.skipped")] == ["diagnose"]
+    assert not run.named("stage.skipped")
+
+
+def test_the_demo_detector_is_diagnosed_up_to_its_nms_without_findings(nms_run, project):
+    """The diagnosis runs on a detector: every holder up to the NMS named by the float model's
+    layers, the cut model_quantized.tflite compared where the interpreter exposes the tensors,
+    and no finding on the healthy demo; the failing gate's report opens with the mAP drop."""
+    _, results = nms_run
+    diagnosis = results["diagnosis"]
+    layers = {row["layer"]: row for row in diagnosis["layers"]}
+    assert diagnosis["findings"] == [] and diagnosis["unmapped"] == []
+    assert {"image", "boxes", "scores", "box_min", "box_max"} <= set(layers)
+    assert not any("non_max_suppression" in name for name in layers)
+    assert layers["boxes"]["slices"] and all(row["sqnr_db"] is not None for row in diagnosis["layers"])
+    assert any(row["tflite_compared"] for row in diagnosis["layers"])
+    assert results["verdict"] is None  # mAP has no per-image pairs for an interval
+    page = (project / "results_nms" / "report.html").read_text()
+    opening = page.split('<p class="verdict">', 1)[1].split("</p>", 1)[0]
+    assert (
+        opening.startswith("Quantization cost ") and "mAP@[.5:.95]" in opening and "no confidence interval" in opening
+    )
+
+
+def test_recovery_on_a_detector_scores_attempts_by_map_and_ends_within_its_budget(project):
+    """recover with max_map_drop: one attempt at most, scored by mAP@[.5:.95]; a gate of 0 no
+    quantized detector passes, so it ends honestly with exit 8 and the attempt's figures."""
+    config = _variant(project, "rec", max_map_drop=0.0, recover={"max_attempts": 1, "max_seconds": 600})
+    run = run_cli("run", "--config", str(config), cwd=project)
+    results = _results(project, "rec")
+    assert run.returncode == AccuracyGateError.exit_code, run.stdout[-3000:]
+    recovery = results["recovery"]
+    assert recovery["metric"] == "map_50_95" and recovery["max_map_drop"] == 0.0
+    assert recovery["reference_map_50_95"] == results["map_50_95_keras"]
+    assert recovery["baseline_map_50_95"] == results["map_50_95_tflite_quantized"]
+    assert len(recovery["attempts"]) == 1 and recovery["winner"] is None and recovery["seconds"] <= 600
+    attempt = recovery["attempts"][0]
+    assert "top_1" not in attempt and attempt["outcome"] in ("over_budget", "rejected_on_subset", "failed")
+    if attempt["outcome"] != "failed":
+        assert 0 <= attempt["subset_map_50_95"] <= 1
+    if attempt["map_50_95"] is not None:
+        expected = (recovery["reference_map_50_95"] - attempt["map_50_95"]) / recovery["reference_map_50_95"]
+        assert attempt["map_drop"] == pytest.approx(expected, abs=1e-9)
+    assert "recovery made 1 attempt" in run.events[-1]["message"]
+    page = (project / "results_rec" / "report.html").read_text()
+    assert "<h2>Recovery</h2>" in page and "subset mAP@[.5:.95]" in page
 
 
 def test_the_report_shows_the_map_table_per_class_change_and_drawn_samples(nms_run, project):

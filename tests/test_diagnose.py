@@ -326,3 +326,33 @@ def test_classes_the_calibration_batches_never_drew_are_named(project):
     assert missing["evidence"]["classes_drawn"] in (1, 2)
     assert missing["evidence"]["classes_missing"] == 10 - missing["evidence"]["classes_drawn"]
     assert set(missing["evidence"]["missing"]) < set(labels)
+
+
+@pytest.mark.slow
+def test_a_detector_concatenating_pixel_boxes_with_scores_is_found_up_to_its_post_processing():
+    """The diagnosis compares a detector up to its post-processing (cut where detection_cut finds
+    its inputs): the head's concatenation of pixel-scale boxes (up to ~128) with scores (0..1) is
+    named as unbalanced, with the scores' slice losing what the boxes keep."""
+    from diagnosis_support import hostile_detector, images, quantized
+
+    from mctq_job import diagnose
+    from mctq_job.detection_cut import cut
+
+    model = hostile_detector()
+    calibration = images(32, 0.0, 1.0)
+    q = quantized(model, calibration)
+    probe = diagnose.probe(cut(model), cut(q))
+    x = images(64, 0.0, 1.0, seed=1)
+    sums = diagnose.measure(
+        probe, (x[i : i + 16] for i in range(0, 64, 16)), calibration=[calibration[:16], calibration[16:]]
+    )
+    found = diagnose.findings(probe, sums)
+    unbalanced = [f for f in found if f.kind == "unbalanced_concatenation"]
+    assert [f.layer for f in unbalanced] == ["head"], found
+    evidence = unbalanced[0].evidence
+    assert evidence["smallest_input"] == "scores_conv" and evidence["range_ratio"] > 16
+    rows = {row["layer"]: row for row in diagnose.table(probe, sums)}
+    slices = {s["input"]: s["sqnr_db"] for s in rows["head"]["slices"]}
+    assert slices["scores_conv"] < slices["box_pixels"] - 15, slices
+    # the scores after the split inherit the loss: the post-processing's input is where it shows
+    assert rows["scores"]["sqnr_db"] < rows["boxes"]["sqnr_db"] - 15, rows["scores"]

@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+import needs
 import pytest
 from conftest import ENTRYPOINT, JobRun, LiveRun, miscalibrate, read_config, run_cli, write_config
 from recovery_support import hostile_model
@@ -278,3 +279,24 @@ def test_candidates_follow_the_findings_and_skip_what_changes_nothing(tmp_path):
         {"activations": {"error_method": "mae"}},  # z_threshold 4 is set already; no 16 bits off the imx500
         {"quantization_method": "gptq"},
     ]
+
+
+def test_with_the_imx500_package_the_winner_is_converted_again_and_published(hostile, tmp_path):
+    """With imx500.package, every attempt re-runs Sony's real converter on its own Keras export:
+    the published package is the winner's, converted, and its fit facts are in results.json."""
+    converter = needs.imx500_converter()
+    project = copy_of(hostile, tmp_path, recover=RECOVER, imx500={"package": True})
+    run = run_cli(cwd=project, env={"MCTQ_IMXCONV": converter})
+    assert run.returncode == 0, run.stdout[-3000:]
+    files = output_files(project)
+    results = results_of(files)
+    recovery = results["recovery"]
+    assert recovery["winner"] is not None and results["gate"]["passed"]
+    converted = [e.get("attempt") for e in run.named("stage.finish") if e.get("stage") == "imx500"]
+    assert converted == [None, recovery["winner"]]  # the configuration's own, then the winner's
+    assert results["imx500"]["fit_in_chip"] is True
+    manifest = json.loads(files["manifest.json"])
+    published = {record["name"]: record["sha256"] for record in manifest["artifacts"]}
+    assert {"packerOut.zip", "dnnParams.xml", RECOVERED_CONFIG_FILE} <= set(published)
+    assert hashlib.sha256(files["packerOut.zip"]).hexdigest() == published["packerOut.zip"]
+    assert json.loads(files[RECOVERED_CONFIG_FILE])["imx500"]["package"] is True

@@ -185,7 +185,7 @@ class Qat(BaseModel):
         2, ge=1, le=100, description="Passes over the training images: an integer in 1..100; default 2."
     )
     learning_rate: float = Field(
-        0.0001, gt=0, le=1, description="Adam's learning rate: a number in (0, 1]; default 0.0001."
+        0.001, gt=0, le=1, description="Adam's learning rate: a number in (0, 1]; default 0.001."
     )
     images: int = Field(
         1024,
@@ -390,7 +390,7 @@ class Config(BaseModel):
     )
     qat: Qat | None = Field(
         None,
-        description='Optional, with quantization_method \'qat\': {"epochs": 2, "learning_rate": 0.0001, '
+        description='Optional, with quantization_method \'qat\': {"epochs": 2, "learning_rate": 0.001, '
         '"images": 1024}.',
     )
     mixed_precision: MixedPrecision | None = Field(

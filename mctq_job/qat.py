@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .errors import InputDataError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .config import Config, Qat
     from .inputs import Inputs
 
@@ -49,6 +49,15 @@ UNLABELLED = (
 )
 
 
+def unlabelled_problem(config: Config) -> str:
+    """The error of a ``qat`` configuration whose calibration images are not labelled."""
+    return (
+        f"key 'quantization_method': 'qat' trains on the calibration images, but {UNLABELLED} "
+        f"({config.dataset_image_dir}); accepted: put each image in dataset_image_dir/<class name>/ "
+        "(any sub-folders below), or quantization_method 'ptq' or 'gptq'"
+    )
+
+
 @dataclass(frozen=True)
 class Training:
     """The labelled images QAT trains on, and how: batches drawn anew for each epoch."""
@@ -65,6 +74,8 @@ class Training:
 
     def epoch(self, number: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Epoch ``number``'s batches (pixels, labels), in an order fixed by the seed and the epoch."""
+        import numpy as np
+
         from .images import load_batch
 
         config = self.config
@@ -83,16 +94,14 @@ class Training:
 def training_data(inputs: Inputs) -> Training:
     """The training images of a ``qat`` configuration: at most ``qat.images`` of the calibration
     images (drawn with the seed, kept in folder order), each labelled by its class folder."""
+    import numpy as np
+
     config = inputs.config
     options = config.qat_options()
     assert options is not None
     labels = labels_of(config.dataset_image_dir, inputs.calibration_images, getattr(inputs.truth, "labels", {}))
     if labels is None:
-        raise InputDataError(
-            f"key 'quantization_method': 'qat' trains on the calibration images, but {UNLABELLED} "
-            f"({config.dataset_image_dir}); accepted: put each image in dataset_image_dir/<class name>/ "
-            "(any sub-folders below), or quantization_method 'ptq' or 'gptq'"
-        )
+        raise InputDataError(unlabelled_problem(config))
     indices = np.arange(len(labels))
     if len(indices) > options.images:
         indices = np.sort(np.random.default_rng(config.seed).choice(len(indices), options.images, replace=False))
@@ -121,9 +130,7 @@ def quantize_aware(
     return mct.qat.keras_quantization_aware_training_finalize_experimental(trainable), info
 
 
-def train(
-    model: Any, float_model: Any, training: Training, on_epoch: Callable[[int, float | None], None]
-) -> None:
+def train(model: Any, float_model: Any, training: Training, on_epoch: Callable[[int, float | None], None]) -> None:
     """``training.options.epochs`` passes of Adam on the cross-entropy of the labels; the loss
     takes the outputs as probabilities where the float model's are (a softmax), else as logits
     (the quantized model's own rows do not sum to 1 exactly). ``on_epoch(0, None)`` as training
@@ -150,11 +157,15 @@ def _step(model: Any, optimizer: Any, loss_of: Any, pixels: Any, labels: Any) ->
 
     with tf.GradientTape() as tape:
         loss = loss_of(labels, model(pixels, training=True))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+    optimizer.apply_gradients(
+        zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+    )
     return loss
 
 
 def _probabilities(outputs: Any) -> bool:
     """Whether a batch of outputs is a probability distribution per row (a softmax's)."""
+    import numpy as np
+
     values = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
     return bool(values.min() >= 0 and values.max() <= 1 and np.allclose(values.sum(axis=1), 1, atol=1e-3))

@@ -300,3 +300,48 @@ def test_with_the_imx500_package_the_winner_is_converted_again_and_published(hos
     assert {"packerOut.zip", "dnnParams.xml", RECOVERED_CONFIG_FILE} <= set(published)
     assert hashlib.sha256(files["packerOut.zip"]).hexdigest() == published["packerOut.zip"]
     assert json.loads(files[RECOVERED_CONFIG_FILE])["imx500"]["package"] is True
+
+
+def test_qat_is_offered_last_and_only_with_labelled_calibration_images(tmp_path):
+    """QAT comes after every PTQ fix, only where the calibration images sit in class folders
+    named like the label file's (labelled training data); otherwise recovery.not_tried says why."""
+    from test_config import AITRIOS, write
+
+    from mctq_job import config as config_mod
+    from mctq_job import qat, recover
+    from mctq_job.diagnose import Finding
+
+    config = config_mod.load(write(tmp_path, {**AITRIOS, "max_top1_drop": 0.02, "recover": {}}))
+    concat = Finding("unbalanced_concatenation", "concat", {}, "")
+    unlabelled = recover.candidates(config, [concat], 10_000, labelled=False)
+    labelled = recover.candidates(config, [concat], 10_000, labelled=True)
+    assert [c.change for c in labelled[:-1]] == [c.change for c in unlabelled]
+    assert labelled[-1].change == {
+        "quantization_method": "qat",
+        "gptq": None,
+        "qat": {"epochs": 2, "learning_rate": 0.001, "images": 1024},
+    }
+    assert recover.configured(config, labelled[-1].change).qat_options() == config_mod.Qat()
+    assert recover.not_offered(config, labelled=True) == []
+    assert recover.not_offered(config, labelled=False) == [(recover.QAT_FIX, qat.UNLABELLED)]
+    # from GPTQ, the attempt drops GPTQ's options; a configuration on QAT already is not offered it again
+    gptq = config_mod.load(
+        write(
+            tmp_path,
+            {**AITRIOS, "quantization_method": "gptq", "gptq": {"epochs": 1}, "max_top1_drop": 0.02, "recover": {}},
+        )
+    )
+    assert recover.configured(gptq, recover.candidates(gptq, [], 0, labelled=True)[-1].change).gptq is None
+    on_qat = config_mod.load(
+        write(tmp_path, {**AITRIOS, "quantization_method": "qat", "max_top1_drop": 0.02, "recover": {}})
+    )
+    assert all(c.change.get("quantization_method") != "qat" for c in recover.candidates(on_qat, [], 0, labelled=True))
+    assert recover.not_offered(on_qat, labelled=True)[0][1] == "the configuration quantizes with it already"
+    # which images count as labelled: every one in a folder named like a class of the label file
+    root = tmp_path / "calibration"
+    labels = {"cat": 0, "dog": 1}
+    assert qat.labels_of(root, [root / "dog" / "a" / "1.png", root / "cat" / "2.png"], labels) == [1, 0]
+    assert qat.labels_of(root, [root / "dog" / "1.png", root / "3.png"], labels) is None
+    assert qat.labels_of(root, [root / "dog" / "1.png", root / "bird" / "4.png"], labels) is None
+    # QAT's time estimate grows with its epochs and the images it trains on
+    assert recover.expected_seconds(labelled[-1], 10.0, 6.0) == 10.0 * (1 + 2 * 6.0 / 4)

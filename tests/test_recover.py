@@ -20,6 +20,7 @@ import pytest
 from conftest import ENTRYPOINT, JobRun, LiveRun, miscalibrate, read_config, run_cli, write_config
 from recovery_support import hostile_model
 
+from mctq_job import qat
 from mctq_job.artifacts import RECOVERED_CONFIG_FILE
 from mctq_job.errors import AccuracyGateError
 
@@ -178,6 +179,8 @@ def test_max_attempts_stops_recovery_and_the_gate_fails_with_the_best_attempts_f
     failed = run.events[-1]
     assert failed["event"] == "run.failed" and failed["exit_code"] == AccuracyGateError.exit_code
     assert "recovery made 1 attempt(s)" in failed["message"] and "(max_attempts)" in failed["message"]
+    # grey images straight in the calibration folder are no labelled training data: no QAT
+    assert {"fix": "quantization-aware training", "reason": qat.UNLABELLED} in recovery["not_tried"]
     assert f"the best was attempt 1, {attempt['description']}" in failed["message"]
     page = html.unescape(files["report.html"].decode())
     assert "No attempt was within the gate" in page
@@ -345,3 +348,32 @@ def test_qat_is_offered_last_and_only_with_labelled_calibration_images(tmp_path)
     assert qat.labels_of(root, [root / "dog" / "1.png", root / "bird" / "4.png"], labels) is None
     # QAT's time estimate grows with its epochs and the images it trains on
     assert recover.expected_seconds(labelled[-1], 10.0, 6.0) == 10.0 * (1 + 2 * 6.0 / 4)
+
+
+def test_where_no_ptq_fix_helps_qat_on_the_labelled_calibration_images_wins_and_reproduces(digits_template, tmp_path):
+    """The smooth hostile model (no 8-bit PTQ setting recovers it; 16 bits are IMX500-only): the
+    last candidate, QAT on the calibration images (the digits project's class folders), brings it
+    within the gate; its file is fully integer and the recovered configuration gives the same bytes."""
+    project = tmp_path / "project"
+    shutil.copytree(digits_template, project)
+    hostile_model(project, smooth_big_branch=True).save(project / "model" / "smooth.keras")
+    config = {"source_keras_model": "model/smooth.keras", "max_top1_drop": GATE, "recover": {"max_seconds": 900}}
+    write_config(project, {**read_config(project), **config})
+    run = run_cli(cwd=project, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:]
+    files = output_files(project)
+    results = results_of(files)
+    recovery = results["recovery"]
+    won = recovery["attempts"][-1]
+    assert won["change"]["quantization_method"] == "qat" and won["outcome"] == "within_budget"
+    assert all(a["change"].get("quantization_method") != "qat" for a in recovery["attempts"][:-1])
+    assert "quantization-aware training" not in {n["fix"] for n in recovery["not_tried"]}
+    assert results["quantization"]["method"] == "qat" and results["gate"]["passed"]
+    assert results["models"]["tflite_quantized"]["census"]["integer_only"] is True
+    assert [e["attempt"] for e in run.named("quantize.epoch")] == [won["attempt"]] * 2
+    recovered_config = json.loads(files[RECOVERED_CONFIG_FILE])
+    assert recovered_config["quantization_method"] == "qat" and recovered_config["qat"] == won["change"]["qat"]
+    again = run_cli("--config", str(project / "output" / RECOVERED_CONFIG_FILE), cwd=project / "output")
+    assert again.returncode == 0 and again.named("recover.attempt") == [], again.stdout[-3000:]
+    now = output_files(project)
+    assert now["model_quantized.tflite"] == files["model_quantized.tflite"]

@@ -66,6 +66,8 @@ TPC_VERSIONS: dict[str, tuple[str, ...]] = {
 }
 TARGET_PLATFORMS = tuple(TPC_VERSIONS)
 ALL_TPC_VERSIONS = tuple(sorted({v for versions in TPC_VERSIONS.values() for v in versions}))
+#: ``quantization_method``'s values: post-training, gradient-based post-training, quantization-aware training.
+QUANTIZATION_METHODS = ("ptq", "gptq", "qat")
 EXPORT_FORMATS = ("int8", "mct_int8", "fakely_quant")
 QUANTIZED_IO = ("float", "int8", "uint8")
 #: MCT's activation threshold error methods accepted by ``activations.error_method`` (MCT's
@@ -170,6 +172,27 @@ class Gptq(BaseModel):
         description="Hessian-based loss weighting and sample attention (MCT's default): "
         "true or false; default false, since on a CPU they take close to "
         "an hour for a MobileNet-sized model.",
+    )
+
+
+class Qat(BaseModel):
+    """Quantization-aware training: MCT's quantization, then training of the quantized model on the
+    labelled calibration images (dataset_image_dir/<class name>/..., the label file's names)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    epochs: int = Field(
+        2, ge=1, le=100, description="Passes over the training images: an integer in 1..100; default 2."
+    )
+    learning_rate: float = Field(
+        0.001, gt=0, le=1, description="Adam's learning rate: a number in (0, 1]; default 0.001."
+    )
+    images: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Most calibration images trained on (a subset drawn with `seed` where there are more): "
+        "an integer >= 1; default 1024. With epochs, it bounds the training's time.",
     )
 
 
@@ -355,13 +378,20 @@ class Config(BaseModel):
         description="Optional. Version of the target platform capabilities: imx500 has 1.0 (default), "
         "4.0, 5.0 and 6.0; tflite and qnnpack have 1.0.",
     )
-    quantization_method: Literal["ptq", "gptq"] = Field(
+    quantization_method: Literal[QUANTIZATION_METHODS] = Field(  # type: ignore[valid-type]
         "ptq",
         description="Optional. 'ptq' (default): post-training quantization; 'gptq': gradient-based "
-        "fine-tuning of the quantized weights (options in 'gptq').",
+        "fine-tuning of the quantized weights (options in 'gptq'); 'qat': quantization-aware training "
+        "on the calibration images, which must sit in class sub-folders named like the label file's "
+        "classes (classification only; options in 'qat').",
     )
     gptq: Gptq | None = Field(
         None, description='Optional, with quantization_method \'gptq\': {"epochs": 5, "hessian": false}.'
+    )
+    qat: Qat | None = Field(
+        None,
+        description='Optional, with quantization_method \'qat\': {"epochs": 2, "learning_rate": 0.001, '
+        '"images": 1024}.',
     )
     mixed_precision: MixedPrecision | None = Field(
         None,
@@ -501,6 +531,21 @@ class Config(BaseModel):
                 "key 'gptq' is given but quantization_method is 'ptq'; accepted: set "
                 '"quantization_method": "gptq" or remove \'gptq\''
             )
+        if self.qat is not None and self.quantization_method != "qat":
+            raise ValueError(
+                f"key 'qat' is given but quantization_method is {self.quantization_method!r}; accepted: set "
+                '"quantization_method": "qat" or remove \'qat\''
+            )
+        if self.quantization_method == "qat" and self.task != "classification":
+            raise ValueError(
+                f"key 'quantization_method': 'qat' trains on labelled images, which task {self.task!r} has none "
+                "of; accepted: 'ptq' or 'gptq'"
+            )
+        if self.quantization_method == "qat" and self.mixed_precision is not None:
+            raise ValueError(
+                "key 'mixed_precision' is not taken with quantization_method 'qat'; accepted: remove "
+                "'mixed_precision', or quantization_method 'ptq' or 'gptq'"
+            )
         if self.quantized_io != "float" and self.export_format != "int8":
             raise ValueError(
                 f"key 'quantized_io': {self.quantized_io!r} needs export_format 'int8', got "
@@ -529,6 +574,10 @@ class Config(BaseModel):
         """The GPTQ options in effect: None for 'ptq', the given or default ones for 'gptq'."""
         return (self.gptq or Gptq()) if self.quantization_method == "gptq" else None
 
+    def qat_options(self) -> Qat | None:
+        """The QAT options in effect: the given or default ones for 'qat', else None."""
+        return (self.qat or Qat()) if self.quantization_method == "qat" else None
+
     def quantization_settings(self) -> dict[str, Any]:
         """The quantization options in effect, for results.json and the report."""
         gptq = self.gptq_options()
@@ -537,6 +586,7 @@ class Config(BaseModel):
             "target_platform_version": self.target_platform_version,
             "method": self.quantization_method,
             "gptq": gptq.model_dump() if gptq else None,
+            "qat": qat.model_dump() if (qat := self.qat_options()) else None,
             "mixed_precision": self.mixed_precision.model_dump() if self.mixed_precision else None,
             "activations": self.activations.model_dump(),
             "export_format": self.export_format,
@@ -561,6 +611,7 @@ def json_schema() -> dict[str, Any]:
 NESTED_MODELS: dict[str, type[BaseModel]] = {
     "preprocessing": Preprocessing,
     "gptq": Gptq,
+    "qat": Qat,
     "imx500": Imx500,
     "mixed_precision": MixedPrecision,
     "diagnosis": Diagnosis,

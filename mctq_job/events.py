@@ -37,7 +37,6 @@ class Event(enum.StrEnum):
     CONFIG_VALID = "config.valid"
     STAGE_START = "stage.start"
     STAGE_FINISH = "stage.finish"
-    STAGE_SKIPPED = "stage.skipped"
     PROGRESS = "progress"
     HEARTBEAT = "heartbeat"
     ARTIFACT_WRITTEN = "artifact.written"
@@ -46,6 +45,7 @@ class Event(enum.StrEnum):
     INPUT_SKIPPED = "input.skipped"
     LIBRARY_LOG = "library.log"
     STATISTICS = "quantize.statistics"
+    QAT_EPOCH = "quantize.epoch"
     RECOVER_ATTEMPT = "recover.attempt"
     RECOVER_STOPPED = "recover.stopped"
 
@@ -58,9 +58,7 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.CONFIG_VALID: "`validate` found nothing wrong: image, class and label counts.",
     Event.STAGE_START: f"A stage begins (`stage`: {', '.join(Stage)}), with what it is about to do.",
     Event.STAGE_FINISH: "A stage ended: `duration_s`, the process's `peak_memory_bytes` so far, and the stage's own summary.",
-    Event.STAGE_SKIPPED: "A stage the configuration asks for does not apply to this run and was left out: `stage`, "
-    "`reason` (e.g. the diagnosis of a detector).",
-    Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, evaluated images).",
+    Event.PROGRESS: "`current`/`total` `unit`, `percent`, `elapsed_s`, `eta_s` (calibration batches, QAT epochs, evaluated images).",
     Event.HEARTBEAT: "Written when nothing else was for 2 s (inside MCT or the converter): `stage_elapsed_s`.",
     Event.ARTIFACT_WRITTEN: "A file was published: `path`, `size`, `sha256`.",
     Event.ACCURACY_GATE: "With `max_top1_drop` set: `passed`, `top_1_drop` (Keras to model_quantized.tflite), `max_top1_drop`; "
@@ -70,6 +68,8 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
     Event.STATISTICS: "Which statistics collection MCT ran: `path` `fast` (the job's bit-identical, faster one, for "
     "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",
+    Event.QAT_EPOCH: "With `quantization_method` `qat`, one pass over the training images ended: `epoch`, "
+    "`epochs`, `loss` (the mean cross-entropy of its batches).",
     Event.RECOVER_ATTEMPT: "One recovery attempt ended: `attempt`, `description`, `change` (configuration keys), "
     "`outcome`, `subset_top_1`, `top_1`, `top_1_drop`, `seconds`.",
     Event.RECOVER_STOPPED: "Recovery ended: `stopped` (within_budget, max_attempts, max_seconds, "

@@ -94,6 +94,11 @@ def check(config: Config, config_file: Path) -> Inputs:
     calibration = _calibration_images(config, problems)
     truth = task_for(config).ground_truth(config, problems)
     calibration, truth, skipped = _unreadable_images(config, calibration, truth, problems)
+    if config.quantization_method == "qat" and calibration:
+        from . import qat
+
+        if qat.labels_of(config.dataset_image_dir, calibration, getattr(truth, "labels", {})) is None:
+            problems.data.append(qat.unlabelled_problem(config))
     for key in ("output_dir", "evaluate_result_dir"):
         _check_writable(key, getattr(config, key), problems)
     problems.raise_any()

@@ -1,5 +1,5 @@
 """Stage ``quantize``: MCT quantization of the Keras model, with the configured target
-platform, method (PTQ or GPTQ) and optional mixed-precision weights."""
+platform, method (PTQ, GPTQ or QAT, see :mod:`mctq_job.qat`) and optional mixed-precision weights."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import model_compression_toolkit as mct
 import tensorflow as tf
 
-from . import calibrate
+from . import calibrate, qat
 from .config import Config
 from .errors import calling
 from .events import Event, Stage
@@ -52,11 +52,25 @@ def run(
     activation bit widths for the named layers."""
     config = inputs.config
     skipped: list[tuple[Path, str]] = []
+    training = qat.training_data(inputs) if config.quantization_method == "qat" else None
     progress = Progress(ctx.log, Stage.QUANTIZE, config.iteration_count, "batch", task="calibration")
     data = calibrate.batches_of(inputs, drawn, on_batch=progress.advance, on_skip=ctx.skip_logger(skipped))
+    epochs: list[Progress] = []
+
+    def on_epoch(epoch: int, loss: float | None) -> None:
+        assert training is not None
+        if loss is None:  # training begins, after MCT's calibration
+            progress.close()
+            epochs.append(Progress(ctx.log, Stage.QUANTIZE, training.options.epochs, "epoch", task="training"))
+            return
+        ctx.log.info(Event.QAT_EPOCH.value, epoch=epoch, epochs=training.options.epochs, loss=round(loss, 6))
+        epochs[0].advance()
+
     with calling("MCT"):
-        quantized = quantize(loaded.model, data, config, activation_bits)
+        quantized = quantize(loaded.model, data, config, activation_bits, training, on_epoch)
     progress.close()
+    for bar in epochs:
+        bar.close()
     if quantized.statistics is not None:
         ctx.log.info(Event.STATISTICS.value, **quantized.statistics)
     return replace(quantized, skipped_images=tuple(skipped))
@@ -82,7 +96,12 @@ def _preserving_fixed(operator_set: Any) -> Any:
 
 
 def quantize(
-    model: Any, representative_data_gen: Callable, config: Config, activation_bits: dict[str, int] | None = None
+    model: Any,
+    representative_data_gen: Callable,
+    config: Config,
+    activation_bits: dict[str, int] | None = None,
+    training: qat.Training | None = None,
+    on_epoch: Callable[[int, float | None], None] = lambda epoch, loss: None,
 ) -> Quantized:
     # The same state at every quantization of a process, first or not (a recovery attempt
     # quantizes again): Keras' layer-name counters (MCT's layer names end up in the TFLite
@@ -104,7 +123,9 @@ def quantize(
                 weights_memory=float_ru.weights_memory * config.mixed_precision.weights_memory_ratio
             )
         gptq = config.gptq_options()
-        if gptq is None:
+        if training is not None:
+            quantized, info = qat.quantize_aware(model, representative_data_gen, training, core_config, tpc, on_epoch)
+        elif gptq is None:
             quantized, info = mct.ptq.keras_post_training_quantization(model, representative_data_gen, **options)
         else:
             gptq_config = mct.gptq.get_keras_gptq_config(

@@ -21,7 +21,18 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from .config import Activations, Config, ExportFormat, Gptq, MixedPrecision, QuantizedIO, TargetPlatform, TpcVersion
+from .config import (
+    QUANTIZATION_METHODS,
+    Activations,
+    Config,
+    ExportFormat,
+    Gptq,
+    MixedPrecision,
+    Qat,
+    QuantizedIO,
+    TargetPlatform,
+    TpcVersion,
+)
 from .errors import AccuracyGateError, Imx500NotFitError
 
 #: results.json's layout version: bumped where a field's meaning changes (not for added fields).
@@ -105,8 +116,13 @@ class QuantizationSettings(_Part):
 
     target_platform: TargetPlatform = Field(description="MCT target platform.")
     target_platform_version: TpcVersion = Field(description="Its TPC version.")
-    method: Literal["ptq", "gptq"] = Field(description="The configuration's `quantization_method`.")
+    method: Literal[QUANTIZATION_METHODS] = Field(  # type: ignore[valid-type]
+        description="The configuration's `quantization_method`."
+    )
     gptq: Gptq | None = Field(description="The GPTQ options in effect with `gptq`, else null.")
+    qat: Qat | None = Field(
+        None, description="The QAT options in effect with `qat`, else null; absent in files written before it existed."
+    )
     mixed_precision: MixedPrecision | None = Field(description="The mixed-precision options, or null.")
     activations: Activations | None = Field(
         None, description="How MCT picked activation ranges (`activations`); absent in files written before it existed."
@@ -773,6 +789,7 @@ _KEY_NAMES = {
 _DOCUMENTED_ELSEWHERE = {
     "Config": "configuration.json's keys ([configuration.md](configuration.md))",
     "Gptq": "configuration.json's `gptq`",
+    "Qat": "configuration.json's `qat`",
     "MixedPrecision": "configuration.json's `mixed_precision`",
 }
 

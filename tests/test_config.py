@@ -181,6 +181,7 @@ def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp
         "target_platform_version": "1.0",
         "method": "ptq",
         "gptq": None,
+        "qat": None,
         "mixed_precision": None,
         "activations": {"error_method": "mse", "z_threshold": None, "shift_negative_correction": True},
         "export_format": "int8",
@@ -193,6 +194,15 @@ def test_quantization_options_default_to_the_notebooks_ptq_int8_without_gate(tmp
 def test_gptq_without_options_gets_the_cheap_defaults(tmp_path):
     cfg = config_mod.load(write(tmp_path, {**AITRIOS, "quantization_method": "gptq"}))
     assert cfg.quantization_settings()["gptq"] == {"epochs": 5, "hessian": False}
+
+
+def test_qat_without_options_gets_the_defaults_and_its_options_are_reported(tmp_path):
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "quantization_method": "qat"}))
+    assert cfg.quantization_settings()["qat"] == {"epochs": 2, "learning_rate": 0.001, "images": 1024}
+    assert cfg.gptq_options() is None
+    given = {"epochs": 3, "learning_rate": 0.01, "images": 200}
+    cfg = config_mod.load(write(tmp_path, {**AITRIOS, "quantization_method": "qat", "qat": given}))
+    assert cfg.quantization_settings()["method"] == "qat" and cfg.quantization_settings()["qat"] == given
 
 
 def test_every_quantization_option_together_loads(tmp_path):
@@ -217,6 +227,7 @@ def test_every_quantization_option_together_loads(tmp_path):
         "target_platform_version": "6.0",
         "method": "gptq",
         "gptq": {"epochs": 2, "hessian": True},
+        "qat": None,
         "mixed_precision": {"weights_memory_ratio": 0.5, "images": 32, "hessian": False},
         "activations": {"error_method": "noclipping", "z_threshold": 4.0, "shift_negative_correction": False},
         "export_format": "fakely_quant",
@@ -234,7 +245,19 @@ def test_every_quantization_option_together_loads(tmp_path):
         ({"gptq": {"epochs": 3}}, 'set "quantization_method": "gptq" or remove \'gptq\''),
         ({"quantization_method": "gptq", "gptq": {"epoch": 3}}, "unknown key 'gptq.epoch'; did you mean 'epochs'?"),
         ({"quantization_method": "gptq", "gptq": {"epochs": 0}}, "key 'gptq.epochs'"),
-        ({"quantization_method": "sgd"}, "'ptq' or 'gptq'"),
+        ({"quantization_method": "sgd"}, "'ptq', 'gptq' or 'qat'"),
+        ({"qat": {"epochs": 2}}, 'set "quantization_method": "qat" or remove \'qat\''),
+        ({"quantization_method": "gptq", "qat": {}}, "quantization_method is 'gptq'"),
+        ({"quantization_method": "qat", "qat": {"epochs": 0}}, "key 'qat.epochs'"),
+        ({"quantization_method": "qat", "qat": {"epochs": 101}}, "key 'qat.epochs'"),
+        ({"quantization_method": "qat", "qat": {"learning_rate": 0}}, "key 'qat.learning_rate'"),
+        ({"quantization_method": "qat", "qat": {"learning_rate": "fast"}}, "key 'qat.learning_rate'"),
+        ({"quantization_method": "qat", "qat": {"images": 0}}, "key 'qat.images'"),
+        ({"quantization_method": "qat", "qat": {"epoch": 2}}, "unknown key 'qat.epoch'; did you mean 'epochs'?"),
+        (
+            {"quantization_method": "qat", "mixed_precision": {"weights_memory_ratio": 0.5}},
+            "key 'mixed_precision' is not taken with quantization_method 'qat'",
+        ),
         (
             {"target_platform": "qnnpack", "mixed_precision": {"weights_memory_ratio": 0.5}},
             "needs target_platform 'imx500'",
@@ -303,6 +326,9 @@ def test_the_readme_key_table_lists_the_nested_option_keys():
     for key in (
         "gptq.epochs",
         "gptq.hessian",
+        "qat.epochs",
+        "qat.learning_rate",
+        "qat.images",
         "mixed_precision.weights_memory_ratio",
         "preprocessing.resize",
         "max_top1_drop",

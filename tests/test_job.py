@@ -101,6 +101,7 @@ def test_results_json_has_top5_per_class_confusion_agreement_sizes_latency(finis
         "target_platform_version": "1.0",
         "method": "ptq",
         "gptq": None,
+        "qat": None,
         "mixed_precision": None,
         "activations": {"error_method": "mse", "z_threshold": None, "shift_negative_correction": True},
         "export_format": "int8",

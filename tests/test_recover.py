@@ -15,10 +15,12 @@ import signal
 import sys
 from pathlib import Path
 
+import needs
 import pytest
 from conftest import ENTRYPOINT, JobRun, LiveRun, miscalibrate, read_config, run_cli, write_config
 from recovery_support import hostile_model
 
+from mctq_job import qat
 from mctq_job.artifacts import RECOVERED_CONFIG_FILE
 from mctq_job.errors import AccuracyGateError
 
@@ -177,6 +179,8 @@ def test_max_attempts_stops_recovery_and_the_gate_fails_with_the_best_attempts_f
     failed = run.events[-1]
     assert failed["event"] == "run.failed" and failed["exit_code"] == AccuracyGateError.exit_code
     assert "recovery made 1 attempt(s)" in failed["message"] and "(max_attempts)" in failed["message"]
+    # grey images straight in the calibration folder are no labelled training data: no QAT
+    assert {"fix": "quantization-aware training", "reason": qat.UNLABELLED} in recovery["not_tried"]
     assert f"the best was attempt 1, {attempt['description']}" in failed["message"]
     page = html.unescape(files["report.html"].decode())
     assert "No attempt was within the gate" in page
@@ -278,3 +282,99 @@ def test_candidates_follow_the_findings_and_skip_what_changes_nothing(tmp_path):
         {"activations": {"error_method": "mae"}},  # z_threshold 4 is set already; no 16 bits off the imx500
         {"quantization_method": "gptq"},
     ]
+
+
+def test_with_the_imx500_package_the_winner_is_converted_again_and_published(hostile, tmp_path):
+    """With imx500.package, every attempt re-runs Sony's real converter on its own Keras export:
+    the published package is the winner's, converted, and its fit facts are in results.json."""
+    converter = needs.imx500_converter()
+    project = copy_of(hostile, tmp_path, recover=RECOVER, imx500={"package": True})
+    run = run_cli(cwd=project, env={"MCTQ_IMXCONV": converter})
+    assert run.returncode == 0, run.stdout[-3000:]
+    files = output_files(project)
+    results = results_of(files)
+    recovery = results["recovery"]
+    assert recovery["winner"] is not None and results["gate"]["passed"]
+    converted = [e.get("attempt") for e in run.named("stage.finish") if e.get("stage") == "imx500"]
+    assert converted == [None, recovery["winner"]]  # the configuration's own, then the winner's
+    assert results["imx500"]["fit_in_chip"] is True
+    manifest = json.loads(files["manifest.json"])
+    published = {record["name"]: record["sha256"] for record in manifest["artifacts"]}
+    assert {"packerOut.zip", "dnnParams.xml", RECOVERED_CONFIG_FILE} <= set(published)
+    assert hashlib.sha256(files["packerOut.zip"]).hexdigest() == published["packerOut.zip"]
+    assert json.loads(files[RECOVERED_CONFIG_FILE])["imx500"]["package"] is True
+
+
+def test_qat_is_offered_last_and_only_with_labelled_calibration_images(tmp_path):
+    """QAT comes after every PTQ fix, only where the calibration images sit in class folders
+    named like the label file's (labelled training data); otherwise recovery.not_tried says why."""
+    from test_config import AITRIOS, write
+
+    from mctq_job import config as config_mod
+    from mctq_job import qat, recover
+    from mctq_job.diagnose import Finding
+
+    config = config_mod.load(write(tmp_path, {**AITRIOS, "max_top1_drop": 0.02, "recover": {}}))
+    concat = Finding("unbalanced_concatenation", "concat", {}, "")
+    unlabelled = recover.candidates(config, [concat], 10_000, labelled=False)
+    labelled = recover.candidates(config, [concat], 10_000, labelled=True)
+    assert [c.change for c in labelled[:-1]] == [c.change for c in unlabelled]
+    assert labelled[-1].change == {
+        "quantization_method": "qat",
+        "gptq": None,
+        "qat": {"epochs": 2, "learning_rate": 0.001, "images": 1024},
+    }
+    assert recover.configured(config, labelled[-1].change).qat_options() == config_mod.Qat()
+    assert recover.not_offered(config, labelled=True) == []
+    assert recover.not_offered(config, labelled=False) == [(recover.QAT_FIX, qat.UNLABELLED)]
+    # from GPTQ, the attempt drops GPTQ's options; a configuration on QAT already is not offered it again
+    gptq = config_mod.load(
+        write(
+            tmp_path,
+            {**AITRIOS, "quantization_method": "gptq", "gptq": {"epochs": 1}, "max_top1_drop": 0.02, "recover": {}},
+        )
+    )
+    assert recover.configured(gptq, recover.candidates(gptq, [], 0, labelled=True)[-1].change).gptq is None
+    on_qat = config_mod.load(
+        write(tmp_path, {**AITRIOS, "quantization_method": "qat", "max_top1_drop": 0.02, "recover": {}})
+    )
+    assert all(c.change.get("quantization_method") != "qat" for c in recover.candidates(on_qat, [], 0, labelled=True))
+    assert recover.not_offered(on_qat, labelled=True)[0][1] == "the configuration quantizes with it already"
+    # which images count as labelled: every one in a folder named like a class of the label file
+    root = tmp_path / "calibration"
+    labels = {"cat": 0, "dog": 1}
+    assert qat.labels_of(root, [root / "dog" / "a" / "1.png", root / "cat" / "2.png"], labels) == [1, 0]
+    assert qat.labels_of(root, [root / "dog" / "1.png", root / "3.png"], labels) is None
+    assert qat.labels_of(root, [root / "dog" / "1.png", root / "bird" / "4.png"], labels) is None
+    # QAT's time estimate grows with its epochs and the images it trains on
+    assert recover.expected_seconds(labelled[-1], 10.0, 6.0) == 10.0 * (1 + 2 * 6.0 / 4)
+
+
+def test_where_no_ptq_fix_helps_qat_on_the_labelled_calibration_images_wins_and_reproduces(digits_template, tmp_path):
+    """The smooth hostile model (no 8-bit PTQ setting recovers it; 16 bits are IMX500-only): the
+    last candidate, QAT on the calibration images (the digits project's class folders), brings it
+    within the gate; its file is fully integer and the recovered configuration gives the same bytes."""
+    project = tmp_path / "project"
+    shutil.copytree(digits_template, project)
+    hostile_model(project, smooth_big_branch=True).save(project / "model" / "smooth.keras")
+    config = {"source_keras_model": "model/smooth.keras", "max_top1_drop": GATE, "recover": {"max_seconds": 900}}
+    write_config(project, {**read_config(project), **config})
+    run = run_cli(cwd=project, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:]
+    files = output_files(project)
+    results = results_of(files)
+    recovery = results["recovery"]
+    won = recovery["attempts"][-1]
+    assert won["change"]["quantization_method"] == "qat" and won["outcome"] == "within_budget"
+    assert all(a["change"].get("quantization_method") != "qat" for a in recovery["attempts"][:-1])
+    assert "quantization-aware training" not in {n["fix"] for n in recovery["not_tried"]}
+    assert results["quantization"]["method"] == "qat" and results["gate"]["passed"]
+    # within_budget implies the census check: as integer as the configuration's own (this model's
+    # BatchNormalization after the concatenation stays float for PTQ too, the export's limit)
+    assert [e["attempt"] for e in run.named("quantize.epoch")] == [won["attempt"]] * 2
+    recovered_config = json.loads(files[RECOVERED_CONFIG_FILE])
+    assert recovered_config["quantization_method"] == "qat" and recovered_config["qat"] == won["change"]["qat"]
+    again = run_cli("--config", str(project / "output" / RECOVERED_CONFIG_FILE), cwd=project / "output")
+    assert again.returncode == 0 and again.named("recover.attempt") == [], again.stdout[-3000:]
+    now = output_files(project)
+    assert now["model_quantized.tflite"] == files["model_quantized.tflite"]

@@ -171,7 +171,7 @@ def _field_paths(document: dict, prefix: str = "") -> list[str]:
                 placeholder = f"{path}.{_PLACEHOLDERS[key]}"
                 if isinstance(inner, dict):
                     paths += _field_paths(inner, placeholder + ".")
-        elif isinstance(value, dict) and key not in ("gptq", "mixed_precision"):
+        elif isinstance(value, dict) and key not in ("gptq", "qat", "mixed_precision"):
             paths += _field_paths(value, path + ".")
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             paths += _field_paths(value[0], path + "[].")

@@ -242,7 +242,8 @@ KNOWN_REFUSALS = (
 _CODE = re.compile(r"CODE: \[(" + "|".join(REFUSAL_CODES) + r")\]\s*(.*)$")
 _RECORD = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")  # a new log record begins
 _SOURCE = re.compile(r"\s*\[[^\[\]]+\.py:\d+\]\s*$")  # the text formatter's "[file.py:line]"
-_NODE = re.compile(r"^Node (?:\[\w+\] )?op: ([^,]+), id: ([^,]+)")
+#: e.g. ``Node [Framework.tensorflow] op: keras.src.layers.core.tf_op_layer.SlicingOpLambda, id: tf.__operators__.getitem, errors:``
+_NODE = re.compile(r"^Node (?:\[[^\]]*\] )?op: (?:[\w.]+\.)?([^,.]+), id: ([^,]+)")
 #: Lines kept of one refusal message (INVOP lists every refused node, one or two lines each).
 REFUSAL_LINES = 200
 

@@ -200,3 +200,30 @@ def test_expected_refusals_find_a_new_axis_slice_and_exp_not_expand_dims_or_ssd(
         ssd = tf.keras.models.load_model(str(project / "model" / "model_ssd.keras"), compile=False)
     assert expected_refusals(ssd) == []
     assert expected_refusals(tf.keras.models.load_model(str(project / "model" / "model.h5"), compile=False)) == []
+
+
+#: Converter 3.19.2's own lines for a detector feeding its NMS boxes[:, :, None, :] (MCT's
+#: export of the demo's network with that slice instead of tf.expand_dims), as it printed them.
+INVOP_LINES = [
+    "2026-11-30 00:05:14,369 ERROR : CODE: [INVOP] The network is not aligned with SDSP converter's "
+    "restrictions. Errors are:",
+    "Node [Framework.tensorflow] op: keras.src.layers.core.tf_op_layer.SlicingOpLambda, id: "
+    "tf.__operators__.getitem, errors:",
+    "\tParam error - param: slice_spec for axis 2, value: None, reason: new axis is not supported "
+    "[/opt/imx500-venv/lib/python3.11/site-packages/uni/common/logger.py:185]",
+    "2026-11-30 00:05:15,001 INFO : something after it",
+]
+
+
+def test_an_invop_refusal_names_the_node_its_reason_and_tf_expand_dims():
+    """The [INVOP] message spans several lines; the error names the refused node with the
+    converter's reason and what to use instead."""
+    from mctq_job.imx500 import Converter, _Refusal
+
+    refusal = _Refusal()
+    for line in INVOP_LINES:
+        refusal.feed(line)
+    error = refusal.error(Converter(Path("/opt/imxconv-tf"), "3.19.2"), 3, INVOP_LINES)
+    assert error.code == "INVOP"
+    assert error.refused == ["SlicingOpLambda (tf.__operators__.getitem): new axis is not supported"]
+    assert "tf.expand_dims(boxes, 2)" in str(error) and "something after it" not in str(error)

@@ -43,6 +43,7 @@ class Event(enum.StrEnum):
     ACCURACY_GATE = "accuracy.gate"
     INPUT_IGNORED = "input.ignored"
     INPUT_SKIPPED = "input.skipped"
+    IMX500_REFUSAL_EXPECTED = "imx500.refusal_expected"
     LIBRARY_LOG = "library.log"
     STATISTICS = "quantize.statistics"
     QAT_EPOCH = "quantize.epoch"
@@ -65,6 +66,8 @@ EVENT_MEANINGS: dict[Event, str] = {
     "with `max_map_drop` (detection): `passed`, `map_drop`, `max_map_drop`.",
     Event.INPUT_IGNORED: "A harmless file was skipped (e.g. a README beside the class folders).",
     Event.INPUT_SKIPPED: "An unreadable image was left out (`on_corrupt_image: skip`): `path`, `reason`.",
+    Event.IMX500_REFUSAL_EXPECTED: "With `imx500.package`, the model stage found operators Sony's converter is known to "
+    "refuse (`operators`: `layer`, `operator`, `instead`); the imx500 stage will likely fail with `unsupported_model`.",
     Event.LIBRARY_LOG: "A message from TensorFlow, absl, MCT, Python warnings or native code (`logger`, `message`).",
     Event.STATISTICS: "Which statistics collection MCT ran: `path` `fast` (the job's bit-identical, faster one, for "
     "the pinned MCT) or `mct` (unmodified MCT), and the `reason`.",

@@ -83,6 +83,23 @@ class ConverterError(Exception):
         self.tail = list(tail)
 
 
+class ModelRefused(ConverterError):
+    """The converter refused the model itself (its front end's ``[USOP]``, ``[INVOP]`` or
+    ``[INVMOD]`` error): converting it again cannot help, the model must change.
+
+    ``code`` is the converter's message code, ``refused`` what it names (the operators, or
+    each refused node as ``operator (node): reason``), ``hints`` what the job knows to use
+    instead for the refusals it recognizes (:data:`KNOWN_REFUSALS`)."""
+
+    def __init__(
+        self, message: str, *, returncode: int | None, tail: list[str], code: str, refused: list[str], hints: list[str]
+    ):
+        super().__init__(message, returncode=returncode, tail=tail)
+        self.code = code
+        self.refused = list(refused)
+        self.hints = list(hints)
+
+
 # ---------------------------------------------------------------------------------------
 # Finding the converter
 
@@ -175,15 +192,147 @@ def convert(
         "--report-size-unit",
         "B",
     ]
-    returncode, tail = _run_streaming(command, _child_env(os.environ, temp_dir), on_line, cleanups)
+    refusal = _Refusal()
+
+    def read(line: str) -> None:
+        refusal.feed(line)
+        on_line(line)
+
+    returncode, tail = _run_streaming(command, _child_env(os.environ, temp_dir), read, cleanups)
     report_file = _memory_report_file(output_dir)
     facts = memory_facts(_read_json(report_file), converter.version) if report_file else None
     refused_as_too_large = facts is not None and not facts["fit_in_chip"]
+    if returncode != 0 and refusal.code is not None:
+        raise refusal.error(converter, returncode, tail)
     if returncode != 0 and not refused_as_too_large:
         raise ConverterError(
             _failure_message(converter, f"exited with code {returncode}", tail), returncode=returncode, tail=tail
         )
     return _collect_package(converter, output_dir, report_file, facts, tail)
+
+
+# ---------------------------------------------------------------------------------------
+# A model the converter refuses
+
+#: The message codes of the converter's front end (3.19.2) for a model it refuses as such,
+#: and what each means; its log lines read ``<time> ERROR : CODE: [USOP] <message> [<file>:<line>]``.
+REFUSAL_CODES = {
+    "USOP": "operators it does not support",
+    "INVOP": "operators in a configuration it does not support",
+    "INVMOD": "a model input it does not support",
+}
+
+#: Refusals the job recognizes, both in the converter's words and in a Keras model before any
+#: work (:func:`expected_refusals`): (what the converter names, how a Keras model holds it,
+#: what to use instead). Measured with imxconv-tf 3.19.2 on small detectors (docs/imx500.md).
+KNOWN_REFUSALS = (
+    (
+        "TFOpLambda::math.exp",
+        "tf.exp / tf.math.exp in the model's graph (a TFOpLambda layer)",
+        "decode boxes with operators the chip has (sigmoid, multiply, add: the YOLOv5 style) or inside "
+        "edgemdt_cl's SSDPostProcess, whose own exp the converter takes",
+    ),
+    (
+        "new axis is not supported",
+        "a slicing that adds an axis, such as boxes[:, :, None, :] (a SlicingOpLambda layer with None)",
+        "tf.expand_dims(boxes, 2)",
+    ),
+)
+
+_CODE = re.compile(r"CODE: \[(" + "|".join(REFUSAL_CODES) + r")\]\s*(.*)$")
+_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")  # a new log record begins
+_SOURCE = re.compile(r"\s*\[[^\[\]]+\.py:\d+\]\s*$")  # the text formatter's "[file.py:line]"
+#: e.g. ``Node [Framework.tensorflow] op: keras.src.layers.core.tf_op_layer.SlicingOpLambda, id: tf.__operators__.getitem, errors:``
+_NODE = re.compile(r"^Node (?:\[[^\]]*\] )?op: (?:[\w.]+\.)?([^,.]+), id: ([^,]+)")
+#: Lines kept of one refusal message (INVOP lists every refused node, one or two lines each).
+REFUSAL_LINES = 200
+
+
+class _Refusal:
+    """Reads the converter's output as it streams: the first refusal message (it may span
+    several lines, up to the next log record) and its code."""
+
+    def __init__(self) -> None:
+        self.code: str | None = None
+        self.lines: list[str] = []
+        self._open = False
+
+    def feed(self, line: str) -> None:
+        if self._open and (_RECORD.match(line) or len(self.lines) >= REFUSAL_LINES):
+            self._open = False
+        if self._open:
+            self.lines.append(_SOURCE.sub("", line).strip())
+            return
+        match = _CODE.search(line)
+        if match and self.code is None:
+            self.code, self._open = match.group(1), True
+            self.lines = [_SOURCE.sub("", match.group(2)).strip()]
+
+    def refused(self) -> list[str]:
+        """What the message names: the operators ([USOP]), each node with its reasons ([INVOP]),
+        the reason ([INVMOD])."""
+        text = [line for line in self.lines if line and not set(line) <= {"-"}]
+        if self.code == "USOP" and text and ":" in text[0]:
+            return [op.strip() for op in text[0].split(":", 1)[1].split(",") if op.strip()]
+        if self.code == "INVOP":
+            nodes: list[str] = []
+            for line in text[1:]:
+                node = _NODE.match(line)
+                if node:
+                    nodes.append(f"{node.group(1).strip()} ({node.group(2).strip()})")
+                elif nodes:
+                    reason = line.split("reason:", 1)[-1].strip()
+                    nodes[-1] += f"{': ' if nodes[-1].endswith(')') else '; '}{reason}"
+            return nodes or text[1:] or text
+        return text
+
+    def error(self, converter: Converter, returncode: int, tail: list[str]) -> ModelRefused:
+        assert self.code is not None
+        refused = self.refused()
+        said = " ".join(self.lines)
+        hints = [f"for {keras}: {instead}" for named, keras, instead in KNOWN_REFUSALS if named in said]
+        accepted = "; ".join(hints) if hints else "the operators and configurations Sony's converter documents"
+        message = (
+            f"key '{CONFIG_KEY}': Sony's IMX500 converter {converter.path.name} {converter.version} refuses the "
+            f"model ([{self.code}] {REFUSAL_CODES[self.code]}): {'; '.join(refused) or said}; accepted instead: "
+            f"{accepted} (or {CONFIG_KEY} off)"
+        )
+        return ModelRefused(message, returncode=returncode, tail=tail, code=self.code, refused=refused, hints=hints)
+
+
+def expected_refusals(model: Any) -> list[dict[str, str]]:
+    """Where a Keras model holds an operator the converter is known to refuse
+    (:data:`KNOWN_REFUSALS`): one ``{"layer", "operator", "instead"}`` per layer. The layers of
+    edgemdt_cl's post-processing are not looked into: the converter takes them whole. Reads
+    the layers' configurations only: imports nothing."""
+    (exp_named, _, exp_instead), (_, _, axis_instead) = KNOWN_REFUSALS
+    found = []
+    for layer in _all_layers(model):
+        kind = type(layer).__name__
+        if kind == "TFOpLambda" and layer.get_config().get("function") in ("math.exp", "exp"):
+            found.append({"layer": layer.name, "operator": exp_named, "instead": exp_instead})
+        elif kind == "SlicingOpLambda" and any(_adds_an_axis(node) for node in layer.inbound_nodes):
+            found.append({"layer": layer.name, "operator": "SlicingOpLambda with a new axis", "instead": axis_instead})
+    return found
+
+
+def _all_layers(model: Any) -> list[Any]:
+    found = []
+    for layer in getattr(model, "layers", ()):
+        found.append(layer)
+        if type(layer).__name__ != "SSDPostProcess":
+            found += _all_layers(layer)
+    return found
+
+
+def _adds_an_axis(node: Any) -> bool:
+    """A ``x[...]`` whose slice holds None (``tf.newaxis``): Keras keeps the slice as the second
+    positional argument when built, as ``slice_spec`` once reloaded."""
+    args = tuple(getattr(node, "call_args", ()) or ())
+    spec = args[1] if len(args) > 1 else (getattr(node, "call_kwargs", None) or {}).get("slice_spec", ())
+    if spec is None:
+        return True
+    return isinstance(spec, (list, tuple)) and any(part is None for part in spec)
 
 
 def _private_temp_dir(work_dir: Path) -> Path | None:

@@ -1,7 +1,8 @@
 """Stage ``imx500``: Sony's converter (found and probed in the inputs stage) turns the staged
 model_quantized.keras into the package for the sensor; its package, parameters and memory
 report are staged with the other artifacts, and its memory facts answer "does it fit the
-chip?". Runs only where ``imx500.package`` is on."""
+chip?". Runs only where ``imx500.package`` is on. A model the converter refuses as such (an
+operator it does not have) is ``unsupported_model``, any other failure of it ``toolkit_failure``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import artifacts, imx500
 from .context import RunContext
-from .errors import ToolkitError
+from .errors import ToolkitError, UnsupportedModelError
 from .events import Event
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def run(ctx: RunContext, converter: Converter, exported: Exported) -> Packaged:
     work_dir = ctx.temp_folder("imxconv-")
     try:
         package = imx500.convert(converter, exported.keras.staged, work_dir, on_line, ctx.cleanups)
+    except imx500.ModelRefused as exc:  # the model must change: retrying cannot help
+        raise UnsupportedModelError(str(exc), refused=exc.refused, converter_code=exc.code) from exc
     except imx500.ConverterError as exc:
         raise ToolkitError("IMX500 converter", exc, str(exc)) from exc
     produced = {

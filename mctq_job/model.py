@@ -38,8 +38,23 @@ class Loaded:
 
 
 def run(ctx: RunContext, inputs: Inputs) -> Loaded:
-    """Stage ``model``."""
-    return load(inputs)
+    """Stage ``model``; where the IMX500 package is asked for, a warning names the operators
+    the converter is known to refuse, minutes before it runs."""
+    loaded = load(inputs)
+    imx500 = inputs.config.imx500
+    if imx500 is not None and imx500.package:
+        from .events import Event
+        from .imx500 import expected_refusals
+
+        found = expected_refusals(loaded.model)
+        if found:
+            ctx.log.warning(
+                Event.IMX500_REFUSAL_EXPECTED.value,
+                operators=found,
+                message="Sony's IMX500 converter is known to refuse "
+                + "; ".join(f"{f['operator']} (layer {f['layer']!r}): use {f['instead']}" for f in found),
+            )
+    return loaded
 
 
 def load(inputs: Inputs) -> Loaded:

@@ -81,10 +81,13 @@ def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Ite
             )
         if _is_valid_average_pool(layer) and layer.name in holder_after:
             return AveragePoolAsDepthwise(layer)
-        if _is_bounded_relu(layer) and _clamped_by_holder(layer, holder_after.get(layer.name)):
-            # The holder's fake-quant right after it saturates at its top, below the bound: the
-            # bound is then MCT's rounding already, and a plain ReLU is what TFLite fuses.
-            return tf.keras.layers.ReLU(name=layer.name)
+        if _is_bounded_relu(layer) and layer.name in holder_after:
+            held = holder_after[layer.name]
+            if _clamped_by_holder(layer, held):
+                # The holder's fake-quant right after it saturates at its top, below the bound:
+                # the bound is then MCT's rounding already, and a plain ReLU is what TFLite fuses.
+                return tf.keras.layers.ReLU(name=layer.name)
+            return BoundedReLUOnGrid(layer, *_range(held.activation_holder_quantizer, layer.name))
         if type(layer).__name__ == "TFOpLambda" and layer.symbol in CONSTANT_OPERAND_OPS:
             held = holder_after.get(layer.name)
             step = _step(*_range(held.activation_holder_quantizer, layer.name)) if held else None
@@ -136,12 +139,9 @@ def _feeds_only_fused_relu(layer: Any, holder_after: dict[str, Any]) -> bool:
 
 def _is_fused_relu(layer: Any, holder: Any) -> bool:
     """Whether ``layer`` becomes a ReLU that TFLite fuses into the kernel before it, with MCT's
-    range (its ``holder``): a ReLU or ReLU6 that MCT holds, or a ReLU with another upper bound
-    whose holder saturates at or below that bound (rebuilt as a plain ReLU). Any other bounded
-    ReLU stays a ReLU then a MINIMUM, which need the range of their input."""
-    if holder is None or not _is_relu(layer):
-        return False
-    return not _is_bounded_relu(layer) or _clamped_by_holder(layer, holder)
+    range (its ``holder``): a ReLU, a ReLU6, or a ReLU with another upper bound (rebuilt as a
+    plain ReLU, then a MINIMUM where the holder does not clamp at the bound), that MCT holds."""
+    return holder is not None and _is_relu(layer)
 
 
 def _is_relu(layer: Any) -> bool:
@@ -279,6 +279,24 @@ def exact_grid(values: np.ndarray, steps: list[float]) -> tuple[float, float] | 
             continue
         return bottom * step, (bottom + 255) * step
     return None
+
+
+class BoundedReLUOnGrid(tf.keras.layers.Layer):
+    """A ReLU bounded at ``max_value`` below the top of MCT's holder of its output, as a plain
+    ReLU quantized with the holder's range, then the minimum with the bound on that grid.
+
+    Rounding to a grid keeps order, so rounding the minimum equals the minimum of the rounded
+    values: MCT's numbers exactly, with the ReLU fused into the kernel before it and an int8
+    MINIMUM whose operands share the output's scale, as TFLite's int8 MINIMUM requires."""
+
+    def __init__(self, relu: Any, minimum: float, maximum: float, **kwargs: Any):
+        super().__init__(name=relu.name, **kwargs)
+        self.bound = float(relu.max_value)
+        self.quantize = ActivationFakeQuant(minimum, maximum)
+
+    def call(self, inputs: Any) -> Any:
+        bound = self.quantize(tf.constant(self.bound, tf.float32, shape=(1,) * len(inputs.shape)))
+        return tf.minimum(self.quantize(tf.nn.relu(inputs)), bound)
 
 
 class QuantizedOutput(tf.keras.layers.Layer):

@@ -290,10 +290,12 @@ def holder_step(holder) -> float:
     return (float(quantizer.max_range[0]) - float(quantizer.min_range[0])) / 255
 
 
-def test_a_bounded_relu_mct_holds_becomes_integer_and_keeps_mcts_numbers():
-    """ReLU(max_value=1) after an Add, as a detector clips its boxes to [0, 1]: MCT fuses the
-    Add into the ReLU and holds only the ReLU's output, on [0, 1 - 1/256]. TFLite fuses a plain
-    ReLU (or ReLU6) into ADD, not a ReLU bounded at 1: the export must still leave nothing in float."""
+@pytest.mark.parametrize("bound", [1.0, 0.3])
+def test_a_bounded_relu_mct_holds_becomes_integer_and_keeps_mcts_numbers(bound):
+    """ReLU(max_value=bound) after an Add, as a detector clips its boxes to [0, 1]: MCT fuses the
+    Add into the ReLU and holds only the ReLU's output. TFLite fuses a plain ReLU (or ReLU6) into
+    ADD, not a ReLU bounded elsewhere: the export must still leave nothing in float. At 1 MCT's
+    holder ([0, 1 - 1/256]) clamps below the bound; at 0.3 its top (1/2 - 1/512) is above it."""
     import tensorflow as tf
 
     from mctq_job.tflite_census import census
@@ -302,11 +304,12 @@ def test_a_bounded_relu_mct_holds_becomes_integer_and_keeps_mcts_numbers():
     deterministic(6)
     layers = tf.keras.layers
     inputs = tf.keras.Input((16, 16, 3))
-    added = layers.Add(name="sum")([inputs, layers.Conv2D(3, 1)(inputs)])
-    model = tf.keras.Model(inputs, layers.ReLU(max_value=1.0, name="clip")(added))
+    added = layers.Add(name="sum")([layers.Conv2D(8, 3, padding="same")(inputs), layers.Conv2D(8, 1)(inputs)])
+    model = tf.keras.Model(inputs, layers.ReLU(max_value=bound, name="clip")(added))
     images = np.random.default_rng(6).uniform(-1, 1, (96, 16, 16, 3)).astype(np.float32)
     quantized = mct_quantized(model, [images[i : i + 16] for i in range(0, 32, 16)])
     last = holders(quantized)[-1]
+    assert "sum" in [layer.name for layer in quantized.layers]
     assert last.inbound_nodes[0].inbound_layers.name == "clip" and "sum" not in {
         h.inbound_nodes[0].inbound_layers.name for h in holders(quantized)
     }, "MCT no longer holds the ReLU alone: the case this test is about is gone"
@@ -314,14 +317,18 @@ def test_a_bounded_relu_mct_holds_becomes_integer_and_keeps_mcts_numbers():
     tflite = full_integer(quantized, representative_data=lambda: ([images[i : i + 16]] for i in range(0, 32, 16)))
     counted = census(tflite)
     assert counted["integer_only"], counted
-    assert not any(op.startswith(("MINIMUM", "RELU")) for op in counted["operators"]), counted
+    assert "ADD/int8" in counted["operators"] and not any(op.startswith("RELU") for op in counted["operators"])
 
+    step, top = holder_step(last), float(last.activation_holder_quantizer.max_range[0])
     expected = np.asarray(quantized(images[32:]))
     got = tflite_outputs(tflite, images[32:])
     differ = np.abs(got - expected) > 1e-6
-    print(f"bounded relu: {differ.mean():.5f} of outputs differ, largest {np.abs(got - expected).max()}")
-    assert expected.max() == pytest.approx(1 - 1 / 256)  # the bound is reached: the clamp is exercised
-    assert np.abs(got - expected).max() <= holder_step(last) + 1e-6
+    print(f"bounded relu {bound}: {differ.mean():.5f} of outputs differ, largest {np.abs(got - expected).max()}")
+    assert expected.max() == pytest.approx(min(round(bound / step) * step, top))  # the clamp is exercised
+    assert got.max() == pytest.approx(expected.max())
+    # Where they differ, a convolution's output sits on a rounding boundary, which MCT (float) and
+    # TFLite (integer) round apart: one step of the Add's inputs, 1/64 here.
+    assert np.abs(got - expected).max() <= max(holder_step(h) for h in holders(quantized)[:-1]) + 1e-6
     assert differ.mean() <= 0.01
 
 

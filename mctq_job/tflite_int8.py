@@ -88,7 +88,7 @@ def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Ite
                 # the bound is then MCT's rounding already, and a plain ReLU is what TFLite fuses.
                 return tf.keras.layers.ReLU(name=layer.name)
             return BoundedReLUOnGrid(layer, *_range(held.activation_holder_quantizer, layer.name))
-        if type(layer).__name__ == "TFOpLambda" and layer.symbol in CONSTANT_OPERAND_OPS:
+        if _has_constant_operand(layer):
             held = holder_after.get(layer.name)
             step = _step(*_range(held.activation_holder_quantizer, layer.name)) if held else None
             return _then_quantized(ConstantOperandOnGrid(layer, step), measured.get(layer.name))
@@ -238,6 +238,18 @@ class ConstantOperandOnGrid(tf.keras.layers.Layer):
         if grid is None:
             return operand
         return tf.quantization.fake_quant_with_min_max_vars(tf.constant(values), *grid, 8)
+
+
+def _has_constant_operand(layer: Any) -> bool:
+    """Whether ``layer`` is an elementwise TFOpLambda called with a constant array operand (other
+    layers, and those with tensor or single-number operands only, are left exactly as they are)."""
+    if type(layer).__name__ != "TFOpLambda" or layer.symbol not in CONSTANT_OPERAND_OPS:
+        return False
+    return any(
+        _constant_values(operand) is not None
+        for node in layer.inbound_nodes
+        for operand in (*node.call_args, *node.call_kwargs.values())
+    )
 
 
 def _constant_values(operand: Any) -> np.ndarray | None:

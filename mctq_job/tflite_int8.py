@@ -81,6 +81,17 @@ def fake_quant_model(quantized_model: Any, representative_data: Callable[[], Ite
             )
         if _is_valid_average_pool(layer) and layer.name in holder_after:
             return AveragePoolAsDepthwise(layer)
+        if _is_bounded_relu(layer) and layer.name in holder_after:
+            held = holder_after[layer.name]
+            if _clamped_by_holder(layer, held):
+                # The holder's fake-quant right after it saturates at its top, below the bound:
+                # the bound is then MCT's rounding already, and a plain ReLU is what TFLite fuses.
+                return tf.keras.layers.ReLU(name=layer.name)
+            return BoundedReLUOnGrid(layer, *_range(held.activation_holder_quantizer, layer.name))
+        if _has_constant_operand(layer):
+            held = holder_after.get(layer.name)
+            step = _step(*_range(held.activation_holder_quantizer, layer.name)) if held else None
+            return _then_quantized(ConstantOperandOnGrid(layer, step), measured.get(layer.name))
         return _then_quantized(layer, measured.get(layer.name))
 
     return tf.keras.models.clone_model(quantized_model, clone_function=replacement)
@@ -123,7 +134,14 @@ def _consumers(layer: Any) -> list[Any]:
 
 def _feeds_only_fused_relu(layer: Any, holder_after: dict[str, Any]) -> bool:
     consumers = _consumers(layer)
-    return bool(consumers) and all(_is_relu(c) and c.name in holder_after for c in consumers)
+    return bool(consumers) and all(_is_fused_relu(c, holder_after.get(c.name)) for c in consumers)
+
+
+def _is_fused_relu(layer: Any, holder: Any) -> bool:
+    """Whether ``layer`` becomes a ReLU that TFLite fuses into the kernel before it, with MCT's
+    range (its ``holder``): a ReLU, a ReLU6, or a ReLU with another upper bound (rebuilt as a
+    plain ReLU, then a MINIMUM where the holder does not clamp at the bound), that MCT holds."""
+    return holder is not None and _is_relu(layer)
 
 
 def _is_relu(layer: Any) -> bool:
@@ -133,6 +151,19 @@ def _is_relu(layer: Any) -> bool:
         isinstance(layer, tf.keras.layers.Activation)
         and getattr(layer.activation, "__name__", "") in FUSABLE_ACTIVATIONS[1:]
     )
+
+
+def _is_bounded_relu(layer: Any) -> bool:
+    """A ReLU whose upper bound is neither none nor 6, TFLite's only fused bounds for int8."""
+    return _is_relu(layer) and getattr(layer, "max_value", None) not in (None, 6.0)
+
+
+def _clamped_by_holder(layer: Any, holder: Any) -> bool:
+    """Whether MCT's ``holder`` of the bounded ReLU ``layer`` has its largest value at or below
+    the bound, so that quantizing with it clamps whatever exceeds the bound to what MCT gives."""
+    if holder is None:
+        return False
+    return _range(holder.activation_holder_quantizer, layer.name)[1] <= float(layer.max_value)
 
 
 def _is_model_output(model: Any, layer: Any) -> bool:
@@ -164,6 +195,120 @@ def _measured_ranges(
 
 def _then_quantized(layer: Any, measured: tuple[float, float] | None) -> Any:
     return layer if measured is None else QuantizedOutput(layer, *measured)
+
+
+#: TFOpLambda symbols of the elementwise operators whose constant operand the export places on an
+#: exact grid (``x + c``, ``tf.add``, ``x - c``, ``c - x``, ``x * c``, ``tf.multiply``).
+CONSTANT_OPERAND_OPS = ("__operators__.add", "math.add", "math.subtract", "math.multiply")
+
+
+def _step(minimum: float, maximum: float) -> float:
+    """The step of an 8-bit grid from ``minimum`` to ``maximum``."""
+    return (maximum - minimum) / 255
+
+
+class ConstantOperandOnGrid(tf.keras.layers.Layer):
+    """An elementwise TFOpLambda whose constant operand is put on a grid that holds it exactly.
+
+    MCT adds or multiplies such a constant in float; TFLite's converter quantizes it with its own
+    minimum and maximum, which rounds an array of constants (the grid offsets of a box decoding,
+    say) to values MCT never used, and the output then rounds to a neighbouring step. The constant
+    goes instead on the step of MCT's holder of the output (an addition or subtraction, where MCT
+    holds the output), or on the finest power-of-two step that fits it in int8, whichever holds
+    every value exactly; a constant that neither holds exactly is left to the converter."""
+
+    def __init__(self, operation: Any, output_step: float | None, **kwargs: Any):
+        super().__init__(name=operation.name, **kwargs)
+        self.inner = operation
+        self.steps = [output_step] if output_step and operation.symbol != "math.multiply" else []
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        operands = [*args, kwargs.get("x"), kwargs.get("y")]
+        if any(tf.is_tensor(t) and not t.dtype.is_floating for t in operands):
+            return self.inner(*args, **kwargs)  # integer arithmetic (shapes, indices): nothing to quantize
+        args = tuple(self._on_grid(a) for a in args)
+        kwargs = {key: self._on_grid(value) if key in ("x", "y") else value for key, value in kwargs.items()}
+        return self.inner(*args, **kwargs)
+
+    def _on_grid(self, operand: Any) -> Any:
+        values = _constant_values(operand)
+        if values is None or not np.all(np.isfinite(values)):
+            return operand
+        grid = exact_grid(values, self.steps)
+        if grid is None:
+            return operand
+        return tf.quantization.fake_quant_with_min_max_vars(tf.constant(values), *grid, 8)
+
+
+def _has_constant_operand(layer: Any) -> bool:
+    """Whether ``layer`` is an elementwise TFOpLambda called with a constant array operand (other
+    layers, and those with tensor or single-number operands only, are left exactly as they are)."""
+    if type(layer).__name__ != "TFOpLambda" or layer.symbol not in CONSTANT_OPERAND_OPS:
+        return False
+    return any(
+        _constant_values(operand) is not None
+        for node in layer.inbound_nodes
+        for operand in (*node.call_args, *node.call_kwargs.values())
+    )
+
+
+def _constant_values(operand: Any) -> np.ndarray | None:
+    """The float32 values of a constant operand of several values (a list, an array or an eager
+    tensor); None for a tensor of the graph, a non-number, or a single number, which the
+    converter's own range (from zero to that number) already holds exactly."""
+    if isinstance(operand, (bool, str)) or operand is None:
+        return None
+    if tf.is_tensor(operand):
+        if tf.keras.backend.is_keras_tensor(operand):
+            return None
+        try:
+            operand = operand.numpy()
+        except (AttributeError, NotImplementedError, TypeError, ValueError):
+            return None  # a tensor of the graph being built
+    try:
+        values = np.asarray(operand)
+    except (TypeError, ValueError):
+        return None
+    if values.dtype.kind not in "fiu" or values.size < 2:
+        return None
+    return values.astype(np.float32)
+
+
+def exact_grid(values: np.ndarray, steps: list[float]) -> tuple[float, float] | None:
+    """(min, max) of an 8-bit grid with zero on it that holds every one of ``values`` exactly:
+    on the first of ``steps`` that does, else on the finest power-of-two step whose 256 levels
+    reach them; None when no such grid holds them all."""
+    low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    if high == low:
+        return None
+    candidates = [*steps, 2.0 ** np.ceil(np.log2((high - low) / 255))]
+    for step in candidates:
+        levels = np.round(values.astype(np.float64) / step)
+        if np.abs(levels * step - values).max() > 1e-6 * step:
+            continue
+        bottom = min(float(levels.min()), 0.0)
+        if max(float(levels.max()), 0.0) - bottom > 255:
+            continue
+        return bottom * step, (bottom + 255) * step
+    return None
+
+
+class BoundedReLUOnGrid(tf.keras.layers.Layer):
+    """A ReLU bounded at ``max_value`` below the top of MCT's holder of its output, as a plain
+    ReLU quantized with the holder's range, then the minimum with the bound on that grid.
+
+    Rounding to a grid keeps order, so rounding the minimum equals the minimum of the rounded
+    values: MCT's numbers exactly, with the ReLU fused into the kernel before it and an int8
+    MINIMUM whose operands share the output's scale, as TFLite's int8 MINIMUM requires."""
+
+    def __init__(self, relu: Any, minimum: float, maximum: float, **kwargs: Any):
+        super().__init__(name=relu.name, **kwargs)
+        self.bound = float(relu.max_value)
+        self.quantize = ActivationFakeQuant(minimum, maximum)
+
+    def call(self, inputs: Any) -> Any:
+        bound = self.quantize(tf.constant(self.bound, tf.float32, shape=(1,) * len(inputs.shape)))
+        return tf.minimum(self.quantize(tf.nn.relu(inputs)), bound)
 
 
 class QuantizedOutput(tf.keras.layers.Layer):

@@ -2,7 +2,8 @@
 
 Three real models (the digits CNN, a small MobileNetV2, a small model with residual Add,
 Concatenate, pooling, BatchNormalization, ReLU6, swish and hard-swish), each quantized by MCT
-on a few seeded batches and exported by ``mctq_job.tflite_int8.full_integer``.
+on a few seeded batches and exported by ``mctq_job.tflite_int8.full_integer``; and two tiny
+models for what a detector's box decoding brings (a ReLU bounded at 1, a constant array added).
 
 Every case is built, trained, quantized and exported after :func:`deterministic`: seeded just
 before the model is made (its initial weights come from TensorFlow's global generator) and
@@ -277,3 +278,84 @@ def test_a_tensor_mct_leaves_float_needs_representative_data(mixed_tflite_tpc):
 
     with pytest.raises(ValueError, match="representative_data"):
         full_integer(mixed_tflite_tpc.quantized)
+
+
+def holders(quantized) -> list:
+    """MCT's activation holders in the order of the model's layers."""
+    return [layer for layer in quantized.layers if type(layer).__name__ == "KerasActivationQuantizationHolder"]
+
+
+def holder_step(holder) -> float:
+    quantizer = holder.activation_holder_quantizer
+    return (float(quantizer.max_range[0]) - float(quantizer.min_range[0])) / 255
+
+
+@pytest.mark.parametrize("bound", [1.0, 0.3])
+def test_a_bounded_relu_mct_holds_becomes_integer_and_keeps_mcts_numbers(bound):
+    """ReLU(max_value=bound) after an Add, as a detector clips its boxes to [0, 1]: MCT fuses the
+    Add into the ReLU and holds only the ReLU's output. TFLite fuses a plain ReLU (or ReLU6) into
+    ADD, not a ReLU bounded elsewhere: the export must still leave nothing in float. At 1 MCT's
+    holder ([0, 1 - 1/256]) clamps below the bound; at 0.3 its top (1/2 - 1/512) is above it."""
+    import tensorflow as tf
+
+    from mctq_job.tflite_census import census
+    from mctq_job.tflite_int8 import full_integer
+
+    deterministic(6)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((16, 16, 3))
+    added = layers.Add(name="sum")([layers.Conv2D(8, 3, padding="same")(inputs), layers.Conv2D(8, 1)(inputs)])
+    model = tf.keras.Model(inputs, layers.ReLU(max_value=bound, name="clip")(added))
+    images = np.random.default_rng(6).uniform(-1, 1, (96, 16, 16, 3)).astype(np.float32)
+    quantized = mct_quantized(model, [images[i : i + 16] for i in range(0, 32, 16)])
+    last = holders(quantized)[-1]
+    assert "sum" in [layer.name for layer in quantized.layers]
+    assert last.inbound_nodes[0].inbound_layers.name == "clip" and "sum" not in {
+        h.inbound_nodes[0].inbound_layers.name for h in holders(quantized)
+    }, "MCT no longer holds the ReLU alone: the case this test is about is gone"
+
+    tflite = full_integer(quantized, representative_data=lambda: ([images[i : i + 16]] for i in range(0, 32, 16)))
+    counted = census(tflite)
+    assert counted["integer_only"], counted
+    assert "ADD/int8" in counted["operators"] and not any(op.startswith("RELU") for op in counted["operators"])
+
+    step, top = holder_step(last), float(last.activation_holder_quantizer.max_range[0])
+    expected = np.asarray(quantized(images[32:]))
+    got = tflite_outputs(tflite, images[32:])
+    differ = np.abs(got - expected) > 1e-6
+    print(f"bounded relu {bound}: {differ.mean():.5f} of outputs differ, largest {np.abs(got - expected).max()}")
+    assert expected.max() == pytest.approx(min(round(bound / step) * step, top))  # the clamp is exercised
+    assert got.max() == pytest.approx(expected.max())
+    # Where they differ, a convolution's output sits on a rounding boundary, which MCT (float) and
+    # TFLite (integer) round apart: one step of the Add's inputs, 1/64 here.
+    assert np.abs(got - expected).max() <= max(holder_step(h) for h in holders(quantized)[:-1]) + 1e-6
+    assert differ.mean() <= 0.01
+
+
+def test_a_constant_operand_keeps_mcts_value():
+    """``x + offsets`` with offsets on a 1/32 grid (as a detector's cell offsets), ``x`` on MCT's
+    1/512 input grid: MCT adds the offsets in float, then rounds to its output's 1/128 grid.
+    Quantized by the converter with their own minimum and maximum, the offsets move by up to
+    1/510 and a tenth of the outputs round to the neighbouring step (measured without the fix);
+    on the output's grid they stay exact and the file gives MCT's numbers."""
+    import tensorflow as tf
+
+    from mctq_job.tflite_census import census
+    from mctq_job.tflite_int8 import full_integer
+
+    deterministic(7)
+    offsets = ((np.arange(16 * 16 * 3).reshape(16, 16, 3) % 16) - 7.5).astype(np.float32) / 16
+    inputs = tf.keras.Input((16, 16, 3))
+    model = tf.keras.Model(inputs, inputs + offsets)
+    images = np.random.default_rng(7).uniform(-0.25, 0.25, (64, 16, 16, 3)).astype(np.float32)
+    quantized = mct_quantized(model, [images[i : i + 16] for i in range(0, 32, 16)])
+    result = holders(quantized)[-1]
+    assert result.inbound_nodes[0].inbound_layers.symbol == "__operators__.add"
+    assert holder_step(holders(quantized)[0]) < holder_step(result)  # the sum is rounded: offsets matter
+
+    tflite = full_integer(quantized)
+    assert census(tflite)["integer_only"]
+    expected = np.asarray(quantized(images[32:]))
+    differ = np.abs(tflite_outputs(tflite, images[32:]) - expected) > 1e-6
+    print(f"constant operand: {differ.mean():.4f} of outputs differ from MCT's")
+    assert not differ.any()

@@ -27,7 +27,7 @@ from typing import Any
 
 from mctq_job.results import MODELS, Manifest, Results
 
-from . import common, det_notebook_path, detsize
+from . import common, det_notebook_path, detsize, notebook_path, realsize
 from .realsize_compare import mb_cell, targets, verdict
 from .workload import ENTRY
 
@@ -86,7 +86,7 @@ def run_notebook(config_file: Path) -> dict[str, Any]:
     )
     if run.returncode != 0:
         sys.exit(f"bench: the detection notebook path failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
-    parts = json.loads((out / det_notebook_path.RESULT_FILE).read_text())
+    parts = json.loads((out / notebook_path.RESULT_FILE).read_text())
     return {"wall_s": run.wall_s, "peak_tree_bytes": run.peak_tree_bytes, **parts}
 
 
@@ -140,7 +140,7 @@ def workload_facts() -> dict[str, Any]:
     return {
         "model": "SSD-lite MobileNetV2 320x320, weights=None, 5 classes, SSDPostProcess (.keras)",
         "calibration_images": detsize.CALIBRATION_IMAGES,
-        "frame_sizes": [list(s) for s in detsize.realsize.FRAME_SIZES],
+        "frame_sizes": [list(s) for s in realsize.FRAME_SIZES],
         "evaluation_images": detsize.EVALUATION_IMAGES,
         "batch_size": detsize.BATCH_SIZE,
         "iteration_count": detsize.ITERATION_COUNT,

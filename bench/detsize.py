@@ -116,7 +116,8 @@ def write_evaluation(dest: Path, rng: Any) -> dict[str, Any]:
 
     folder = dest / LAYOUT["evaluate_image_dir"]
     folder.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for k in range(EVALUATION_IMAGES):
         size = realsize.FRAME_SIZES[k % len(realsize.FRAME_SIZES)]
         image = realsize.photo(rng, size, tint=k % 3)

@@ -52,6 +52,7 @@ def fresh_copy(source: Path, dest: Path) -> Path:
 def run_job(config_file: Path, log: str) -> dict[str, Any]:
     """The job on ``config_file`` in a subprocess: wall, stage seconds, peak memory, mAP keys."""
     folder = config_file.parent
+    load_before = load_average()
     run = common.run_sampled(ENTRY + ["--config", str(config_file)], cwd=folder, log=common.WORK / log)
     if run.returncode != 0:
         sys.exit(f"bench: the job failed on {config_file} (exit {run.returncode}):\n{run.stderr[-2000:]}")
@@ -67,7 +68,13 @@ def run_job(config_file: Path, log: str) -> dict[str, Any]:
         "map_50": {name: getattr(results, f"map_50_{name}") for name in MODELS},
         "faithfulness": _faithfulness(folder / document["evaluate_result_dir"] / "results.json"),
         "images": results.image_count,
+        "load_average_1min": [load_before, load_average()],
     }
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: the bench shares 2 cores with other people's work."""
+    return round(os.getloadavg()[0], 2)
 
 
 def _faithfulness(results_file: Path) -> Any:
@@ -79,6 +86,7 @@ def _faithfulness(results_file: Path) -> Any:
 def run_notebook(config_file: Path) -> dict[str, Any]:
     """det_notebook_path.py on ``config_file`` in a fresh process: wall, peak memory, its parts."""
     out = common.WORK / "detsize-notebook"
+    load_before = load_average()
     run = common.run_sampled(
         common.module_command(det_notebook_path.__name__, "--config", str(config_file), "--out", str(out)),
         log=common.WORK / "detsize-notebook",
@@ -87,7 +95,12 @@ def run_notebook(config_file: Path) -> dict[str, Any]:
     if run.returncode != 0:
         sys.exit(f"bench: the detection notebook path failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
     parts = json.loads((out / notebook_path.RESULT_FILE).read_text())
-    return {"wall_s": run.wall_s, "peak_tree_bytes": run.peak_tree_bytes, **parts}
+    return {
+        "wall_s": run.wall_s,
+        "peak_tree_bytes": run.peak_tree_bytes,
+        "load_average_1min": [load_before, load_average()],
+        **parts,
+    }
 
 
 def demo_source() -> Path:
@@ -186,6 +199,8 @@ def job_table(figures: dict[str, Any]) -> str:
             "-",
         ),
     ]
+    if "load_average_1min" in job:  # recorded since the first published run
+        rows.append(("machine load average (1 min) before / after", _load(job), _load(notebook), "-", "-", "-"))
     rows += [(f"job stage `{name}` (s)", seconds, "-", "-", "-", "-") for name, seconds in job["stage_seconds"].items()]
     rows += [
         (f"notebook part `{name}` (s)", "-", seconds, "-", "-", "-") for name, seconds in notebook["seconds"].items()
@@ -198,6 +213,11 @@ def job_table(figures: dict[str, Any]) -> str:
     )
     table = common.markdown_table(("measure", "job", "notebook path", "job / notebook", "target", ""), rows)
     return f"{head}\n\n{table}"
+
+
+def _load(run: dict[str, Any]) -> str:
+    found = run.get("load_average_1min")
+    return "not recorded" if not found else " / ".join(map(str, found))
 
 
 def demo_table(figures: dict[str, Any]) -> str:

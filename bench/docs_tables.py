@@ -18,7 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import common, converter_ptq, diagnosis, irreducible, realphotos, realsize_compare, recovery, throughput
+from . import (
+    common,
+    converter_ptq,
+    detection_compare,
+    diagnosis,
+    irreducible,
+    realphotos,
+    realsize_compare,
+    recovery,
+    throughput,
+)
 
 PAGE = common.ROOT / "docs" / "benchmarks.md"
 DOCS_JSON = common.ROOT / "docs" / "bench.json"
@@ -118,6 +128,8 @@ def all_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         found["MobileNetV2 224"] = comparisons["realsize"]["targets"]
         if "diagnosis" in comparisons["realsize"]:
             found["MobileNetV2 224, diagnosis"] = comparisons["realsize"]["diagnosis"]["targets"]
+    if "detection" in comparisons:
+        found["SSD MobileNetV2 320 (detection)"] = comparisons["detection"]["targets"]
     if "recovery" in comparisons:
         found["hostile model, recovery"] = comparisons["recovery"]["targets"]
     if "realphotos" in comparisons:
@@ -152,6 +164,14 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
         "MobileNetV2 224x224 trained on real photographs: top-1 drops",
         comparison("realphotos", realphotos.table),
     ),
+    "detection-job": (
+        "SSD-lite MobileNetV2 320x320 detector: the job vs the notebook's way",
+        comparison("detection", detection_compare.job_table),
+    ),
+    "detection-demo": (
+        "Detection demo: mAP of the four models",
+        comparison("detection", detection_compare.demo_table),
+    ),
     "digits-int8": ("Digits: the fully integer model_quantized.tflite", digits_int8_table),
     "imx500": ("Digits: Sony's IMX500 converter", imx500_table),
     "recovery": ("Hostile model: diagnosis and recovery", comparison("recovery", recovery.table)),
@@ -177,7 +197,8 @@ def tables(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     present = {
         name: entry
         for name, entry in SECTIONS.items()
-        if not name.startswith("realsize") or "realsize" in report["comparisons"]
+        if (not name.startswith("realsize") or "realsize" in report["comparisons"])
+        and (not name.startswith("detection") or "detection" in report["comparisons"])
     }
     return {name: (title, render(report)) for name, (title, render) in present.items()}
 

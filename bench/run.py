@@ -4,7 +4,7 @@ cost, and four comparisons on the digits demo, all in one run. Prints one markdo
 measure and saves them to bench-results/bench.md, every number (with the machine and a
 timestamp) to bench-results/bench.json.
 
-    python -m bench.run               everything (about 15 minutes on 2 cores, +12 the first time)
+    python -m bench.run               everything (about 25 minutes on 2 cores, +15 the first time)
     python -m bench.run --quick       the digits workloads only (`make bench QUICK=1`)
     python -m bench.run --write-docs  copy bench-results/bench.json to docs/bench.json and
                                       regenerate docs/benchmarks.md's tables from it
@@ -16,7 +16,10 @@ job and notebook_path.py each in their own process, memory summed over the proce
 latency and size of the four .tflite files; the diagnose stage's share of the job's wall time
 (diagnosis.py, from the same job run). Real photographs (realphotos.py): MobileNetV2 224x224
 trained briefly on camera frames of seven photographs; the top-1 drops of the job at both
-targets against MCT's quantized Keras model and the TFLite converter's own PTQ. Digits: responsiveness (UI response <= 1.2 s for
+targets against MCT's quantized Keras model and the TFLite converter's own PTQ. Detection
+(detsize.py, detection_compare.py): an SSD-lite MobileNetV2 320x320 ending in edgemdt_cl's
+SSDPostProcess, the job against det_notebook_path.py (quantize stage and wall), and the trained
+demo detector's mAP for the four models (examples/detection.py). Digits: responsiveness (UI response <= 1.2 s for
 `validate`, `--help` and the first log line of `run`; an update at least every 5 s), the
 fully integer model's size and top-1, the IMX500 converter, recovery on the hostile model
 (recovery.py: examples/hostile.py without and with `recover`), and
@@ -50,6 +53,7 @@ from mctq_job.images import usable_cpus
 from . import (
     common,
     converter_ptq,
+    detection_compare,
     docs_tables,
     imx500_convert,
     irreducible,
@@ -214,12 +218,15 @@ def measure(quick: bool) -> dict[str, Any]:
         realsize_figures = realsize_compare.measure()
         note("real photographs: MobileNetV2 224x224 trained briefly, the job at both targets, the converter's PTQ")
         realsize_figures["photos"] = realphotos.measure()
+        note("detection: SSD-lite MobileNetV2 320x320, the job and the notebook's way; the demo detector's mAP")
+        realsize_figures["detection"] = detection_compare.measure()
         (WORK / "realsize-figures.json").write_text(
             json.dumps(realsize_figures, indent=2) + "\n"
         )  # kept if a later part fails
     numbers = measure_digits()
     if realsize_figures is not None:
         numbers["comparisons"]["realphotos"] = realsize_figures.pop("photos")
+        numbers["comparisons"]["detection"] = realsize_figures.pop("detection")
         numbers["comparisons"]["realsize"] = realsize_figures
     return numbers
 

@@ -6,7 +6,10 @@ operator it does not have) is ``unsupported_model``, any other failure of it ``t
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import artifacts, imx500
@@ -40,8 +43,12 @@ def run(ctx: RunContext, converter: Converter, exported: Exported) -> Packaged:
             ctx.log.info(Event.LIBRARY_LOG.value, logger=imx500.EXECUTABLE, message=line.strip())
 
     work_dir = ctx.temp_folder("imxconv-")
+    # The converter names the network in the package after its input file: give it the
+    # published name, not the staging area's temporary one.
+    named = work_dir / exported.keras.final.name
+    _link_or_copy(exported.keras.staged, named)
     try:
-        package = imx500.convert(converter, exported.keras.staged, work_dir, on_line, ctx.cleanups)
+        package = imx500.convert(converter, named, work_dir, on_line, ctx.cleanups)
     except imx500.ModelRefused as exc:  # the model must change: retrying cannot help
         raise UnsupportedModelError(str(exc), refused=exc.refused, converter_code=exc.code) from exc
     except imx500.ConverterError as exc:
@@ -55,3 +62,10 @@ def run(ctx: RunContext, converter: Converter, exported: Exported) -> Packaged:
         if source is not None:
             ctx.write(output_dir / name, source.read_bytes())
     return Packaged(package.facts)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed there
+        shutil.copyfile(source, target)

@@ -66,7 +66,9 @@ def test_one_run_publishes_the_keras_export_and_the_package(packaged):
     )
     with zipfile.ZipFile(output / artifacts.PACKAGE_FILE) as package:
         assert package.testzip() is None and package.namelist()
-    ET.parse(output / artifacts.DNN_PARAMS_FILE)
+    (network,) = ET.parse(output / artifacts.DNN_PARAMS_FILE).getroot().iter("network")
+    # the package names the network after the published model, not the staging area's temporary file
+    assert network.get("name", "").startswith("model_quantized") and "tmp" not in network.get("name", "")
     assert [e["stage"] for e in packaged.named("stage.finish")].count("imx500") == 1
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ENTRYPOINT, LiveRun, run_cli
 from test_detection_example import detection
 
-from mctq_job.errors import AccuracyGateError
+from mctq_job.errors import AccuracyGateError, Interrupted
 
 pytestmark = pytest.mark.slow
 
@@ -266,3 +268,21 @@ def test_yolo_labels_score_the_same_as_the_coco_file(nms_run, project):
     for model in ("keras", "tflite"):
         assert results[f"map_50_95_{model}"] == pytest.approx(reference[f"map_50_95_{model}"], abs=0.001)
         assert results[f"map_50_{model}"] == pytest.approx(reference[f"map_50_{model}"], abs=0.001)
+
+
+def test_sigterm_during_detection_evaluation_keeps_the_older_files_and_leaves_nothing_partial(project):
+    """Stopped once the detector's evaluation starts (its files staged, not published): exit 143,
+    the previous run's file as it was, no temporary file, no results.json."""
+    config = _variant(project, "sigterm")
+    out = project / "out_sigterm"
+    out.mkdir()
+    (out / "model_quantized.tflite").write_bytes(b"previous run")
+    job = LiveRun([sys.executable, str(ENTRYPOINT), "run", "--config", str(config)], cwd=project)
+    job.until(lambda e: e["event"] == "stage.start" and e.get("stage") == "evaluate")
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")]  # staged, not yet published
+    job.proc.send_signal(signal.SIGTERM)
+    assert job.finish() == Interrupted(signal.SIGTERM).exit_code
+    assert job.events[-1]["event"] == "run.failed" and job.events[-1]["error"] == "interrupted_sigterm"
+    assert sorted(p.name for p in out.iterdir()) == ["model_quantized.tflite"]
+    assert (out / "model_quantized.tflite").read_bytes() == b"previous run"
+    assert not (project / "results_sigterm" / "results.json").exists()

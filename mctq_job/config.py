@@ -506,6 +506,13 @@ class Config(BaseModel):
                 "cuts the network before its post-processing for model.tflite and model_quantized.tflite only); "
                 "accepted: [] (or remove the key)"
             )
+        if self.target_platform != "imx500":
+            raise ValueError(
+                f"key 'target_platform': {self.target_platform!r} is not supported for task 'detection': MCT "
+                "2.6.1's tflite and qnnpack target platforms quantize the output of the detector's "
+                "post-processing (NMS), which MCT then fails to measure; the imx500 platform leaves it float; "
+                "accepted: 'imx500'"
+            )
         if self.export_format != "int8":
             raise ValueError(
                 f"key 'export_format': {self.export_format!r} is not supported for task 'detection': the cut "

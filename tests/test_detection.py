@@ -313,6 +313,8 @@ def test_validate_on_the_command_line_reports_the_problems_together_with_exit_4(
         ({"extra_exports": ["float16"]}, "key 'extra_exports'"),
         ({"export_format": "mct_int8"}, "key 'export_format'"),
         ({"max_top1_drop": 0.1}, "accepted: max_map_drop"),
+        ({"target_platform": "tflite", "target_platform_version": "1.0"}, "key 'target_platform': 'tflite'"),
+        ({"target_platform": "qnnpack", "target_platform_version": "1.0"}, "key 'target_platform': 'qnnpack'"),
     ],
 )
 def test_what_a_detection_run_cannot_do_is_refused_before_any_work(tmp_path, change, named):

@@ -234,74 +234,60 @@ def recovery_sentence(results: Results) -> str | None:
     recovery = results.recovery
     if recovery is None:
         return None
+    attempts = {a.attempt: a for a in recovery.attempts}
+    won = attempts.get(recovery.winner) if recovery.winner is not None else None
+    best = attempts.get(recovery.best) if recovery.best is not None else None
     if recovery.metric == "map_50_95":
-        return _map_recovery_sentence(results)
-    assert recovery.reference_top_1 is not None and recovery.baseline_top_1 is not None
-    assert recovery.max_top1_drop is not None  # classification's recovery carries its top-1 fields
-    baseline_drop = recovery.reference_top_1 - recovery.baseline_top_1
-    text = (
-        f"With the configuration as given, model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against "
-        f"the Keras model's {_pct(recovery.reference_top_1)}: a drop of {100 * baseline_drop:.1f} points, over the "
-        f"gate's {100 * recovery.max_top1_drop:.1f}"
+        reference, baseline = recovery.reference_map_50_95 or 0.0, recovery.baseline_map_50_95 or 0.0
+        drop = (reference - baseline) / reference if reference > 0 else 0.0
+        given = (
+            f"model_quantized.tflite scored mAP@[.5:.95] {baseline:.3f} against the Keras model's {reference:.3f}: "
+            f"a drop of {drop:.1%}, over the gate's {recovery.max_map_drop or 0.0:.1%}"
+        )
+        brought = f"{won.map_50_95 or 0.0:.3f} (a drop of {won.map_drop or 0.0:.1%})" if won else ""
+        closest = ""
+        if best is not None:
+            score = best.map_50_95 if best.map_50_95 is not None else best.subset_map_50_95
+            where = "" if best.map_50_95 is not None else f" on {recovery.subset_images} images"
+            closest = f"{_map(score)}{where}"
+        # the configuration's own files are published; mAP has no per-image pairs for an interval
+        as_given = f"{_given(results, given)} (no confidence interval: mAP has no per-image pairs)."
+    else:
+        assert recovery.reference_top_1 is not None and recovery.baseline_top_1 is not None
+        assert recovery.max_top1_drop is not None  # classification's recovery carries its top-1 fields
+        drop = recovery.reference_top_1 - recovery.baseline_top_1
+        given = (
+            f"model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against the Keras model's "
+            f"{_pct(recovery.reference_top_1)}: a drop of {100 * drop:.1f} points, over the gate's "
+            f"{100 * recovery.max_top1_drop:.1f}"
+        )
+        brought = f"{_pct(won.top_1)} (a drop of {_points(won.top_1_drop)})" if won else ""
+        closest = _pct(best.top_1) if best else ""
+        # the configuration's own files are published: the verdict (with its interval) describes them
+        as_given = verdict_sentence(results) or f"{_given(results, given)}."
+    if won is not None:
+        return (
+            f"{_given(results, given)}. Recovery attempt {won.attempt}, {won.description}, brought it to {brought} "
+            f"after {recovery.seconds:.0f} s of recovery: its files are published and its settings are in "
+            "recovered_configuration.json."
+        )
+    tried = len(recovery.attempts)
+    nearest = f"; the closest, attempt {best.attempt} ({best.description}), scored {closest}" if best else ""
+    return (
+        f"{as_given} Recovery tried {tried} {'fix' if tried == 1 else 'fixes'} in {recovery.seconds:.0f} s "
+        f"(stopped: {recovery.stopped.replace('_', ' ')}), none within the gate{nearest}: the configuration's own "
+        "files are published."
     )
+
+
+def _given(results: Results, cost: str) -> str:
+    """What the configuration as given cost, and where the diagnosis' findings point."""
+    text = f"With the configuration as given, {cost}"
     findings = results.diagnosis.findings if results.diagnosis else []
     if findings:
         named = ", ".join(dict.fromkeys(f"'{f.layer}' ({f.kind.replace('_', ' ')})" for f in findings))
         text += f"; the diagnosis points at {named}"
-    attempts = {a.attempt: a for a in recovery.attempts}
-    won = attempts.get(recovery.winner) if recovery.winner is not None else None
-    if won is not None:
-        return (
-            f"{text}. Recovery attempt {won.attempt}, {won.description}, brought it to {_pct(won.top_1)} "
-            f"(a drop of {_points(won.top_1_drop)}) after {recovery.seconds:.0f} s of recovery: its files are "
-            f"published and its settings are in recovered_configuration.json."
-        )
-    best = attempts.get(recovery.best) if recovery.best is not None else None
-    closest = f"; the closest, attempt {best.attempt} ({best.description}), scored {_pct(best.top_1)}" if best else ""
-    tried = len(recovery.attempts)
-    # the configuration's own files are published: the verdict (with its interval) describes them
-    return (
-        f"{verdict_sentence(results) or text + '.'} Recovery tried {tried} {'fix' if tried == 1 else 'fixes'} in "
-        f"{recovery.seconds:.0f} s (stopped: {recovery.stopped.replace('_', ' ')}), none within the gate{closest}: "
-        f"the configuration's own files are published."
-    )
-
-
-def _map_recovery_sentence(results: Results) -> str:
-    """recovery_sentence for a detector: mAP@[.5:.95] and its drop relative to the Keras model's."""
-    recovery = results.recovery
-    assert recovery is not None
-    reference, baseline = recovery.reference_map_50_95 or 0.0, recovery.baseline_map_50_95 or 0.0
-    drop = (reference - baseline) / reference if reference > 0 else 0.0
-    text = (
-        f"With the configuration as given, model_quantized.tflite scored mAP@[.5:.95] {baseline:.3f} against the "
-        f"Keras model's {reference:.3f}: a drop of {drop:.1%}, over the gate's {recovery.max_map_drop or 0.0:.1%}"
-    )
-    findings = results.diagnosis.findings if results.diagnosis else []
-    if findings:
-        named = ", ".join(dict.fromkeys(f"'{f.layer}' ({f.kind.replace('_', ' ')})" for f in findings))
-        text += f"; the diagnosis points at {named}"
-    attempts = {a.attempt: a for a in recovery.attempts}
-    won = attempts.get(recovery.winner) if recovery.winner is not None else None
-    if won is not None:
-        return (
-            f"{text}. Recovery attempt {won.attempt}, {won.description}, brought it to {won.map_50_95 or 0.0:.3f} "
-            f"(a drop of {won.map_drop or 0.0:.1%}) after {recovery.seconds:.0f} s of recovery: its files are "
-            f"published and its settings are in recovered_configuration.json."
-        )
-    best = attempts.get(recovery.best) if recovery.best is not None else None
-    closest = ""
-    if best is not None:
-        score = best.map_50_95 if best.map_50_95 is not None else best.subset_map_50_95
-        where = "" if best.map_50_95 is not None else f" on {recovery.subset_images} images"
-        closest = f"; the closest, attempt {best.attempt} ({best.description}), scored {_map(score)}{where}"
-    tried = len(recovery.attempts)
-    return (
-        f"{text} (no confidence interval: mAP has no per-image pairs). Recovery tried {tried} "
-        f"{'fix' if tried == 1 else 'fixes'} in {recovery.seconds:.0f} s (stopped: "
-        f"{recovery.stopped.replace('_', ' ')}), none within the gate{closest}: the configuration's own files are "
-        f"published."
-    )
+    return text
 
 
 def _verdict(results: Results) -> str:

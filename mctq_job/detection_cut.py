@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import UnsupportedModelError
+from .tasks.detection import all_layers
 
 NMS = "image.combined_non_max_suppression"
 EXPAND_DIMS = ("expand_dims", "compat.v1.expand_dims")
@@ -50,18 +51,9 @@ def _is_nms(layer: Any) -> bool:
     return type(layer).__name__ == "TFOpLambda" and _function(layer) == NMS
 
 
-def _layers(model: Any) -> list[Any]:
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if hasattr(layer, "layers"):
-            found += _layers(layer)
-    return found
-
-
 def find(model: Any) -> Any:
     """The post-processing layer of ``model`` (SSDPostProcess or the combined NMS TFOpLambda)."""
-    for layer in _layers(model):
+    for layer in all_layers(model):
         if type(layer).__name__ == "SSDPostProcess" or _is_nms(layer):
             return layer
     raise UnsupportedModelError(

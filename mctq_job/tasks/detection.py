@@ -760,7 +760,7 @@ def _post_processing(model: Any) -> dict[str, Any] | None:
     ``edgemdt_cl``'s SSDPostProcess or ``tf.image.combined_non_max_suppression``."""
     import tensorflow as tf
 
-    for layer in _layers(model):
+    for layer in all_layers(model):
         kind = type(layer).__name__
         if kind == "SSDPostProcess":
             cfg = layer.get_config()
@@ -817,13 +817,13 @@ def _scores_width(node: Any, position: int) -> int | None:
     return int(shape[-1]) if shape is not None and shape[-1] is not None else None
 
 
-def _layers(model: Any) -> list[Any]:
+def all_layers(model: Any) -> list[Any]:
     """Every layer, nested models' included."""
     found = []
     for layer in model.layers:
         found.append(layer)
         if hasattr(layer, "layers"):
-            found += _layers(layer)
+            found += all_layers(layer)
     return found
 
 

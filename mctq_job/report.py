@@ -72,29 +72,16 @@ class RunValues:
 def results(values: RunValues) -> Results:
     """results.json: the notebook's four keys first, then everything else the stages found.
     Raises pydantic.ValidationError where a stage's value does not fit the published schema."""
-    config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
+    config, evaluation = values.config, values.evaluation
     if config.task == "detection":
         return detection_results(values)
     tally = evaluation.tally
-    tflite = values.exported.models
-    skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
     return Results(
         **{f"top_1_accuracy_{name}": tally.accuracy(name) for name in MODELS},
-        results_version=RESULTS_VERSION,
+        **_shared(values),
         task=task_for(config).name,
-        image_count=evaluation.image_count,
         class_count=int(len(set(tally.labels.tolist()))),
-        classes=dict(sorted(classes.items(), key=lambda item: item[1])),
-        target_platform=config.target_platform,
-        seed=config.seed,
-        quantization=config.quantization_settings(),
-        calibration=values.drawn.facts(),
-        skipped_images=[{"path": str(path), "reason": reason} for path, reason in skipped],
-        sizes=sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size),
-        resource_utilization=values.quantized.resource_utilization,
         gate=gate({name: tally.accuracy(name) for name in MODELS}, config.max_top1_drop),
-        quantized_io={"type": config.quantized_io, **tflite["tflite_quantized"].io},
-        imx500=values.imx500,
         models={name: _model_details(values, name, text) for name, text in evaluated(values).items()},
         agreement=agreement(evaluation),
         diagnosis=_diagnosis(values.diagnosis),
@@ -102,6 +89,26 @@ def results(values: RunValues) -> Results:
         recovery=_recovery(values.recovery),
         volatile_fields=list(VOLATILE_RESULT_FIELDS),
     )
+
+
+def _shared(values: RunValues) -> dict[str, Any]:
+    """The fields of results.json every task has, from the run's values."""
+    config, evaluation, tflite = values.config, values.evaluation, values.exported.models
+    skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
+    return {
+        "results_version": RESULTS_VERSION,
+        "image_count": evaluation.image_count,
+        "classes": dict(sorted(values.inputs.truth.labels.items(), key=lambda item: item[1])),
+        "target_platform": config.target_platform,
+        "seed": config.seed,
+        "quantization": config.quantization_settings(),
+        "calibration": values.drawn.facts(),
+        "skipped_images": [{"path": str(path), "reason": reason} for path, reason in skipped],
+        "sizes": sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size),
+        "resource_utilization": values.quantized.resource_utilization,
+        "quantized_io": {"type": config.quantized_io, **tflite["tflite_quantized"].io},
+        "imx500": values.imx500,
+    }
 
 
 #: Evaluation images whose boxes results.json keeps for the report, and the models drawn on them.
@@ -115,10 +122,7 @@ def detection_results(values: RunValues) -> Results:
     section; the classification-only fields are absent."""
     from .detection_cut import OUTPUTS, deployer_runs
 
-    config, evaluation, classes = values.config, values.evaluation, values.inputs.truth.labels
-    tally = evaluation.tally
-    tflite = values.exported.models
-    skipped = [*values.inputs.skipped, *values.quantized.skipped_images, *evaluation.skipped]
+    config, tally = values.config, values.evaluation.tally
     figures = {name: tally.metrics(name) for name in evaluated(values)}
     post = values.model.outputs.get("post_processing") or {}
     truth = tally.truth
@@ -126,21 +130,10 @@ def detection_results(values: RunValues) -> Results:
     return Results(
         **{f"map_50_95_{name}": figures[name]["map_50_95"] for name in MODELS},
         **{f"map_50_{name}": figures[name]["map_50"] for name in MODELS},
-        results_version=RESULTS_VERSION,
+        **_shared(values),
         task="detection",
-        image_count=evaluation.image_count,
         class_count=len({b.label for i in evaluated_images for b in truth.samples[i].boxes}),
-        classes=dict(sorted(classes.items(), key=lambda item: item[1])),
-        target_platform=config.target_platform,
-        seed=config.seed,
-        quantization=config.quantization_settings(),
-        calibration=values.drawn.facts(),
-        skipped_images=[{"path": str(path), "reason": reason} for path, reason in skipped],
-        sizes=sizes(values.model.parameters, tflite["tflite"].size, tflite["tflite_quantized"].size),
-        resource_utilization=values.quantized.resource_utilization,
         gate=map_gate({name: figures[name]["map_50_95"] for name in MODELS}, config.max_map_drop),
-        quantized_io={"type": config.quantized_io, **tflite["tflite_quantized"].io},
-        imx500=values.imx500,
         models={name: _detection_model(values, name, text, figures[name]) for name, text in evaluated(values).items()},
         detection={
             "annotations": truth.source,

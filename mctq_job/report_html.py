@@ -16,7 +16,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # The per-class plot and the confusion matrices compare the pair the accuracy gate compares.
@@ -625,66 +625,40 @@ def _diagnosis_section(results: Results) -> str:
 
 
 def _recovery_section(results: Results) -> str:
-    """Every recovery attempt: the fix, why, its top-1 on the subset and on every image, the
-    drop, the time and how it ended; the published one marked."""
+    """Every recovery attempt: the fix, why, its score (top-1, or mAP@[.5:.95] for a detector)
+    on the subset and on every image, the drop, the time and how it ended; the published one
+    marked."""
     recovery = results.recovery
     if recovery is None:
         return ""
     if recovery.metric == "map_50_95":
-        return _map_recovery_section(results)
+        figure: Callable[[Any], str] = _map
+        measure = "mAP@[.5:.95]"
+        scores = [(_cell(a.subset_map_50_95), _cell(a.map_50_95)) for a in recovery.attempts]
+        drops = [_cell(a.map_drop, MISSING if a.map_drop is None else f"{a.map_drop:.1%}") for a in recovery.attempts]
+        gate = f"mAP@[.5:.95] to drop by {_pct(recovery.max_map_drop)} of the Keras model's"
+        given = (recovery.baseline_map_50_95, recovery.reference_map_50_95)
+        subset = (recovery.reference_subset_map_50_95, recovery.baseline_subset_map_50_95)
+    else:
+        figure, measure = _pct, "top-1"
+        scores = [(_share(a.subset_top_1), _share(a.top_1)) for a in recovery.attempts]
+        drops = [_cell(a.top_1_drop, _points(a.top_1_drop)) for a in recovery.attempts]
+        gate = f"a top-1 drop of {_points(recovery.max_top1_drop)}"
+        given = (recovery.baseline_top_1, recovery.reference_top_1)
+        subset = (recovery.reference_subset_top_1, recovery.baseline_subset_top_1)
     rows = [
         [
             _head(f"{a.attempt}{' (published)' if a.attempt == recovery.winner else ''}"),
             _cell(a.description),
             _cell(a.reason),
-            _share(a.subset_top_1),
-            _share(a.top_1),
-            _cell(a.top_1_drop, _points(a.top_1_drop)),
+            *score,
+            drop,
             _cell(a.seconds, f"{a.seconds:.1f} s"),
             _cell(a.outcome if a.detail is None else f"{a.outcome}: {a.detail}"),
         ]
-        for a in recovery.attempts
+        for a, score, drop in zip(recovery.attempts, scores, drops, strict=True)
     ]
-    table = (
-        _table(("attempt", "fix", "why", "subset top-1", "top-1", "drop", "time", "outcome"), rows)
-        if rows
-        else _note("No attempt fitted the time budget.")
-    )
-    won = (
-        f"Attempt {recovery.winner} is published; its settings are in recovered_configuration.json."
-        if recovery.winner
-        else "No attempt was within the gate: the configuration's own models are published."
-    )
-    text = (
-        f"The gate allows a top-1 drop of {_points(recovery.max_top1_drop)}; with the configuration as given "
-        f"model_quantized.tflite scored {_pct(recovery.baseline_top_1)} against the Keras model's "
-        f"{_pct(recovery.reference_top_1)}. Each attempt is scored first on {recovery.subset_images} images "
-        f"(Keras model {_pct(recovery.reference_subset_top_1)}, as given {_pct(recovery.baseline_subset_top_1)}). "
-        f"Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. {won}"
-    )
-    untried = _note("Not tried: " + "; ".join(f"{n.fix} ({n.reason})" for n in recovery.not_tried))
-    return _section("Recovery", _note(text), table, untried)
-
-
-def _map_recovery_section(results: Results) -> str:
-    """_recovery_section for a detector: mAP@[.5:.95] on the subset and on every image, and the
-    drop relative to the Keras model's (the gate's)."""
-    recovery = results.recovery
-    assert recovery is not None
-    rows = [
-        [
-            _head(f"{a.attempt}{' (published)' if a.attempt == recovery.winner else ''}"),
-            _cell(a.description),
-            _cell(a.reason),
-            _cell(a.subset_map_50_95),
-            _cell(a.map_50_95),
-            _cell(a.map_drop, MISSING if a.map_drop is None else f"{a.map_drop:.1%}"),
-            _cell(a.seconds, f"{a.seconds:.1f} s"),
-            _cell(a.outcome if a.detail is None else f"{a.outcome}: {a.detail}"),
-        ]
-        for a in recovery.attempts
-    ]
-    head = ("attempt", "fix", "why", "subset mAP@[.5:.95]", "mAP@[.5:.95]", "drop", "time", "outcome")
+    head = ("attempt", "fix", "why", f"subset {measure}", measure, "drop", "time", "outcome")
     table = _table(head, rows) if rows else _note("No attempt fitted the time budget.")
     won = (
         f"Attempt {recovery.winner} is published; its settings are in recovered_configuration.json."
@@ -692,12 +666,10 @@ def _map_recovery_section(results: Results) -> str:
         else "No attempt was within the gate: the configuration's own models are published."
     )
     text = (
-        f"The gate allows mAP@[.5:.95] to drop by {_pct(recovery.max_map_drop)} of the Keras model's; with the "
-        f"configuration as given model_quantized.tflite scored {_map(recovery.baseline_map_50_95)} against the "
-        f"Keras model's {_map(recovery.reference_map_50_95)}. Each attempt is scored first on "
-        f"{recovery.subset_images} images (Keras model {_map(recovery.reference_subset_map_50_95)}, as given "
-        f"{_map(recovery.baseline_subset_map_50_95)}). Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. "
-        f"{won}"
+        f"The gate allows {gate}; with the configuration as given model_quantized.tflite scored "
+        f"{figure(given[0])} against the Keras model's {figure(given[1])}. Each attempt is scored first on "
+        f"{recovery.subset_images} images (Keras model {figure(subset[0])}, as given {figure(subset[1])}). "
+        f"Stopped: {recovery.stopped}, after {recovery.seconds:.0f} s. {won}"
     )
     untried = _note("Not tried: " + "; ".join(f"{n.fix} ({n.reason})" for n in recovery.not_tried))
     return _section("Recovery", _note(text), table, untried)

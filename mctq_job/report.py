@@ -153,22 +153,12 @@ def detection_results(values: RunValues) -> Results:
 
 
 def _detection_model(values: RunValues, name: str, description: str, figures: dict[str, Any]) -> ModelResult:
-    evaluation = values.evaluation
     exported = values.exported.models.get(name)
     return ModelResult(
         description=description,
-        file=str(exported.final) if exported else None,
-        bytes=exported.size if exported else None,
+        **_model_facts(values, name),
         map_50_95=figures["map_50_95"],
         map_50=figures["map_50"],
-        inference={
-            "batch_size": evaluation.batch_size,
-            "threads": evaluation.threads,
-            "ms_per_image": round(1000 * evaluation.seconds[name] / evaluation.image_count, 3),
-        },
-        latency=evaluation.latencies.get(name),
-        census=exported.census if exported else None,
-        io=exported.io if exported else None,
         outputs=exported.outputs if exported else None,
     )
 
@@ -235,29 +225,37 @@ def evaluated(values: RunValues) -> dict[str, str]:
 
 
 def _model_details(values: RunValues, name: str, description: str) -> ModelResult:
-    evaluation, classes = values.evaluation, values.inputs.truth.labels
-    tally = evaluation.tally
-    exported = values.exported.models.get(name)
+    tally = values.evaluation.tally
     score = tally.scores[name]
     predicted = score.predicted()
     return ModelResult(
         description=description,
-        file=str(exported.final) if exported else None,
-        bytes=exported.size if exported else None,
+        **_model_facts(values, name),
         correct=score.correct,
         top_1_accuracy=tally.accuracy(name),
         top_5_accuracy=tally.top5_accuracy(name),
-        per_class=per_class(tally.labels, predicted, classes),
+        per_class=per_class(tally.labels, predicted, values.inputs.truth.labels),
         confusion=confusion(tally.labels, predicted),
-        inference={
+    )
+
+
+def _model_facts(values: RunValues, name: str) -> dict[str, Any]:
+    """What results.json says of one evaluated model whatever the task: its file, its
+    evaluation speed and latency, and the TFLite file's operators and I/O."""
+    evaluation = values.evaluation
+    exported = values.exported.models.get(name)
+    return {
+        "file": str(exported.final) if exported else None,
+        "bytes": exported.size if exported else None,
+        "inference": {
             "batch_size": evaluation.batch_size,
             "threads": evaluation.threads,
             "ms_per_image": round(1000 * evaluation.seconds[name] / evaluation.image_count, 3),
         },
-        latency=evaluation.latencies.get(name),
-        census=exported.census if exported else None,
-        io=exported.io if exported else None,
-    )
+        "latency": evaluation.latencies.get(name),
+        "census": exported.census if exported else None,
+        "io": exported.io if exported else None,
+    }
 
 
 def _diagnosis(diagnosis: Diagnosis | None) -> DiagnosisResult | None:

@@ -18,6 +18,8 @@ RECORDED_SOURCE_HASHES = {
     "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.__init__": "1c30f1263df5988d31f2bc548266b6baa7d6b6563c2e8325178d4da16cc5c502",
     "model_compression_toolkit.core.common.collectors.statistics_collector.StatsCollector.update_statistics": "7ba2ff73c74caf678933d34724f610f3bc38a26e766d8fb9c3589fa61ecc0add",
     "model_compression_toolkit.core.common.model_collector.ModelCollector.infer": "1e75459cf85f090d61aef08c423d56117d1a93160638ba509aa4cd7739025652",
+    "model_compression_toolkit.core.keras.keras_implementation.KerasImplementation.to_numpy": "f4fd42a543d6d2f1dd6e1137d5004a8ad277cdae5bde8e9ef4e5751d1b3d11a4",
+    "model_compression_toolkit.core.keras.tf_tensor_numpy.tf_tensor_to_numpy": "d7fc1433034550c8db72cbe85e58922e7321f9a03a7b7d1d2fbfa55c0a06bd74",
     "model_compression_toolkit.core.common.collectors.statistics_collector.standardize_tensor": "25623b5074ea4a82cd08d595471c1a97f71e1082ef96a15e962ef1cafa3b3286",
     "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.__init__": "1e7f39ccb51de399f9304314568b61f07062e6fa0c6479f7777f30a685d6a1fe",
     "model_compression_toolkit.core.common.collectors.histogram_collector.HistogramCollector.update": "3b364e6cd0c6b2b21bd2b737a5eff08d9aa682bc81bf52af3235e3b3914ae3f4",
@@ -161,13 +163,48 @@ def test_collector_state_equals_mcts(name, axis):
 def test_mcts_methods_are_back_after_the_block():
     from model_compression_toolkit.core.common.collectors.statistics_collector import StatsCollector
     from model_compression_toolkit.core.common.model_collector import ModelCollector
+    from model_compression_toolkit.core.keras.keras_implementation import KerasImplementation
 
-    before = (StatsCollector.update_statistics, ModelCollector.infer)
+    before = (StatsCollector.update_statistics, ModelCollector.infer, KerasImplementation.to_numpy)
     with fast_statistics.faster_statistics():
-        assert StatsCollector.update_statistics is not before[0] and ModelCollector.infer is not before[1]
+        inside = (StatsCollector.update_statistics, ModelCollector.infer, KerasImplementation.to_numpy)
+        assert all(ours is not theirs for ours, theirs in zip(inside, before, strict=True))
         with fast_statistics.faster_statistics() as nested:
             assert not nested.active
-    assert (StatsCollector.update_statistics, ModelCollector.infer) == before
+    assert (StatsCollector.update_statistics, ModelCollector.infer, KerasImplementation.to_numpy) == before
+
+
+@pytest.mark.slow  # imports MCT
+def test_layer_outputs_are_read_in_place_only_inside_infer():
+    """Inside ModelCollector.infer a layer's output reaches the statistics as a view of the
+    tensor's own buffer, equal to MCT's copy; outside it (and for a scalar) MCT's conversion runs."""
+    import tensorflow as tf
+    from model_compression_toolkit.core.keras.keras_implementation import KerasImplementation
+
+    tensor = tf.random.stateless_normal((2, 5, 5, 3), seed=(1, 2))
+    scalar = tf.constant(2.5)
+    implementation = KerasImplementation()
+    expected, expected_scalar = implementation.to_numpy(tensor), implementation.to_numpy(scalar)
+    seen: dict[str, np.ndarray] = {}
+
+    def fake_infer(self, inputs_list):  # MCT's infer converts each output with fw_impl.to_numpy
+        seen["inside"] = implementation.to_numpy(tensor)
+        seen["scalar"] = implementation.to_numpy(scalar)
+
+    with fast_statistics.faster_statistics():
+        swap = fast_statistics._installed()
+        original_infer, swap.infer = swap.infer, fake_infer
+        try:
+            fast_statistics.infer_then_wait(None, [])
+        finally:
+            swap.infer = original_infer
+        seen["outside"] = implementation.to_numpy(tensor)
+    inside, outside = seen["inside"], seen["outside"]
+    assert not inside.flags.owndata and outside.flags.owndata and expected.flags.owndata
+    for converted in (inside, outside):
+        assert converted.dtype == expected.dtype and converted.shape == expected.shape
+        assert converted.tobytes() == expected.tobytes()
+    assert seen["scalar"].shape == expected_scalar.shape == (1,) and seen["scalar"][0] == expected_scalar[0]
 
 
 # --- guard against MCT / numpy changes -----------------------------------------------------------

@@ -115,8 +115,9 @@ def convert_float(cut_model: Any) -> bytes:
     signature's outputs keep the dict's names (``from_keras_model`` names them after layers)."""
     spec = [tf.TensorSpec(t.shape, tf.float32) for t in cut_model.inputs]
     function = tf.function(lambda x: cut_model(x, training=False)).get_concrete_function(*spec)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], cut_model)
-    data: bytes = converter.convert()
+    from .tflite_int8 import concrete_converter
+
+    data: bytes = concrete_converter(function, cut_model).convert()
     return data
 
 

@@ -201,3 +201,22 @@ def test_a_real_detectors_outputs_are_mapped_and_scored(tmp_path):
     found = tally.metrics("keras")
     assert found["map_50_95"] == found["map_50"] == found["ar_100"] == 1.0
     assert found["per_class_ap"] == {"cat": 1.0, "dog": 1.0}
+
+
+@pytest.mark.parametrize("make", [nms_detector, ssd_detector], ids=["combined NMS", "SSDPostProcess"])
+def test_the_cut_float_file_keeps_its_named_outputs_and_the_keras_trackables_bytes(make):
+    """model.tflite of a detector is its cut converted with a variables-only tf.Module as the
+    converter's trackable object (tflite_int8.concrete_converter): the same bytes as with the
+    cut Keras model itself, and the signature names both outputs after the post-processing's
+    inputs."""
+    import tensorflow as tf
+
+    from mctq_job.detection_cut import OUTPUTS, convert_float, cut
+
+    cut_model = cut(make())
+    data = convert_float(cut_model)
+    spec = [tf.TensorSpec(t.shape, tf.float32) for t in cut_model.inputs]
+    function = tf.function(lambda x: cut_model(x, training=False)).get_concrete_function(*spec)
+    assert data == tf.lite.TFLiteConverter.from_concrete_functions([function], cut_model).convert()
+    outputs = tf.lite.Interpreter(model_content=data).get_signature_list()["serving_default"]["outputs"]
+    assert sorted(outputs) in [sorted(names) for names in OUTPUTS.values()]

@@ -204,6 +204,24 @@ def test_every_kernel_is_int8_and_nothing_computes_in_float(case):
     assert counted["runtime_weight_reshapes"] == 0, counted
 
 
+def test_the_file_is_the_one_converting_with_the_keras_model_as_trackable_would_give(case, monkeypatch):
+    """concrete_converter hands TensorFlow a tf.Module holding the variables, not the Keras model,
+    to skip Keras' SavedModel tracing: the file must stay byte for byte what the Keras model as
+    the converter's trackable object makes, signature included. Fails the day TensorFlow's
+    converter reads something from a Keras model's SavedModel that the module lacks."""
+    import tensorflow as tf
+
+    from mctq_job import tflite_int8
+
+    def keras_trackable(function, model):
+        return tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+
+    monkeypatch.setattr(tflite_int8, "concrete_converter", keras_trackable)
+    reference = tflite_int8.full_integer(case.quantized, representative_data=case.representative_data)
+    assert case.tflite == reference
+    assert list(tf.lite.Interpreter(model_content=case.tflite).get_signature_list()) == ["serving_default"]
+
+
 def test_predictions_agree_with_mcts_quantized_model(request, case):
     assert len(case.held_out) >= 200
     assert agreement(case.tflite, case.quantized, case.held_out, request.node.callspec.id) >= 0.99

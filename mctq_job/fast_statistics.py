@@ -195,14 +195,30 @@ def batch_statistics(x: np.ndarray, axis: int, n_bins: int) -> _Batch | None:
     """MCT's per-batch statistics of ``x`` computed once each; None where the fast path cannot
     promise identical values (the caller then runs MCT's own code)."""
     rows, flat = channel_rows(x, axis)
-    channel_max, channel_min = np.max(rows, axis=-1), np.min(rows, axis=-1)
+    channel_mean = np.mean(rows, axis=-1)
+    if np.isnan(channel_mean).any():  # a NaN in x (or +inf and -inf in one channel): MCT's code decides
+        return None
+    negative_zero = has_negative_zero(x)
+    channel_max, channel_min = channel_extremes(rows, negative_zero)
     edges_range = histogram_range(channel_min, channel_max)
     if edges_range is None:
         return None
-    if 0 in (edges_range[0], edges_range[1]) and has_negative_zero(x):
+    if 0 in (edges_range[0], edges_range[1]) and negative_zero:
         return None  # np.histogram's own min/max decides the zero's sign
     counts, edges = uniform_histogram(flat, *edges_range, n_bins)
-    return _Batch(channel_max, channel_min, np.mean(rows, axis=-1), counts, edges)
+    return _Batch(channel_max, channel_min, channel_mean, counts, edges)
+
+
+def channel_extremes(rows: np.ndarray, negative_zero: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stands for MCT's ``np.max(rows, axis=-1)`` and ``np.min(rows, axis=-1)`` on rows without NaN.
+
+    ``np.fmax``/``np.fmin`` reduce about five times faster here (numpy 1.26 vectorizes them, not
+    the NaN-propagating max and min). Without NaN they find the same extreme values; the one
+    choice left to the implementation is which zero wins between -0.0 and +0.0, so where the
+    tensor holds a -0.0 MCT's own reductions run."""
+    if negative_zero:
+        return np.max(rows, axis=-1), np.min(rows, axis=-1)
+    return np.fmax.reduce(rows, axis=-1), np.fmin.reduce(rows, axis=-1)
 
 
 def _fits_fast_path(collector: Any, x: Any, weights: Any) -> bool:

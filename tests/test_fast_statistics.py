@@ -129,6 +129,10 @@ def _tensors() -> dict[str, np.ndarray]:
         "signed zeros at the maximum": np.array([[-0.0, 0.0, -1.0]], np.float32),
         "channel axis not contiguous": rng.standard_normal((6, 5, 4)).astype(np.float32).transpose(0, 2, 1),
         "NaN": np.array([[1.0, np.nan]], np.float32),
+        "signed zeros inside the range": np.array([[-1.0, -0.0, 0.0, 1.0], [0.0, -0.0, 2.0, -2.0]], np.float32),
+        "infinity": np.array([[1.0, np.inf], [0.0, 2.0]], np.float32),
+        "both infinities in one channel": np.array([[-np.inf, 1.0], [np.inf, 2.0]], np.float32),
+        "NaN beside a finite channel": np.array([[np.nan, 1.0], [3.0, 2.0]], np.float32),
     }
 
 

@@ -39,7 +39,7 @@ How MCT 2.6.1 changes the graph (measured on the digits demo and MobileNetV2):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -355,7 +355,7 @@ class Probe:
     ranges: list[tuple[float, float]]
     percentile: bool
     local: bool = True  # also the local and activation-only tensors (about doubles the pass)
-    step: Callable[..., Any] = field(repr=False, default=None)  # type: ignore[assignment]
+    step: Any = field(repr=False, default=None)  # the probe's tf.function (see _step)
     steps: list[float] = field(default_factory=list)  # each holder's quantization step
 
 
@@ -389,7 +389,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _step(p: Probe, tflite: dict[int, tuple[float, int]] | None = None) -> Callable[..., Any]:
+def _step(p: Probe, tflite: dict[int, tuple[float, int]] | None = None) -> Any:
     """The probe's pass over one batch. ``tflite``: point index -> (scale, zero point) of the
     TFLite tensors handed in with the batch, in that order."""
     slices = [point.slices for point in p.mapping.points]
@@ -475,9 +475,11 @@ def measure(
         sums.tflite_noise[i] = 0.0
     step = _step(p, exposed) if exposed else p.step
     start = time.perf_counter()
+    traced = None
     for batch in batches:
-        x = tf.constant(batch)
-        rows = step(x, tuple(tflite.read(batch))) if tflite is not None and exposed else step(x)
+        read = tuple(tflite.read(batch)) if tflite is not None and exposed else ()
+        traced = traced or step.get_concrete_function(_any_batch(batch), tuple(_any_batch(v) for v in read))
+        rows = traced(tf.constant(batch), read)
         sums.images += int(batch.shape[0])
         for i, row in enumerate(rows):
             if "tflite_noise" in row:
@@ -499,6 +501,12 @@ def measure(
     return sums
 
 
+def _any_batch(value: np.ndarray) -> tf.TensorSpec:
+    """``value``'s spec with any batch size: a probe's graph is traced once (several seconds at
+    real size), not again for the last, smaller batch."""
+    return tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype))
+
+
 def _calibration_clipping(p: Probe, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per point, the float values of the calibration images outside the calibrated range (by
     more than a step), and the number of values: the float model alone."""
@@ -510,8 +518,10 @@ def _calibration_clipping(p: Probe, batches: Iterable[np.ndarray]) -> tuple[np.n
         floats = _as_list(p.float_tap(x, training=False))
         return [tf.stack([_clipped(p, i, f), tf.cast(tf.size(f), tf.float32)]) for i, f in enumerate(floats)]
 
+    traced = None
     for batch in batches:
-        for i, row in enumerate(count(tf.constant(batch))):
+        traced = traced or count.get_concrete_function(_any_batch(batch))
+        for i, row in enumerate(traced(tf.constant(batch))):
             c, v = row.numpy()
             clipped[i] += c
             values[i] += v

@@ -2,12 +2,14 @@
 
 ``iteration_count`` batches of ``batch_size`` images are drawn with the configured seed,
 without replacement until every image has been used once, then from a fresh shuffle.
-Batches are decoded when MCT asks for them: the folder is never held in memory.
+Batches are decoded when MCT asks for them, the next one while MCT works on the current one:
+the folder is never held in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,21 +91,30 @@ def representative_dataset(
     skip = config.on_corrupt_image == "skip"
     reported: set[Path] = set()
 
+    def decode(number: int) -> images.Batch:
+        return images.load_batch(
+            [paths[i] for i in batches[number - 1]], config.input_tensor_size, config.preprocessing, skip_corrupt=skip
+        )
+
     def generate() -> Iterator[list[np.ndarray]]:
-        for number, indices in enumerate(batches, 1):
-            batch = images.load_batch(
-                [paths[i] for i in indices], config.input_tensor_size, config.preprocessing, skip_corrupt=skip
-            )
-            for path, reason in batch.skipped:
-                if path not in reported:
-                    reported.add(path)
-                    on_skip(path, reason)
-            if batch.pixels is None:
-                raise InputDataError(
-                    f"key 'dataset_image_dir': no image of calibration batch {number} could be "
-                    f"decoded ({batch.skipped[0][1]}); expected readable JPEG, PNG or BMP files"
-                )
-            yield [batch.pixels]
-            on_batch()
+        # Batch n + 1 decodes in a thread while MCT works on batch n (PIL releases the GIL); an
+        # error of batch n + 1 is raised when MCT asks for it, as without the thread.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mctq-calibration") as ahead:
+            upcoming = ahead.submit(decode, 1) if batches else None
+            for number in range(1, len(batches) + 1):
+                assert upcoming is not None
+                batch = upcoming.result()
+                upcoming = ahead.submit(decode, number + 1) if number < len(batches) else None
+                for path, reason in batch.skipped:
+                    if path not in reported:
+                        reported.add(path)
+                        on_skip(path, reason)
+                if batch.pixels is None:
+                    raise InputDataError(
+                        f"key 'dataset_image_dir': no image of calibration batch {number} could be "
+                        f"decoded ({batch.skipped[0][1]}); expected readable JPEG, PNG or BMP files"
+                    )
+                yield [batch.pixels]
+                on_batch()
 
     return generate

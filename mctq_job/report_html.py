@@ -851,7 +851,8 @@ def _detection_samples(results: Results) -> str:
     detection = results.detection
     if detection is None or not detection.samples:
         return ""
-    drawn = [png for sample in detection.samples if (png := _drawn_sample(sample)) is not None]
+    names = {label: name for name, label in results.classes.items()}
+    drawn = [png for sample in detection.samples if (png := _drawn_sample(sample, names)) is not None]
     if not drawn:
         return ""
     legend = ", ".join(f"{name} rgb{colour}" for name, colour in SAMPLE_COLOURS.items())
@@ -862,8 +863,10 @@ def _detection_samples(results: Results) -> str:
     )
 
 
-def _drawn_sample(sample: Any) -> bytes | None:
-    """One evaluation image with its boxes drawn, or None where the image cannot be read."""
+def _drawn_sample(sample: Any, names: dict[int, str]) -> bytes | None:
+    """One evaluation image with its boxes drawn, each named by its class (``names``: label ->
+    name, the label itself where unnamed), or None where the image cannot be read. The image is
+    scaled to the panel's width first, so that the text stays readable."""
     from PIL import Image, ImageDraw
 
     try:
@@ -871,19 +874,20 @@ def _drawn_sample(sample: Any) -> bytes | None:
             image = opened.convert("RGB")
     except OSError:
         return None
+    scale = SAMPLE_WIDTH / image.width
+    scaled = image.resize((SAMPLE_WIDTH, max(1, round(image.height * scale))))
     panels = []
     for name, boxes in (("truth", sample.truth), *sample.detections.items()):
-        panel = image.copy()
+        panel = scaled.copy()
         draw = ImageDraw.Draw(panel)
-        width = max(2, panel.width // 200)
+        colour = SAMPLE_COLOURS.get(name, (0, 0, 0))
         for box in boxes:
-            x, y, w, h = box.box
-            draw.rectangle([x, y, x + w, y + h], outline=SAMPLE_COLOURS.get(name, (0, 0, 0)), width=width)
-            text = str(box.label) if box.score is None else f"{box.label} {box.score:.2f}"
-            draw.text((x + 3, y + 2), text, fill=SAMPLE_COLOURS.get(name, (0, 0, 0)))
+            x, y, w, h = (v * scale for v in box.box)
+            draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
+            label = names.get(box.label, str(box.label))
+            draw.text((x + 3, y + 2), label if box.score is None else f"{label} {box.score:.2f}", fill=colour)
         draw.text((6, 6), name, fill=(255, 255, 255))
-        scale = SAMPLE_WIDTH / panel.width
-        panels.append(panel.resize((SAMPLE_WIDTH, max(1, round(panel.height * scale)))))
+        panels.append(panel)
     sheet = Image.new("RGB", (SAMPLE_WIDTH * len(panels), max(p.height for p in panels)), (255, 255, 255))
     for i, panel in enumerate(panels):
         sheet.paste(panel, (i * SAMPLE_WIDTH, 0))

@@ -194,3 +194,35 @@ def test_the_page_renders_in_chromium(page, tmp_path):
     seen = assert_renders_in_browser(path, min_images=len(report_html.PLOT_HEADINGS))
     assert len(seen["images"]) == len(report_html.PLOT_HEADINGS)
     assert {"Summary", "Accuracy gate", "Latency"} <= set(seen["headings"])
+
+
+def test_a_drawn_detection_sample_is_scaled_first_and_names_the_classes(tmp_path):
+    """Each panel is the image at the panel's width with the boxes scaled onto it (a 2-pixel
+    outline in the panel's colour where the box is) and each box labelled by its class name."""
+    import io
+
+    from PIL import Image
+
+    from mctq_job.report_html import SAMPLE_COLOURS, SAMPLE_WIDTH, _drawn_sample
+    from mctq_job.results import DetectionSample, SampleBox
+
+    image = tmp_path / "frame.jpg"
+    Image.new("RGB", (1440, 1080), (128, 128, 128)).save(image, quality=95)
+    box = SampleBox(label=1, box=[400.0, 300.0, 600.0, 400.0], score=None)
+    found = SampleBox(label=1, box=[400.0, 300.0, 600.0, 400.0], score=0.9)
+    sample = DetectionSample(
+        image=str(image), width=1440, height=1080, truth=[box], detections={"tflite_quantized": [found]}
+    )
+    named, numbered = _drawn_sample(sample, {1: "bicycle"}), _drawn_sample(sample, {})
+    assert named is not None and numbered is not None and named != numbered
+    sheet = Image.open(io.BytesIO(named)).convert("RGB")
+    assert sheet.size == (2 * SAMPLE_WIDTH, 270)
+    scale = SAMPLE_WIDTH / 1440
+    for panel, name in enumerate(("truth", "tflite_quantized")):
+        x = panel * SAMPLE_WIDTH + round((400 + 300) * scale)  # the middle of the box's top edge
+        assert sheet.getpixel((x, round(300 * scale))) == SAMPLE_COLOURS[name]
+        assert sheet.getpixel((x, round(300 * scale) + 10)) == (128, 128, 128)
+    assert (
+        _drawn_sample(DetectionSample(image=str(tmp_path / "gone.jpg"), width=1, height=1, truth=[], detections={}), {})
+        is None
+    )

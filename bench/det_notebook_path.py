@@ -18,14 +18,11 @@ both models).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from . import common
-from .notebook_path import RESULT_FILE, Clock
+from .notebook_path import Clock, command_line
 
 EXPORT_FILE = "mct_quantized.keras"
 
@@ -90,14 +87,7 @@ def run(config_file: Path, out: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    figures = run(args.config.absolute(), args.out)
-    (args.out / RESULT_FILE).write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures))
+    command_line(run, __doc__)
 
 
 if __name__ == "__main__":

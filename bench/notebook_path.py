@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,21 @@ def convert_float(model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def command_line(measure: Callable[[Path, Path], dict[str, Any]], description: str) -> None:
+    """``--config PROJECT/configuration.json --out FOLDER``: ``measure`` run on them, its figures
+    written to FOLDER/notebook_path.json and printed (this module's and det_notebook_path's)."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    figures = run(args.config.absolute(), args.out)
+    figures = measure(args.config.absolute(), args.out)
     (args.out / RESULT_FILE).write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
+
+
+def main() -> None:
+    command_line(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -247,3 +247,35 @@ def tflite_table(figures: dict[str, Any]) -> str:
         f"latency ms (1 image per call, {tflite['threads']} threads, median of {tflite['runs']})",
     )
     return common.markdown_table(header, rows)
+
+
+def main() -> None:
+    """Measure the real-size figures alone (``make bench`` measures them with everything else);
+    with ``--publish`` they replace docs/bench.json's ``comparisons.realsize`` and
+    docs/benchmarks.md's tables are rewritten from it."""
+    import argparse
+    import datetime as dt
+    import os
+
+    from . import docs_tables
+
+    parser = argparse.ArgumentParser(prog="python -m bench.realsize_compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--publish", action="store_true", help="put the figures into docs/bench.json and the page")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    common.WORK.mkdir(parents=True, exist_ok=True)
+    load = round(os.getloadavg()[0], 2)
+    figures = measure()
+    figures["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    figures["load_average_1min"] = [load, round(os.getloadavg()[0], 2)]
+    (common.WORK / "realsize-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    if args.publish:
+        report = json.loads(docs_tables.DOCS_JSON.read_text())
+        report["comparisons"]["realsize"] = figures
+        docs_tables.DOCS_JSON.write_text(json.dumps(report, indent=2) + "\n")
+        docs_tables.PAGE.write_text(docs_tables.render_page(docs_tables.PAGE.read_text(), report))
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -704,6 +704,8 @@ def _sizes_section(results: Results) -> str:
 #: Drawn sample images: the ground truth and the two models' detections, each in its colour.
 SAMPLE_COLOURS = {"truth": (30, 160, 60), "keras": (30, 90, 220), "tflite_quantized": (220, 40, 40)}
 SAMPLE_WIDTH = 360
+#: A box label's room on a drawn sample (PIL's default font): one below another where they would overlap.
+LABEL_WIDTH, LABEL_HEIGHT = 60, 11
 
 
 def _detection_sections(results: Results) -> tuple[str, ...]:
@@ -881,11 +883,16 @@ def _drawn_sample(sample: Any, names: dict[int, str]) -> bytes | None:
         panel = scaled.copy()
         draw = ImageDraw.Draw(panel)
         colour = SAMPLE_COLOURS.get(name, (0, 0, 0))
-        for box in boxes:
+        taken: list[tuple[float, float]] = []  # label corners so far: a label never covers another
+        for box in sorted(boxes, key=lambda b: -(b.score or 0.0)):
             x, y, w, h = (v * scale for v in box.box)
             draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
             label = names.get(box.label, str(box.label))
-            draw.text((x + 3, y + 2), label if box.score is None else f"{label} {box.score:.2f}", fill=colour)
+            corner = (x + 3, y + 2)
+            while any(abs(corner[0] - a) < LABEL_WIDTH and abs(corner[1] - b) < LABEL_HEIGHT for a, b in taken):
+                corner = (corner[0], corner[1] + LABEL_HEIGHT)
+            taken.append(corner)
+            draw.text(corner, label if box.score is None else f"{label} {box.score:.2f}", fill=colour)
         draw.text((6, 6), name, fill=(255, 255, 255))
         panels.append(panel)
     sheet = Image.new("RGB", (SAMPLE_WIDTH * len(panels), max(p.height for p in panels)), (255, 255, 255))

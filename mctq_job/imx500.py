@@ -304,24 +304,17 @@ def expected_refusals(model: Any) -> list[dict[str, str]]:
     """Where a Keras model holds an operator the converter is known to refuse
     (:data:`KNOWN_REFUSALS`): one ``{"layer", "operator", "instead"}`` per layer. The layers of
     edgemdt_cl's post-processing are not looked into: the converter takes them whole. Reads
-    the layers' configurations only: imports nothing."""
+    the layers' configurations only: imports nothing heavy."""
+    from .tasks.detection import all_layers  # SSDPostProcess is one layer with no layers of its own
+
     (exp_named, _, exp_instead), (_, _, axis_instead) = KNOWN_REFUSALS
     found = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         kind = type(layer).__name__
         if kind == "TFOpLambda" and layer.get_config().get("function") in ("math.exp", "exp"):
             found.append({"layer": layer.name, "operator": exp_named, "instead": exp_instead})
         elif kind == "SlicingOpLambda" and any(_adds_an_axis(node) for node in layer.inbound_nodes):
             found.append({"layer": layer.name, "operator": "SlicingOpLambda with a new axis", "instead": axis_instead})
-    return found
-
-
-def _all_layers(model: Any) -> list[Any]:
-    found = []
-    for layer in getattr(model, "layers", ()):
-        found.append(layer)
-        if type(layer).__name__ != "SSDPostProcess":
-            found += _all_layers(layer)
     return found
 
 

@@ -194,6 +194,11 @@ def median(samples: Iterable[float]) -> float:
     return round(statistics.median(samples), 3)
 
 
+def load_average() -> float:
+    """The machine's 1-minute load average: the bench shares 2 cores with other people's work."""
+    return round(os.getloadavg()[0], 2)
+
+
 def ratio(numerator: float, denominator: float, digits: int = 2) -> float:
     return round(numerator / denominator, digits)
 

@@ -53,7 +53,7 @@ def fresh_copy(source: Path, dest: Path) -> Path:
 def run_job(config_file: Path, log: str) -> dict[str, Any]:
     """The job on ``config_file`` in a subprocess: wall, stage seconds, peak memory, mAP keys."""
     folder = config_file.parent
-    load_before = load_average()
+    load_before = common.load_average()
     run = common.run_sampled(ENTRY + ["--config", str(config_file)], cwd=folder, log=common.WORK / log)
     if run.returncode != 0:
         sys.exit(f"bench: the job failed on {config_file} (exit {run.returncode}):\n{run.stderr[-2000:]}")
@@ -69,13 +69,8 @@ def run_job(config_file: Path, log: str) -> dict[str, Any]:
         "map_50": {name: getattr(results, f"map_50_{name}") for name in MODELS},
         "faithfulness": _faithfulness(folder / document["evaluate_result_dir"] / "results.json"),
         "images": results.image_count,
-        "load_average_1min": [load_before, load_average()],
+        "load_average_1min": [load_before, common.load_average()],
     }
-
-
-def load_average() -> float:
-    """The machine's 1-minute load average: the bench shares 2 cores with other people's work."""
-    return round(os.getloadavg()[0], 2)
 
 
 def _faithfulness(results_file: Path) -> Any:
@@ -87,7 +82,7 @@ def _faithfulness(results_file: Path) -> Any:
 def run_notebook(config_file: Path) -> dict[str, Any]:
     """det_notebook_path.py on ``config_file`` in a fresh process: wall, peak memory, its parts."""
     out = common.WORK / "detsize-notebook"
-    load_before = load_average()
+    load_before = common.load_average()
     run = common.run_sampled(
         common.module_command(det_notebook_path.__name__, "--config", str(config_file), "--out", str(out)),
         log=common.WORK / "detsize-notebook",
@@ -99,7 +94,7 @@ def run_notebook(config_file: Path) -> dict[str, Any]:
     return {
         "wall_s": run.wall_s,
         "peak_tree_bytes": run.peak_tree_bytes,
-        "load_average_1min": [load_before, load_average()],
+        "load_average_1min": [load_before, common.load_average()],
         **parts,
     }
 
@@ -291,16 +286,6 @@ def demo_table(figures: dict[str, Any]) -> str:
     return f"{head}\n\n{table}"
 
 
-def publish(figures: dict[str, Any]) -> None:
-    """``figures`` into docs/bench.json (``comparisons.detection``); docs/benchmarks.md rewritten."""
-    from . import docs_tables
-
-    report = json.loads(docs_tables.DOCS_JSON.read_text())
-    report["comparisons"]["detection"] = figures
-    docs_tables.DOCS_JSON.write_text(json.dumps(report, indent=2) + "\n")
-    docs_tables.PAGE.write_text(docs_tables.render_page(docs_tables.PAGE.read_text(), report))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.detection_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--publish", action="store_true", help="put the figures into docs/bench.json and the page")
@@ -314,7 +299,9 @@ def main() -> None:
         figures = measure()
         (common.WORK / "detection-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     if args.publish:
-        publish(figures)
+        from . import docs_tables
+
+        docs_tables.publish_comparison("detection", figures)
     print(json.dumps(figures, indent=2))
 
 

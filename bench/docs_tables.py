@@ -203,6 +203,15 @@ def tables(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {name: (title, render(report)) for name, (title, render) in present.items()}
 
 
+def publish_comparison(name: str, figures: dict[str, Any]) -> None:
+    """``figures`` as docs/bench.json's ``comparisons.<name>``, the rest of the file kept, and
+    docs/benchmarks.md's tables rewritten from it (a bench module measured alone with --publish)."""
+    report = json.loads(DOCS_JSON.read_text())
+    report["comparisons"][name] = figures
+    DOCS_JSON.write_text(json.dumps(report, indent=2) + "\n")
+    PAGE.write_text(render_page(PAGE.read_text(), report))
+
+
 def render_page(text: str, report: dict[str, Any]) -> str:
     """``text`` with each bench block's body replaced by its table rendered from ``report``."""
     rendered = tables(report)

@@ -264,16 +264,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     common.WORK.mkdir(parents=True, exist_ok=True)
-    load = round(os.getloadavg()[0], 2)
+    load = common.load_average()
     figures = measure()
     figures["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    figures["load_average_1min"] = [load, round(os.getloadavg()[0], 2)]
+    figures["load_average_1min"] = [load, common.load_average()]
     (common.WORK / "realsize-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
     if args.publish:
-        report = json.loads(docs_tables.DOCS_JSON.read_text())
-        report["comparisons"]["realsize"] = figures
-        docs_tables.DOCS_JSON.write_text(json.dumps(report, indent=2) + "\n")
-        docs_tables.PAGE.write_text(docs_tables.render_page(docs_tables.PAGE.read_text(), report))
+        docs_tables.publish_comparison("realsize", figures)
     print(json.dumps(figures, indent=2))
 
 
